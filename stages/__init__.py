@@ -1,0 +1,1 @@
+"""Thin Typer executables, one per DVC stage: parse arguments, call dmdlib, write outputs."""

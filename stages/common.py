@@ -1,0 +1,36 @@
+"""What every stage CLI shares: logging, loading params, and turning known errors into messages."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import typer
+
+from dmdlib.data import DataError
+from dmdlib.params import ParamsError
+
+PARAMS_OPTION = typer.Option(
+    Path("params.yaml"), "--params", help="YAML params file; the stage reads its own section and validates the whole file."
+)
+
+# Errors a user can act on: printed as one clear message, without a traceback.
+USER_ERRORS = (ParamsError, DataError, FileNotFoundError)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a user-facing error as one message and exit with status 2."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise typer.Exit(code=2) from None
+

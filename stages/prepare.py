@@ -1,0 +1,45 @@
+"""`prepare` stage: the configured images, resized and split, as one Parquet file plus a preview grid."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from dmdlib.data import TRAIN, prepare_images, write_image_parquet
+from dmdlib.images import save_grid
+from dmdlib.params import load_params
+from stages.common import PARAMS_OPTION, setup_logging, user_errors
+
+log = logging.getLogger("prepare")
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    params: Path = PARAMS_OPTION,
+    out: Path = typer.Option(Path("data/prepared.parquet"), help="Parquet file to write (index, label, split, image)."),
+    preview: Path = typer.Option(Path("data/prepared.png"), help="PNG grid of 64 training images spread over the set."),
+) -> None:
+    """Write the prepared data set: images as uint8 HWC bytes with label and train/held-out split."""
+    setup_logging()
+    with user_errors():
+        config = load_params(params).prepare
+        data, skipped = prepare_images(config)
+        for path, reason in skipped:
+            log.warning("skipped unreadable image %s (%s)", path, reason)
+        write_image_parquet(out, data, {"heldout_fraction": config.heldout_fraction, "split_seed": config.seed})
+        train = data.subset(TRAIN)
+        save_grid(preview, data.images[train[:: max(1, len(train) // 64)][:64]], columns=8, scale=4)
+    counts = {name: int(np.sum(data.split == name)) for name in ("train", "heldout")}
+    log.info(
+        "wrote %s: %d images %dx%dx%d from %s (%s), %d classes, %d skipped",
+        out, len(data.images), data.resolution, data.resolution, data.channels, config.source, counts,
+        len(data.class_names), len(skipped),
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,46 @@
+"""Atomic outputs: an interrupted write never leaves a half-written file that looks complete."""
+
+import pytest
+
+from dmdlib.io import atomic_output
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_file_appears_only_on_success(tmp_path):
+    target = tmp_path / "sub" / "out.bin"
+    with atomic_output(target) as tmp:
+        tmp.write_bytes(b"new")
+        assert not target.exists()
+    assert target.read_bytes() == b"new"
+    assert list(target.parent.iterdir()) == [target]
+
+
+def test_failure_keeps_previous_output_and_removes_temporary(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(Interrupted):
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise Interrupted
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_directory_output_replaces_old_directory(tmp_path):
+    target = tmp_path / "shards"
+    target.mkdir()
+    (target / "stale").write_text("x")
+    with atomic_output(target) as tmp:
+        tmp.mkdir()
+        (tmp / "fresh").write_text("y")
+    assert [p.name for p in target.iterdir()] == ["fresh"]
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_nothing_written_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing was written"):
+        with atomic_output(tmp_path / "out"):
+            pass
