@@ -1,0 +1,19 @@
+"""One interface, D(x, sigma, cond) -> denoised, for every teacher (DESIGN.md section 1)."""
+
+from dmdlib.denoisers.base import Denoiser, frozen, trainable_copy
+from dmdlib.denoisers.discrete import DDPMDenoiser, DiscreteDenoiser, LatentDenoiser
+from dmdlib.denoisers.gmm import GaussianMixtureDenoiser
+from dmdlib.denoisers.guidance import GuidedDenoiser
+from dmdlib.denoisers.karras import KarrasDenoiser
+
+__all__ = [
+    "DDPMDenoiser",
+    "Denoiser",
+    "DiscreteDenoiser",
+    "GaussianMixtureDenoiser",
+    "GuidedDenoiser",
+    "KarrasDenoiser",
+    "LatentDenoiser",
+    "frozen",
+    "trainable_copy",
+]

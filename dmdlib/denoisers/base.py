@@ -1,0 +1,65 @@
+"""The denoiser interface: D(x, sigma, cond) -> x0 estimate, in the variance-exploding sigma space."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from k_diffusion.sampling import get_sigmas_karras
+from torch import nn
+
+GRID_STEPS = 1000
+
+
+class Denoiser(nn.Module):
+    """D(x_sigma, sigma, cond) -> denoised, where x_sigma = x0 + sigma * n (EDM's D_theta).
+
+    The score is (D(x, sigma) - x) / sigma**2. Subclasses implement `denoise`; by default the
+    noise grid is Karras et al.'s rho=7 schedule and the training weighting is EDM's, which
+    discrete-time adapters override.
+    """
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    sigma_data: float = 0.5
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.denoise(x, per_sample(sigma, x), cond)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """D(x, sigma, cond) with `sigma` already a [batch] tensor."""
+        raise NotImplementedError  # each adapter provides it
+
+    def score(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """grad_x log p_sigma(x) = (D(x, sigma) - x) / sigma**2 (Tweedie)."""
+        sigma = per_sample(sigma, x)
+        return (self(x, sigma, cond) - x) / expand(sigma, x) ** 2
+
+    def sigma_grid(self) -> torch.Tensor:
+        """The teacher's 1000-step noise grid, ascending (Karras rho=7 between sigma_min and sigma_max)."""
+        return get_sigmas_karras(GRID_STEPS, self.sigma_min, self.sigma_max)[:-1].flip(0)
+
+    def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Weight of ||D - x0||^2 in the teacher's training loss: EDM's (sigma^2 + s_d^2) / (sigma * s_d)^2."""
+        return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+
+
+def per_sample(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """Sigma as a [batch] tensor on x's device."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+    return sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
+
+
+def expand(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[batch] -> [batch, 1, 1, ...] to broadcast against x."""
+    return sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: the real denoiser never trains."""
+    return module.eval().requires_grad_(False)
+
+
+def trainable_copy(module: nn.Module) -> nn.Module:
+    """An independent copy with gradients on: how the generator and fake denoiser start (paper section 3)."""
+    return copy.deepcopy(module).train().requires_grad_(True)

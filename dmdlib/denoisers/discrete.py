@@ -1,0 +1,80 @@
+"""Discrete-time DDPM teachers (diffusers UNets), mapped to sigma space as k-diffusion does."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from k_diffusion.external import DiscreteSchedule
+from torch import nn
+
+from dmdlib.denoisers.base import Denoiser, expand
+
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+
+
+class DiscreteDenoiser(Denoiser):
+    """A network trained on x_t = sqrt(a_t) x0 + sqrt(1 - a_t) n, t in 0..T-1, seen as D(x, sigma).
+
+    sigma_t = sqrt((1 - a_t) / a_t); the network sees x / sqrt(sigma^2 + 1) and the fractional
+    timestep interpolated in log sigma (k-diffusion's `DiscreteSchedule`). Subclasses implement
+    `call_model`, the one place that knows the network's signature.
+    """
+
+    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, prediction_type: PredictionType = "epsilon"):
+        super().__init__()
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"prediction_type {prediction_type!r}: expected 'epsilon', 'v_prediction' or 'sample'")
+        self.unet = unet
+        alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        self.schedule = DiscreteSchedule(((1 - alphas_cumprod) / alphas_cumprod).sqrt().float(), quantize=False)
+        self.prediction_type = prediction_type
+        self.sigma_min = float(self.schedule.sigma_min)
+        self.sigma_max = float(self.schedule.sigma_max)
+        self.sigma_data = 1.0
+
+    def call_model(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """The network's raw output on the VP-scaled input at fractional timestep t."""
+        raise NotImplementedError  # each network family provides it
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Fractional timestep of sigma (interpolated in log sigma between grid points)."""
+        return self.schedule.sigma_to_t(sigma)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        s = expand(sigma, x)
+        scale = (s**2 + 1).rsqrt()  # x_t = x / sqrt(sigma^2 + 1) = sqrt(a_t) x
+        output = self.call_model(x * scale, self.timestep(sigma), cond).to(x.dtype)
+        if self.prediction_type == "epsilon":
+            return x - s * output
+        if self.prediction_type == "v_prediction":
+            return x * scale**2 - s * scale * output  # x0 = sqrt(a) x_t - sqrt(1 - a) v
+        return output
+
+    def sigma_grid(self) -> torch.Tensor:
+        """The teacher's own discrete sigmas, ascending."""
+        return self.schedule.sigmas.clone()
+
+    def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Weight that turns ||D - x0||^2 into the teacher's own MSE: epsilon 1/s^2, v (s^2+1)/s^2, sample 1."""
+        if self.prediction_type == "epsilon":
+            return sigma**-2
+        if self.prediction_type == "v_prediction":
+            return (sigma**2 + 1) / sigma**2
+        return torch.ones_like(sigma)
+
+
+class DDPMDenoiser(DiscreteDenoiser):
+    """A diffusers `UNet2DModel` (optionally class-conditional through `class_labels`)."""
+
+    def call_model(self, x_t, t, cond):
+        return self.unet(x_t, t, class_labels=cond).sample
+
+
+class LatentDenoiser(DiscreteDenoiser):
+    """A diffusers `UNet2DConditionModel` in a latent space, conditioned on text embeddings."""
+
+    def call_model(self, x_t, t, cond):
+        if cond is None:
+            raise ValueError("a text-conditioned UNet needs `cond`: the prompt embeddings [batch, tokens, dim]")
+        return self.unet(x_t, t, encoder_hidden_states=cond).sample

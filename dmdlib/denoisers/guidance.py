@@ -1,0 +1,35 @@
+"""Classifier-free guidance, for the real denoiser only (DESIGN.md section 1)."""
+
+from __future__ import annotations
+
+import torch
+
+from dmdlib.denoisers.base import Denoiser, expand
+
+
+class GuidedDenoiser(Denoiser):
+    """D_uncond + w * (D_cond - D_uncond), both halves in one batched call (Ho & Salimans 2022).
+
+    `scale` is a number or a [batch] tensor (one guidance scale per sample).
+    """
+
+    def __init__(self, denoiser: Denoiser, uncond: torch.Tensor, scale: float | torch.Tensor):
+        super().__init__()
+        self.denoiser = denoiser
+        self.register_buffer("uncond", uncond, persistent=False)
+        self.scale = scale
+        self.sigma_min, self.sigma_max, self.sigma_data = denoiser.sigma_min, denoiser.sigma_max, denoiser.sigma_data
+
+    def denoise(self, x, sigma, cond):
+        uncond = self.uncond.expand(x.shape[0], *self.uncond.shape[1:])
+        both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([uncond, cond]))
+        denoised_uncond, denoised_cond = both.chunk(2)
+        scale = torch.as_tensor(self.scale, dtype=x.dtype, device=x.device)
+        scale = expand(scale.expand(x.shape[0]), x) if scale.ndim else scale
+        return denoised_uncond + scale * (denoised_cond - denoised_uncond)
+
+    def sigma_grid(self):
+        return self.denoiser.sigma_grid()
+
+    def loss_weight(self, sigma):
+        return self.denoiser.loss_weight(sigma)

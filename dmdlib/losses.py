@@ -1,0 +1,77 @@
+"""The DMD losses as pure functions over explicit arguments (paper Algorithm 1; DESIGN.md section 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dmdlib.denoisers.base import Denoiser, expand
+
+DM_MIN_FRACTION, DM_MAX_FRACTION = 0.02, 0.98  # paper: T_min = 0.02 T, T_max = 0.98 T
+
+
+def sample_sigmas(
+    grid: torch.Tensor,
+    count: int,
+    low: float = 0.0,
+    high: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw `count` sigmas uniformly over the indices of an ascending grid between fractions low and high."""
+    first = round(low * len(grid))
+    last = max(round(high * len(grid)), first + 1)
+    index = torch.randint(first, last, (count,), generator=generator).to(grid.device)
+    return grid[index]
+
+
+@dataclass
+class DistributionMatching:
+    """The DM loss and what it was made of, for logging."""
+
+    loss: torch.Tensor
+    grad: torch.Tensor  # the per-pixel update direction sent into x (before the mean's 1/numel)
+    weight: torch.Tensor  # per-sample normaliser 1 / mean|x - mu_real|
+
+
+def distribution_matching_loss(
+    x: torch.Tensor,
+    real_denoiser: Denoiser,
+    fake_denoiser: Denoiser,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
+    cond: torch.Tensor | None = None,
+) -> DistributionMatching:
+    """Paper eq. 7-8: moves x along s_real - s_fake, with the per-sample weight of eq. 8.
+
+    grad = (mu_fake - mu_real) / mean_chw|x - mu_real|, NaN/Inf set to 0, and the loss is
+    0.5 * mean((x - stopgrad(x - grad))^2), so d loss / d x = grad / x.numel(). The mean (as in
+    the official code) keeps the scale that lambda_reg = 0.25 was tuned against.
+    """
+    with torch.no_grad():
+        x_detached = x.detach()
+        noisy = x_detached + expand(sigma, x) * noise
+        mu_real = real_denoiser(noisy, sigma, cond)
+        mu_fake = fake_denoiser(noisy, sigma, cond)
+        weight = 1.0 / (x_detached - mu_real).abs().flatten(1).mean(1).clamp_min(1e-12)
+        grad = torch.nan_to_num((mu_fake - mu_real) * expand(weight, x), nan=0.0, posinf=0.0, neginf=0.0)
+    loss = 0.5 * F.mse_loss(x, (x_detached - grad), reduction="mean")
+    return DistributionMatching(loss=loss, grad=grad, weight=weight)
+
+
+def denoising_loss(
+    denoiser: Denoiser,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
+    cond: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The teacher's own training loss, E[lambda(sigma) ||D(x0 + sigma n, sigma) - x0||^2].
+
+    lambda comes from the denoiser (EDM: 1/c_out^2; epsilon: 1/sigma^2, which equals the
+    epsilon MSE; v: (sigma^2+1)/sigma^2). Used for the fake denoiser on generator samples.
+    """
+    denoised = denoiser(x0 + expand(sigma, x0) * noise, sigma, cond)
+    per_sample = (denoised - x0).pow(2).flatten(1).mean(1) * denoiser.loss_weight(sigma)
+    return per_sample.mean()
