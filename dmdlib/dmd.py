@@ -86,4 +86,4 @@ def fake_denoiser_step(
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(fake_denoiser.parameters(), max_grad_norm)
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())

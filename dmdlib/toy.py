@@ -57,7 +57,7 @@ class ToyRun:
     pairs: Pairs
 
 
-def prepare_toy(seed: int = 0, fit_steps: int = 1500, pair_count: int = 256) -> ToyRun:
+def prepare_toy(seed: int = 0, fit_steps: int = 1000, pair_count: int = 16) -> ToyRun:
     """The teacher network (init of generator and fake) and Heun-18 ODE pairs from the analytic teacher."""
     rng = torch.Generator().manual_seed(seed)
     teacher = toy_teacher()
@@ -70,10 +70,10 @@ def distill_toy(
     run: ToyRun,
     steps: int,
     use_dm: bool = True,
-    lambda_reg: float = 0.25,
+    lambda_reg: float = 0.5,
     batch: int = 256,
     lr: float = 1e-3,
-    fake_steps: int = 1,
+    fake_steps: int = 5,
     seed: int = 0,
 ) -> OneStepGenerator:
     """DMD on the toy with the image pipeline's own step functions; use_dm=False gives regression only."""
@@ -83,6 +83,8 @@ def distill_toy(
     fake_denoiser = trainable_copy(run.teacher_network)
     generator_optimizer = torch.optim.AdamW(generator.parameters(), lr=lr, weight_decay=0.01)
     fake_optimizer = torch.optim.AdamW(fake_denoiser.parameters(), lr=lr, weight_decay=0.01)
+    # Linear decay to zero: the stochastic DM gradient otherwise leaves the small MLP jittering around the target.
+    decay = torch.optim.lr_scheduler.LambdaLR(generator_optimizer, lambda step: 1 - step / steps)
     for _ in range(steps):
         z = torch.randn(batch, 2, generator=rng)
         result = generator_step(
@@ -92,6 +94,7 @@ def distill_toy(
         if use_dm:
             for _ in range(fake_steps):
                 fake_denoiser_step(fake_denoiser, fake_optimizer, result.x, None, rng=rng)
+        decay.step()
     return generator.requires_grad_(False)
 
 
