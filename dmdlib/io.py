@@ -41,3 +41,14 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def resumable_step(checkpoint: str | os.PathLike, fingerprint: str) -> int:
+    """The step a training run would resume from: its checkpoint's if present and made with `fingerprint`, else 0."""
+    import torch
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        return 0
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return int(state["step"]) if state.get("fingerprint") == fingerprint else 0

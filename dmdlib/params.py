@@ -43,10 +43,132 @@ class PrepareParams(Section):
         return self
 
 
+class FeaturesParams(Section):
+    """The `features` stage: a small classifier on the prepared data, the offline feature space for FID and diversity."""
+
+    steps: int = Field(1500, ge=1, description="Training steps of the classifier.")
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate of a one-cycle schedule.")
+    seed: int = Field(0, ge=0)
+
+
+class TeacherTrainParams(Section):
+    """Training of the default teacher: a k-diffusion `image_v1` UNet with EDM preconditioning."""
+
+    channels: list[int] = Field([32, 64, 64], min_length=1, description="Width of each UNet level.")
+    depths: list[int] = Field([2, 2, 2], min_length=1, description="Residual blocks per UNet level.")
+    mapping_width: int = Field(64, ge=8, description="Width of the noise/class embedding.")
+    class_conditional: bool = Field(True, description="Condition on the class label when the data has labels.")
+    sigma_data: float = Field(0.5, gt=0, description="EDM's sigma_data: the data's standard deviation.")
+    sigma_min: float = Field(0.002, gt=0, description="Smallest noise level the teacher serves.")
+    sigma_max: float = Field(80.0, gt=0, description="Largest noise level; the one-step generator runs here.")
+    sigma_mean: float = Field(-1.2, description="Mean of log(sigma) for the log-normal part of training noise (EDM).")
+    sigma_std: float = Field(1.2, gt=0, description="Std of log(sigma) for the log-normal part.")
+    high_sigma_share: float = Field(
+        0.2, ge=0, le=1, description="Share of training sigmas drawn log-uniform on [1, sigma_max], so sigma_max is trained."
+    )
+    batch_size: int = Field(64, ge=1)
+    steps: int = Field(3000, ge=1, description="Optimizer steps.")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    ema_decay: float = Field(0.998, ge=0, lt=1, description="Decay of the EMA of the weights that is saved.")
+    checkpoint_every: int = Field(250, ge=1, description="Steps between resumable checkpoints.")
+    sample_steps: int = Field(18, ge=2, description="Heun steps for the sample grid (2n-1 network evaluations).")
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _levels_match(self) -> "TeacherTrainParams":
+        if len(self.channels) != len(self.depths):
+            raise ValueError(f"`channels` ({len(self.channels)} levels) and `depths` ({len(self.depths)} levels) must have the same length")
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError("`sigma_min` must be smaller than `sigma_max`")
+        return self
+
+
+class TeacherParams(Section):
+    """The `teacher` stage: train the default teacher or import a real one from a local path."""
+
+    kind: Literal["train", "kdiffusion", "diffusers_ddpm", "stable_diffusion", "gmm2d"] = Field(
+        "train",
+        description="'train' the default teacher on the prepared data, or import: 'kdiffusion' (checkpoint + config), "
+        "'diffusers_ddpm' (UNet2DModel folder), 'stable_diffusion' (StableDiffusionPipeline folder), 'gmm2d' (analytic toy).",
+    )
+    path: Optional[str] = Field(None, description="Local checkpoint file or model folder for the import kinds.")
+    config: Optional[str] = Field(
+        None, description="k-diffusion config JSON for kind 'kdiffusion' (not needed when the .safetensors carries it)."
+    )
+    train: TeacherTrainParams = Field(default_factory=TeacherTrainParams)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "TeacherParams":
+        if self.kind in ("kdiffusion", "diffusers_ddpm", "stable_diffusion") and not self.path:
+            raise ValueError(f"kind {self.kind!r} needs `path`: the local checkpoint or folder, downloaded beforehand")
+        return self
+
+
+class PairsParams(Section):
+    """The `pairs` stage: deterministic ODE noise-to-image pairs for the regression loss."""
+
+    count: int = Field(2000, ge=1, description="Number of pairs (one per seed).")
+    first_seed: int = Field(1_000_000, ge=0, description="Seed of the first pair; pair i uses first_seed + i.")
+    shard_size: int = Field(500, ge=1, description="Pairs per Parquet shard (the unit of resumption).")
+    batch_size: int = Field(100, ge=1, description="Pairs sampled together.")
+    sampler: str = Field(
+        "heun", description="'heun' (EDM's deterministic Heun on Karras sigmas) or a diffusers scheduler class name, e.g. 'PNDMScheduler'."
+    )
+    steps: int = Field(18, ge=1, description="Sampler steps (Heun: 2 * steps - 1 network evaluations).")
+    guidance: float = Field(1.0, ge=0, description="Classifier-free guidance scale for text-to-image teachers (1 = none).")
+    dtype: Literal["float32", "float16"] = Field("float32", description="Storage type of noise and targets.")
+
+
+class DistillParams(Section):
+    """The `distill` stage: DMD training of the one-step generator (paper Algorithm 1)."""
+
+    steps: int = Field(1000, ge=1, description="Generator steps.")
+    batch_size: int = Field(32, ge=1, description="Generator samples per step for the DM loss (per process).")
+    reg_batch_size: int = Field(32, ge=0, description="Pairs per step for the regression loss (per process).")
+    generator_lr: float = Field(1e-4, gt=0)
+    fake_lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas of both optimizers.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (paper: 0.01).")
+    warmup_steps: int = Field(100, ge=0, description="Linear learning-rate warm-up steps.")
+    max_grad_norm: Optional[float] = Field(10.0, gt=0, description="Gradient clipping norm (paper: 10); null for none.")
+    dm_weight: float = Field(1.0, ge=0, description="Weight of the distribution matching loss (0: regression only).")
+    lambda_reg: float = Field(0.25, ge=0, description="Weight of the regression loss (paper: 0.25; 0: DM only).")
+    regression_warmup_steps: int = Field(0, ge=0, description="First steps with the regression loss alone.")
+    regression_loss: Literal["lpips", "l2", "pseudo_huber"] = Field("lpips", description="Distance for the regression loss.")
+    lpips_net: Literal["vgg", "alex", "squeeze"] = Field("vgg", description="LPIPS backbone (paper: VGG).")
+    lpips_fallback: Optional[Literal["l2", "pseudo_huber"]] = Field(
+        None, description="Loss to use when LPIPS's backbone weights are not on disk; null makes that an error."
+    )
+    dm_sigma_fractions: tuple[float, float] = Field(
+        (0.02, 0.98), description="DM noise levels: this range of the teacher's 1000-step grid (paper: 2%-98%)."
+    )
+    dm_sigma_max: Optional[float] = Field(None, gt=0, description="Also cap DM noise levels at this sigma; null for none.")
+    fake_steps: int = Field(1, ge=1, description="Fake-denoiser steps per generator step (1: DMD; 5-10: DMD2's two time-scales).")
+    ema_decay: Optional[float] = Field(None, ge=0, lt=1, description="EMA of the generator that is saved; null for none.")
+    mixed_precision: Literal["no", "bf16"] = Field("no", description="bf16 autocast (GPU).")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")
+    sample_every: int = Field(200, ge=1, description="Steps between fixed-noise sample grids and diversity checks.")
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "DistillParams":
+        low, high = self.dm_sigma_fractions
+        if not 0 <= low < high <= 1:
+            raise ValueError("`dm_sigma_fractions` must be [low, high] with 0 <= low < high <= 1")
+        return self
+
+
 class Params(Section):
     """The whole params.yaml: one section per stage."""
 
     prepare: PrepareParams = Field(default_factory=PrepareParams)
+    features: FeaturesParams = Field(default_factory=FeaturesParams)
+    teacher: TeacherParams = Field(default_factory=TeacherParams)
+    pairs: PairsParams = Field(default_factory=PairsParams)
+    distill: DistillParams = Field(default_factory=DistillParams)
 
 
 def load_params(path: str | os.PathLike) -> Params:

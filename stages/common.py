@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -11,11 +12,15 @@ from typing import Iterator
 import typer
 
 from dmdlib.data import DataError
+from dmdlib.denoisers import Denoiser
 from dmdlib.params import ParamsError
+from dmdlib.teachers import load_teacher
 
 PARAMS_OPTION = typer.Option(
     Path("params.yaml"), "--params", help="YAML params file; the stage reads its own section and validates the whole file."
 )
+
+REFERENCE_FILE = "teacher.json"
 
 # Errors a user can act on: printed as one clear message, without a traceback.
 USER_ERRORS = (ParamsError, DataError, FileNotFoundError)
@@ -34,3 +39,15 @@ def user_errors() -> Iterator[None]:
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(code=2) from None
 
+
+
+def read_teacher(folder: Path) -> tuple[Denoiser, dict]:
+    """The frozen teacher written by the `teacher` stage, and its reference (paths resolved against `folder`)."""
+    reference_file = folder / REFERENCE_FILE
+    if not reference_file.is_file():
+        raise FileNotFoundError(f"{reference_file}: no teacher reference; run the `teacher` stage first (`dvc repro teacher`)")
+    reference = json.loads(reference_file.read_text())
+    for key in ("path", "config"):
+        if reference.get(key) and not Path(reference[key]).is_absolute():
+            reference[key] = str(folder / reference[key])
+    return load_teacher(reference), reference

@@ -22,6 +22,8 @@ class Denoiser(nn.Module):
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     sigma_data: float = 0.5
+    sample_shape: tuple[int, ...] = ()  # shape of one x, without the batch dimension; () when unknown
+    num_classes: int = 0  # > 0 when `cond` is an integer class label
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         return self.denoise(x, per_sample(sigma, x), cond)

@@ -21,7 +21,13 @@ class DiscreteDenoiser(Denoiser):
     `call_model`, the one place that knows the network's signature.
     """
 
-    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, prediction_type: PredictionType = "epsilon"):
+    def __init__(
+        self,
+        unet: nn.Module,
+        alphas_cumprod: torch.Tensor,
+        prediction_type: PredictionType = "epsilon",
+        scheduler_config: dict | None = None,
+    ):
         super().__init__()
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"prediction_type {prediction_type!r}: expected 'epsilon', 'v_prediction' or 'sample'")
@@ -32,6 +38,9 @@ class DiscreteDenoiser(Denoiser):
         self.sigma_min = float(self.schedule.sigma_min)
         self.sigma_max = float(self.schedule.sigma_max)
         self.sigma_data = 1.0
+        # What a diffusers scheduler needs to sample this teacher; by default the betas of its own schedule.
+        betas = 1 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+        self.scheduler_config = dict(scheduler_config or {"num_train_timesteps": len(alphas_cumprod), "trained_betas": betas.tolist()})
 
     def call_model(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """The network's raw output on the VP-scaled input at fractional timestep t."""

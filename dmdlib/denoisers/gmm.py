@@ -26,6 +26,7 @@ class GaussianMixtureDenoiser(Denoiser):
         self.register_buffer("stds", torch.as_tensor(stds, dtype=torch.float32).expand(count).clone())
         self.register_buffer("weights", weights / weights.sum())
         self.sigma_min, self.sigma_max, self.sigma_data = sigma_min, sigma_max, sigma_data
+        self.sample_shape = tuple(means.shape[1:])
 
     @classmethod
     def ring(cls, modes: int = 8, radius: float = 2.0, std: float = 0.1, **kwargs) -> "GaussianMixtureDenoiser":

@@ -36,4 +36,8 @@ def load_diffusers_ddpm(folder: str | os.PathLike) -> DDPMDenoiser:
         scheduler = DDPMScheduler.from_pretrained(scheduler_dir, local_files_only=True)
     except (OSError, ValueError, EnvironmentError) as err:
         raise TeacherFolderError(f"{folder}: could not load the DDPM teacher ({err}); {expected}") from None
-    return DDPMDenoiser(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type)
+    denoiser = DDPMDenoiser(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, dict(scheduler.config))
+    size = unet.config.sample_size
+    denoiser.sample_shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+    denoiser.num_classes = int(unet.config.num_class_embeds or 0)
+    return denoiser

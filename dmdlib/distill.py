@@ -1,0 +1,163 @@
+"""The DMD training loop: checkpointed, resumable, data-parallel across processes (paper Algorithm 1)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from k_diffusion.utils import ema_update
+from tqdm.auto import tqdm
+
+from dmdlib.denoisers import Denoiser
+from dmdlib.dmd import Pairs, RegressionLoss, fake_denoiser_step, generator_step
+from dmdlib.generator import OneStepGenerator
+from dmdlib.io import atomic_output
+from dmdlib.pairs import PairDataset
+from dmdlib.params import DistillParams
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, dict[str, float], OneStepGenerator], None]  # (step, losses, generator or EMA)
+
+
+@dataclass
+class Processes:
+    """Where this process runs and how it talks to the others (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # e.g. accelerate's, for bf16
+
+    def average_gradients(self, module: torch.nn.Module) -> None:
+        """Mean of each gradient over processes, so every process takes the same optimizer step."""
+        if self.world_size == 1:
+            return
+        for parameter in module.parameters():
+            if parameter.grad is not None:
+                torch.distributed.all_reduce(parameter.grad)
+                parameter.grad /= self.world_size
+
+
+def step_rng(seed: int, rank: int, step: int) -> torch.Generator:
+    """The random stream of one step on one process: a function of (seed, rank, step), so resuming repeats it."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + rank) * 10_000_019 + step)
+
+
+def dm_sigma_fractions(grid: torch.Tensor, params: DistillParams) -> tuple[float, float]:
+    """The grid range for DM noise levels: params' fractions, capped at dm_sigma_max when given."""
+    low, high = params.dm_sigma_fractions
+    if params.dm_sigma_max is not None:
+        high = min(high, int(torch.searchsorted(grid, torch.tensor(params.dm_sigma_max), right=True)) / len(grid))
+    if high <= low:
+        raise ValueError(f"dm_sigma_max {params.dm_sigma_max} leaves no noise level above the {low:.0%} point of the grid")
+    return low, high
+
+
+def distill(
+    real_denoiser: Denoiser,
+    pairs: PairDataset | None,
+    regression_loss: RegressionLoss | None,
+    params: DistillParams,
+    checkpoint: str | os.PathLike,
+    fingerprint: str = "",
+    processes: Processes | None = None,
+    on_step: StepCallback | None = None,
+) -> tuple[OneStepGenerator, Denoiser]:
+    """Train a one-step generator against `real_denoiser`; return (generator or its EMA, fake denoiser).
+
+    Generator and fake denoiser start as copies of the teacher. Resumes from `checkpoint` when its
+    fingerprint matches. A non-finite loss stops the run, keeping the last good checkpoint.
+    """
+    processes = processes or Processes()
+    device, checkpoint = processes.device, Path(checkpoint)
+    real_denoiser = real_denoiser.to(device)
+    generator = OneStepGenerator.from_teacher(real_denoiser)
+    fake_denoiser = copy.deepcopy(generator.denoiser)
+    ema = copy.deepcopy(generator).requires_grad_(False) if params.ema_decay is not None else None
+    generator_optimizer = torch.optim.AdamW(generator.parameters(), params.generator_lr, params.betas, weight_decay=params.weight_decay)
+    fake_optimizer = torch.optim.AdamW(fake_denoiser.parameters(), params.fake_lr, params.betas, weight_decay=params.weight_decay)
+    start = _resume(checkpoint, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer)
+    fractions = dm_sigma_fractions(real_denoiser.sigma_grid(), params)
+    use_pairs = pairs is not None and params.lambda_reg > 0
+    shape, classes = real_denoiser.sample_shape, real_denoiser.num_classes
+
+    progress = tqdm(range(start, params.steps), initial=start, total=params.steps, desc="distill", unit="step",
+                    disable=processes.rank != 0, mininterval=1.0)
+    for step in progress:
+        rng = step_rng(params.seed, processes.rank, step)
+        for optimizer, lr in ((generator_optimizer, params.generator_lr), (fake_optimizer, params.fake_lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * min(1.0, (step + 1) / max(1, params.warmup_steps))
+        z = torch.randn((params.batch_size, *shape), generator=rng).to(device)
+        cond = torch.randint(0, classes, (params.batch_size,), generator=rng).to(device) if classes else None
+        batch = None
+        if use_pairs:
+            index = torch.randint(0, len(pairs), (params.reg_batch_size,), generator=rng)
+            batch = Pairs(pairs.noise[index].to(device), pairs.target[index].to(device),
+                          pairs.labels[index].to(device) if classes else None)
+        dm_weight = params.dm_weight if step >= params.regression_warmup_steps else 0.0
+        with processes.autocast():
+            result = generator_step(
+                generator, real_denoiser, fake_denoiser, generator_optimizer, z, cond, batch, regression_loss,
+                params.lambda_reg if use_pairs else 0.0, dm_weight, fractions, rng, params.max_grad_norm,
+                processes.average_gradients,
+            )
+        metrics = {"loss_dm": result.loss_dm, "loss_reg": result.loss_reg, "dm_grad_norm": result.grad_norm_dm}
+        fake_losses = []
+        if params.dm_weight > 0:
+            for _ in range(params.fake_steps):
+                with processes.autocast():
+                    fake_losses.append(fake_denoiser_step(fake_denoiser, fake_optimizer, result.x, cond, rng,
+                                                          params.max_grad_norm, processes.average_gradients))
+            metrics["loss_fake"] = sum(fake_losses) / len(fake_losses)
+        for name, value in metrics.items():
+            if not torch.isfinite(torch.tensor(value)):
+                kept = f"step {step // params.checkpoint_every * params.checkpoint_every}" if checkpoint.exists() else "none"
+                raise FloatingPointError(
+                    f"distill: {name} is {value} at step {step + 1}; stopped (last good checkpoint: {kept}). "
+                    "Lower distill.generator_lr / fake_lr or raise distill.regression_warmup_steps."
+                )
+        if ema is not None:
+            ema_update(generator, ema, params.ema_decay)
+        done = step + 1
+        progress.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
+        if processes.rank == 0 and (done % params.checkpoint_every == 0 or done == params.steps):
+            _save(checkpoint, done, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer)
+        if on_step is not None:
+            on_step(done, metrics, ema if ema is not None else generator)
+    final = ema if ema is not None else generator
+    return final.eval().requires_grad_(False), fake_denoiser.eval()
+
+
+def _save(path: Path, step, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer) -> None:
+    state = {
+        "step": step, "fingerprint": fingerprint, "generator": generator.state_dict(),
+        "fake_denoiser": fake_denoiser.state_dict(), "generator_optimizer": generator_optimizer.state_dict(),
+        "fake_optimizer": fake_optimizer.state_dict(), "ema": ema.state_dict() if ema is not None else {},
+    }
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _resume(path: Path, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer) -> int:
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        log.info("ignoring checkpoint %s: it was made with other params, teacher or pairs", path)
+        return 0
+    generator.load_state_dict(state["generator"])
+    fake_denoiser.load_state_dict(state["fake_denoiser"])
+    generator_optimizer.load_state_dict(state["generator_optimizer"])
+    fake_optimizer.load_state_dict(state["fake_optimizer"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    log.info("resuming distillation from %s at step %d", path, state["step"])
+    return int(state["step"])

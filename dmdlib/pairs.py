@@ -1,0 +1,162 @@
+"""Regression pairs (z, y): the teacher's deterministic ODE output y from noise z, as Parquet shards.
+
+A pair depends only on its seed: the noise and the class label come from one RNG seeded with it
+(EDM's habit), so batch size, shard and process count never change which pair a seed makes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import Dataset
+
+from dmdlib import tensor_codec
+from dmdlib.io import atomic_output
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dmd-pairs/1"
+METADATA_KEY = b"dmd-pairs"
+COLUMNS = ("seed", "noise", "target", "label")
+
+
+class PairsError(ValueError):
+    """A pair shard that cannot be used with this teacher; the message names the file and the mismatch."""
+
+
+def seeded_inputs(seed: int, shape: tuple[int, ...], num_classes: int) -> tuple[torch.Tensor, int]:
+    """The noise z and class label (-1 if unconditional) of one seed, from its own RNG."""
+    rng = torch.Generator().manual_seed(seed)
+    noise = torch.randn(shape, generator=rng)
+    label = int(torch.randint(0, num_classes, (1,), generator=rng)) if num_classes else -1
+    return noise, label
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Which seeds each shard holds: shard i has seeds first_seed + [i * size, min((i + 1) * size, count))."""
+
+    count: int
+    shard_size: int
+    first_seed: int = 0
+
+    @property
+    def shards(self) -> int:
+        return -(-self.count // self.shard_size)
+
+    def seeds(self, shard: int) -> range:
+        start = shard * self.shard_size
+        return range(self.first_seed + start, self.first_seed + min(start + self.shard_size, self.count))
+
+    def name(self, shard: int) -> str:
+        return f"shard-{shard:05d}.parquet"
+
+
+def write_shard(path: Path, seeds: range, noise: torch.Tensor, target: torch.Tensor, labels: list[int], metadata: dict) -> None:
+    """Write one shard atomically; `metadata` describes the teacher, sampler and tensor encoding."""
+    dtype = metadata["dtype"]
+    table = pa.table({
+        "seed": pa.array(list(seeds), pa.int64()),
+        "noise": pa.array(tensor_codec.encode(noise, dtype), pa.binary()),
+        "target": pa.array(tensor_codec.encode(target, dtype), pa.binary()),
+        "label": pa.array(labels, pa.int64()),
+    })
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps({**metadata, "format": FORMAT}).encode()})
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_shard(path: Path, expected: dict, seeds: range | None = None) -> pa.Table:
+    """Read a shard and check it against the expected metadata (and seeds); raise PairsError naming the mismatch."""
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise PairsError(f"{path}: missing") from None
+    except (pa.ArrowInvalid, OSError) as err:
+        raise PairsError(f"{path}: corrupt or not Parquet ({err}); delete it and re-run the `pairs` stage") from None
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None or set(COLUMNS) - set(table.column_names):
+        raise PairsError(f"{path}: not a pair shard (expected columns {list(COLUMNS)} and '{METADATA_KEY.decode()}' metadata)")
+    found = json.loads(raw)
+    for key, value in {**expected, "format": FORMAT}.items():
+        if found.get(key) != value:
+            raise PairsError(f"{path}: {key} is {found.get(key)!r}, expected {value!r} (pairs made for another teacher or settings)")
+    if seeds is not None and table.column("seed").to_pylist() != list(seeds):
+        raise PairsError(f"{path}: holds other seeds than {seeds.start}..{seeds.stop - 1}; delete it and re-run")
+    return table
+
+
+def generate_pairs(
+    folder: Path,
+    plan: ShardPlan,
+    metadata: dict,
+    sample: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    shape: tuple[int, ...],
+    num_classes: int,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Make this process's shards (every world_size-th) that are missing or invalid; return those written.
+
+    `sample(noise, labels)` is the teacher's ODE solver. Complete, valid shards are skipped, so a
+    killed run resumes where it stopped.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for shard in range(rank, plan.shards, world_size):
+        path, seeds = folder / plan.name(shard), plan.seeds(shard)
+        if path.exists():
+            try:
+                read_shard(path, metadata, seeds)
+                if progress:
+                    progress(len(seeds))
+                continue
+            except PairsError as err:
+                log.warning("re-making %s", err)
+        inputs = [seeded_inputs(seed, shape, num_classes) for seed in seeds]
+        noise = torch.stack([z for z, _ in inputs])
+        labels = [label for _, label in inputs]
+        targets = []
+        for start in range(0, len(seeds), batch_size):
+            batch_labels = torch.tensor(labels[start : start + batch_size]) if num_classes else None
+            targets.append(sample(noise[start : start + batch_size], batch_labels))
+            if progress:
+                progress(len(targets[-1]))
+        write_shard(path, seeds, noise, torch.cat(targets), labels, metadata)
+        written.append(shard)
+    return written
+
+
+class PairDataset(Dataset):
+    """All pairs of a shard folder in memory, validated against the teacher and settings they are used with."""
+
+    def __init__(self, folder: str | os.PathLike, expected: dict):
+        folder = Path(folder)
+        paths = sorted(folder.glob("shard-*.parquet"))
+        if not paths:
+            raise PairsError(f"{folder}: no pair shards; run the `pairs` stage first (`dvc repro pairs`)")
+        noise, target, labels = [], [], []
+        for path in paths:
+            table = read_shard(path, expected)
+            meta = json.loads(table.schema.metadata[METADATA_KEY])
+            shape, dtype = tuple(meta["shape"]), meta["dtype"]
+            noise.append(tensor_codec.decode(table.column("noise").to_pylist(), dtype, shape))
+            target.append(tensor_codec.decode(table.column("target").to_pylist(), dtype, shape))
+            labels.append(torch.tensor(table.column("label").to_pylist()))
+        self.noise, self.target, self.labels = torch.cat(noise), torch.cat(target), torch.cat(labels)
+
+    def __len__(self) -> int:
+        return len(self.noise)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.noise[index], self.target[index], self.labels[index]

@@ -1,0 +1,50 @@
+"""`features` stage: train the small classifier whose penultimate activations are the offline FID feature space."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import typer
+
+from dmdlib.classifier import predict, save_classifier, train_classifier
+from dmdlib.data import HELDOUT, TRAIN, DataError, read_image_parquet
+from dmdlib.images import to_model_range
+from dmdlib.io import atomic_output
+from dmdlib.params import load_params
+from stages.common import PARAMS_OPTION, setup_logging, user_errors
+
+log = logging.getLogger("features")
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    params: Path = PARAMS_OPTION,
+    data: Path = typer.Option(Path("data/prepared.parquet"), help="Prepared, labelled data."),
+    out: Path = typer.Option(Path("models/classifier.safetensors"), help="Classifier weights (config in metadata)."),
+    metrics: Path = typer.Option(Path("metrics/classifier.json"), help="Held-out accuracy of the classifier."),
+) -> None:
+    """Train on the train split; report accuracy on the held-out split."""
+    setup_logging()
+    with user_errors():
+        config = load_params(params).features
+        dataset = read_image_parquet(data)
+        if not dataset.class_names:
+            raise DataError(f"{data}: no class labels; the offline feature network needs labelled data "
+                            "(use class sub-folders with image_folder, or FID with Inception weights)")
+        train, heldout = dataset.subset(TRAIN), dataset.subset(HELDOUT)
+        images, labels = to_model_range(dataset.images), torch.from_numpy(dataset.labels)
+        model = train_classifier(images[train], labels[train], len(dataset.class_names), config.steps,
+                                 config.batch_size, config.lr, config.seed)
+        accuracy = float((predict(model, images[heldout]) == labels[heldout]).float().mean())
+        save_classifier(out, model)
+        with atomic_output(metrics) as tmp:
+            tmp.write_text(json.dumps({"classifier_heldout_accuracy": round(accuracy, 4)}, indent=2))
+    log.info("classifier: held-out accuracy %.3f on %d images", accuracy, len(heldout))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,110 @@
+"""`teacher` stage: train the default teacher on the prepared data, or import a real one from a local path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+import typer
+
+from dmdlib.data import TRAIN, read_image_parquet
+from dmdlib.images import save_grid, to_model_range, to_uint8
+from dmdlib.io import atomic_output, resumable_step
+from dmdlib.params import load_params
+from dmdlib.sampling import heun_sample
+from dmdlib.teacher_training import train_teacher
+from dmdlib.teachers import build_kdiffusion, kdiffusion_config, load_teacher, save_kdiffusion
+from stages.common import PARAMS_OPTION, REFERENCE_FILE, read_teacher, setup_logging, user_errors
+
+log = logging.getLogger("teacher")
+app = typer.Typer(add_completion=False, help=__doc__)
+WEIGHTS_FILE = "model.safetensors"
+
+
+@app.command()
+def main(
+    params: Path = PARAMS_OPTION,
+    data: Path = typer.Option(Path("data/prepared.parquet"), help="Prepared data (kind 'train' trains on its train split)."),
+    out: Path = typer.Option(Path("models/teacher"), help=f"Teacher folder: {REFERENCE_FILE} (+ weights when trained)."),
+    samples: Path = typer.Option(Path("reports/teacher_samples.png"), help="PNG grid of Heun samples (image teachers)."),
+    checkpoint: Path = typer.Option(Path("checkpoints/teacher.pt"), help="Resumable training checkpoint."),
+    live: Path = typer.Option(Path("dvclive/teacher"), help="dvclive folder for the training loss curve."),
+) -> None:
+    """Write the teacher reference every later stage loads, training the default teacher if asked."""
+    setup_logging()
+    with user_errors():
+        config = load_params(params).teacher
+        if config.kind == "train":
+            reference = _train(config.train, data, out, checkpoint, live)
+        else:
+            reference = {"kind": config.kind, "path": _absolute(config.path), "config": _absolute(config.config)}
+            load_teacher(reference)  # fail now, with the loader's message, rather than in a later stage
+            with atomic_output(out) as tmp:
+                tmp.mkdir()
+                (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
+        teacher, reference = read_teacher(out)
+        _write_samples(teacher, reference, config.train.sample_steps, samples)
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) -> dict:
+    from dvclive import Live
+
+    data = read_image_parquet(data_path)
+    train_index = data.subset(TRAIN)
+    images = to_model_range(data.images[train_index])
+    labelled = bool(data.class_names) and train.class_conditional
+    labels = torch.from_numpy(data.labels[train_index]) if labelled else None
+    model_config = kdiffusion_config(
+        data.channels, data.resolution, train.channels, train.depths, train.mapping_width,
+        len(data.class_names) if labelled else 0, train.sigma_data, train.sigma_min, train.sigma_max,
+    )
+    denoiser = build_kdiffusion(model_config)
+    log.info("teacher: k-diffusion image_v1, %.2fM parameters, %s, %d steps at batch %d",
+             sum(p.numel() for p in denoiser.parameters()) / 1e6,
+             f"{len(data.class_names)} classes" if labelled else "unconditional", train.steps, train.batch_size)
+    fingerprint = hashlib.sha256(
+        json.dumps([train.model_dump(), model_config]).encode() + data.images.tobytes() + data.labels.tobytes()
+    ).hexdigest()
+    resuming = resumable_step(checkpoint, fingerprint) > 0
+    if not resuming:
+        shutil.rmtree(live_dir, ignore_errors=True)
+    with Live(dir=str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None) as live:
+
+        def log_loss(step: int, loss: float) -> None:
+            if step % 10 == 0:
+                live.step = step
+                live.log_metric("loss", loss)
+
+        ema = train_teacher(denoiser, images, labels, train, checkpoint, fingerprint, on_step=log_loss)
+    reference = {"kind": "kdiffusion", "path": WEIGHTS_FILE, "config": None}
+    with atomic_output(out) as tmp:
+        tmp.mkdir()
+        save_kdiffusion(tmp / WEIGHTS_FILE, ema, model_config)
+        (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
+    return reference
+
+
+def _write_samples(teacher, reference: dict, steps: int, path: Path) -> None:
+    if reference["kind"] == "gmm2d" or reference["kind"] == "stable_diffusion":
+        log.info("no sample grid for a %s teacher (not a pixel-space image model)", reference["kind"])
+        return
+    shape, classes = teacher.sample_shape, teacher.num_classes
+    generator = torch.Generator().manual_seed(0)
+    count = 8 * max(classes, 1)
+    noise = torch.randn((count, *shape), generator=generator)
+    cond = torch.arange(classes).repeat_interleave(8) if classes else None
+    images = heun_sample(teacher, noise, steps=steps, cond=cond)
+    save_grid(path, to_uint8(images), columns=8, scale=4)  # one row per class
+    log.info("wrote %s: %d Heun-%d samples (%d network evaluations each)", path, count, steps, 2 * steps - 1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,149 @@
+"""The `pairs` stage: per-seed determinism, resumption, validation, several processes, diffusers schedulers."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dmdlib.pairs import PairDataset, PairsError, ShardPlan, generate_pairs, seeded_inputs
+from dmdlib.sampling import heun_sample, make_scheduler, scheduler_sample
+from dmdlib.teachers import build_kdiffusion, kdiffusion_config, save_kdiffusion
+from dmdlib.denoisers.loading import load_diffusers_ddpm
+from stages.common import read_teacher
+from stages.pairs import app, pair_metadata
+from stages.teacher import app as teacher_app
+from tiny_models import save_tiny_ddpm
+
+PARAMS = "pairs:\n  count: 10\n  shard_size: 4\n  batch_size: {batch}\n  steps: 3\n"
+
+
+@pytest.fixture(scope="module")
+def teacher_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(0)
+    config = kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0)
+    save_kdiffusion(root / "k.safetensors", build_kdiffusion(config), config)
+    params = root / "params.yaml"
+    params.write_text(f"teacher:\n  kind: kdiffusion\n  path: {root / 'k.safetensors'}\n  train:\n    sample_steps: 2\n")
+    result = CliRunner().invoke(teacher_app, ["--params", str(params), "--out", str(root / "teacher"),
+                                              "--samples", str(root / "s.png")])
+    assert result.exit_code == 0, result.output
+    return root / "teacher"
+
+
+def make_pairs(tmp_path, teacher_folder, name, batch=4, extra_env=None):
+    params = tmp_path / f"{name}.yaml"
+    params.write_text(PARAMS.format(batch=batch))
+    out = tmp_path / name
+    result = CliRunner().invoke(app, ["--params", str(params), "--teacher", str(teacher_folder), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def load(folder, teacher_folder, batch=4):
+    from dmdlib.params import PairsParams
+
+    teacher, _ = read_teacher(teacher_folder)
+    params = PairsParams(count=10, shard_size=4, batch_size=batch, steps=3)
+    return PairDataset(folder, pair_metadata(teacher, params))
+
+
+def test_seeded_inputs_depend_only_on_the_seed():
+    a, label_a = seeded_inputs(7, (1, 4, 4), 10)
+    b, label_b = seeded_inputs(7, (1, 4, 4), 10)
+    c, _ = seeded_inputs(8, (1, 4, 4), 10)
+    assert torch.equal(a, b) and label_a == label_b and not torch.equal(a, c)
+    assert ShardPlan(10, 4, 100).seeds(2) == range(108, 110) and ShardPlan(10, 4).shards == 3
+
+
+def test_batch_size_changes_only_the_last_bits(tmp_path, teacher_folder):
+    one = load(make_pairs(tmp_path, teacher_folder, "b1", batch=1), teacher_folder)
+    eight = load(make_pairs(tmp_path, teacher_folder, "b8", batch=8), teacher_folder)
+    again = load(make_pairs(tmp_path, teacher_folder, "b8again", batch=8), teacher_folder)
+    assert torch.equal(one.noise, eight.noise) and torch.equal(one.labels, eight.labels)
+    assert torch.allclose(one.target, eight.target, atol=1e-5)  # float kernels differ across batch shapes
+    assert torch.equal(eight.target, again.target)  # the same settings repeat bit for bit
+    assert len(one) == 10 and set(one.labels.tolist()) <= {0, 1, 2}
+
+
+def test_killed_run_resumes_to_the_same_set(tmp_path, teacher_folder):
+    teacher, _ = read_teacher(teacher_folder)
+    plan, meta = ShardPlan(10, 4), {"teacher": "t", "sampler": "heun", "steps": 3, "guidance": 1.0,
+                                    "shape": [1, 8, 8], "dtype": "float32"}
+    sample = lambda noise, labels: heun_sample(teacher, noise, 3, labels)
+
+    class Killed(Exception):
+        pass
+
+    made = []
+
+    def kill_in_second_shard(count):
+        made.append(count)
+        if sum(made) > 6:
+            raise Killed
+
+    with pytest.raises(Killed):
+        generate_pairs(tmp_path / "killed", plan, meta, sample, (1, 8, 8), 3, 2, progress=kill_in_second_shard)
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["shard-00000.parquet"]  # no half shard
+    resumed = generate_pairs(tmp_path / "killed", plan, meta, sample, (1, 8, 8), 3, 2)
+    assert resumed == [1, 2]  # the complete first shard was kept
+    generate_pairs(tmp_path / "whole", plan, meta, sample, (1, 8, 8), 3, 2)
+    a, b = PairDataset(tmp_path / "killed", meta), PairDataset(tmp_path / "whole", meta)
+    assert torch.equal(a.noise, b.noise) and torch.equal(a.target, b.target)
+
+
+def test_corrupt_and_foreign_shards_are_named(tmp_path, teacher_folder):
+    folder = make_pairs(tmp_path, teacher_folder, "good")
+    load(folder, teacher_folder)
+    corrupt = folder / "shard-00001.parquet"
+    corrupt.write_bytes(b"garbage")
+    with pytest.raises(PairsError, match="shard-00001.parquet: corrupt"):
+        load(folder, teacher_folder)
+    other = make_pairs(tmp_path, teacher_folder, "other")
+    teacher, _ = read_teacher(teacher_folder)
+    from dmdlib.params import PairsParams
+
+    expected = pair_metadata(teacher, PairsParams(count=10, shard_size=4, batch_size=4, steps=3))
+    with pytest.raises(PairsError, match="shard-00000.parquet: teacher is '[0-9a-f]+', expected 'another'"):
+        PairDataset(other, {**expected, "teacher": "another"})
+    with pytest.raises(PairsError, match="shape is \\[1, 8, 8\\], expected \\[1, 16, 16\\]"):
+        PairDataset(other, {**expected, "shape": [1, 16, 16]})
+    # Re-running the stage re-makes only the corrupt shard.
+    make_pairs(tmp_path, teacher_folder, "good")
+    load(folder, teacher_folder)
+
+
+def test_two_processes_split_the_seeds_without_gaps(tmp_path, teacher_folder, repo_root):
+    single = make_pairs(tmp_path, teacher_folder, "single")
+    params = tmp_path / "two.yaml"
+    params.write_text(PARAMS.format(batch=4))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "stages.pairs", "--params", str(params), "--teacher", str(teacher_folder), "--out", str(tmp_path / "two")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = load(single, teacher_folder), load(tmp_path / "two", teacher_folder)
+    assert torch.equal(a.noise, b.noise) and torch.equal(a.labels, b.labels)
+    assert torch.allclose(a.target, b.target, atol=1e-5)  # other thread counts may change the last bits
+
+
+def test_diffusers_scheduler_sampling_matches_the_diffusers_pipeline(tmp_path):
+    from diffusers import DDIMPipeline
+
+    folder = save_tiny_ddpm(tmp_path / "ddpm")
+    teacher = load_diffusers_ddpm(folder)
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    scheduler = make_scheduler("DDIMScheduler", teacher.scheduler_config)
+    ours = scheduler_sample(teacher, noise, scheduler, steps=5)
+    pipeline = DDIMPipeline(unet=teacher.unet, scheduler=make_scheduler("DDIMScheduler", teacher.scheduler_config))
+    pipeline.set_progress_bar_config(disable=True)
+    reference = pipeline(batch_size=2, num_inference_steps=5, eta=0.0, output_type="np",
+                         generator=torch.Generator().manual_seed(0))
+    # The pipeline draws the same noise from the same seed, then clamps and maps to [0, 1].
+    expected = torch.from_numpy(reference.images).permute(0, 3, 1, 2)
+    assert torch.allclose((ours.clamp(-1, 1) + 1) / 2, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="expected 'heun' or a diffusers scheduler"):
+        make_scheduler("NoSuchThing", teacher.scheduler_config)
