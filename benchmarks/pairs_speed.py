@@ -46,7 +46,7 @@ def main() -> None:
     ideal = evals_per_s / nfe
     print(f"teacher {reference['kind']} {tuple(teacher.sample_shape)}, batch {args.batch}, "
           f"Heun {args.steps} steps ({nfe} NFE), {torch.get_num_threads()} threads")
-    print(f"| measure | value |\n|---|---|")
+    print("| measure | value |\n|---|---|")
     print(f"| denoiser evaluations/s (per image) | {evals_per_s:,.0f} |")
     print(f"| ideal pairs/s (evaluations/s / NFE) | {ideal:,.1f} |")
     print(f"| measured pairs/s | {pairs_per_s:,.1f} |")

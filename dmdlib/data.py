@@ -168,7 +168,7 @@ def read_image_parquet(path: str | os.PathLike) -> ImageSet:
     bad = [i for i, blob in enumerate(blobs) if len(blob) != res * res * ch]
     if bad:
         raise DataError(f"{path}: row {bad[0]} has {len(blobs[bad[0]])} image bytes, expected {res}x{res}x{ch}={res * res * ch}")
-    images = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), res, res, ch)
+    images = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), res, res, ch).copy()
     return ImageSet(
         images=images,
         labels=table.column("label").to_numpy(),

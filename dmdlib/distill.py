@@ -45,6 +45,19 @@ class Processes:
                 parameter.grad /= self.world_size
 
 
+@dataclass
+class Conditions:
+    """What `cond` can be: `count` conditions (classes, or training prompts), `lookup` turns ids into `cond`."""
+
+    count: int
+    lookup: Callable[[torch.Tensor], torch.Tensor] = lambda ids: ids  # class labels are their own cond
+
+    @classmethod
+    def of(cls, denoiser: Denoiser) -> "Conditions | None":
+        """The class labels of a class-conditional teacher, else None (unconditional)."""
+        return cls(denoiser.num_classes) if denoiser.num_classes else None
+
+
 def step_rng(seed: int, rank: int, step: int) -> torch.Generator:
     """The random stream of one step on one process: a function of (seed, rank, step), so resuming repeats it."""
     return torch.Generator().manual_seed((seed * 1_000_003 + rank) * 10_000_019 + step)
@@ -61,7 +74,7 @@ def dm_sigma_fractions(grid: torch.Tensor, params: DistillParams) -> tuple[float
 
 
 def distill(
-    real_denoiser: Denoiser,
+    teacher: Denoiser,
     pairs: PairDataset | None,
     regression_loss: RegressionLoss | None,
     params: DistillParams,
@@ -69,24 +82,36 @@ def distill(
     fingerprint: str = "",
     processes: Processes | None = None,
     on_step: StepCallback | None = None,
+    real_denoiser: Denoiser | None = None,
+    conditions: Conditions | None = None,
 ) -> tuple[OneStepGenerator, Denoiser]:
-    """Train a one-step generator against `real_denoiser`; return (generator or its EMA, fake denoiser).
+    """Train a one-step generator from `teacher`; return (generator or its EMA, fake denoiser).
 
-    Generator and fake denoiser start as copies of the teacher. Resumes from `checkpoint` when its
-    fingerprint matches. A non-finite loss stops the run, keeping the last good checkpoint.
+    Generator and fake denoiser start as copies of the (unguided) teacher; the real denoiser is the
+    teacher itself unless given (e.g. with classifier-free guidance). `conditions` says how to draw
+    `cond` (default: the teacher's classes). Resumes from `checkpoint` when its fingerprint matches.
+    A non-finite loss stops the run, keeping the last good checkpoint.
     """
     processes = processes or Processes()
     device, checkpoint = processes.device, Path(checkpoint)
-    real_denoiser = real_denoiser.to(device)
-    generator = OneStepGenerator.from_teacher(real_denoiser)
+    teacher = teacher.to(device)
+    real_denoiser = (real_denoiser or teacher).to(device)
+    conditions = conditions or Conditions.of(teacher)
+    generator = OneStepGenerator.from_teacher(teacher)
     fake_denoiser = copy.deepcopy(generator.denoiser)
+    if params.gradient_checkpointing:
+        for network in (generator.denoiser, fake_denoiser):
+            unet = getattr(network, "unet", None)
+            if unet is None or not hasattr(unet, "enable_gradient_checkpointing"):
+                raise ValueError("distill.gradient_checkpointing needs a diffusers teacher (a UNet with enable_gradient_checkpointing)")
+            unet.enable_gradient_checkpointing()
     ema = copy.deepcopy(generator).requires_grad_(False) if params.ema_decay is not None else None
     generator_optimizer = torch.optim.AdamW(generator.parameters(), params.generator_lr, params.betas, weight_decay=params.weight_decay)
     fake_optimizer = torch.optim.AdamW(fake_denoiser.parameters(), params.fake_lr, params.betas, weight_decay=params.weight_decay)
     start = _resume(checkpoint, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer)
     fractions = dm_sigma_fractions(real_denoiser.sigma_grid(), params)
     use_pairs = pairs is not None and params.lambda_reg > 0
-    shape, classes = real_denoiser.sample_shape, real_denoiser.num_classes
+    shape = teacher.sample_shape
 
     progress = tqdm(range(start, params.steps), initial=start, total=params.steps, desc="distill", unit="step",
                     disable=processes.rank != 0, mininterval=1.0)
@@ -96,12 +121,14 @@ def distill(
             for group in optimizer.param_groups:
                 group["lr"] = lr * min(1.0, (step + 1) / max(1, params.warmup_steps))
         z = torch.randn((params.batch_size, *shape), generator=rng).to(device)
-        cond = torch.randint(0, classes, (params.batch_size,), generator=rng).to(device) if classes else None
+        cond = None
+        if conditions is not None:
+            cond = conditions.lookup(torch.randint(0, conditions.count, (params.batch_size,), generator=rng)).to(device)
         batch = None
         if use_pairs:
             index = torch.randint(0, len(pairs), (params.reg_batch_size,), generator=rng)
-            batch = Pairs(pairs.noise[index].to(device), pairs.target[index].to(device),
-                          pairs.labels[index].to(device) if classes else None)
+            pair_cond = conditions.lookup(pairs.labels[index]).to(device) if conditions is not None else None
+            batch = Pairs(pairs.noise[index].to(device), pairs.target[index].to(device), pair_cond)
         dm_weight = params.dm_weight if step >= params.regression_warmup_steps else 0.0
         with processes.autocast():
             result = generator_step(

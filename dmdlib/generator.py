@@ -13,7 +13,11 @@ from dmdlib.denoisers.base import Denoiser, trainable_copy
 
 
 class OneStepGenerator(nn.Module):
-    """G(z) = D_G(sigma_max * z, sigma_max, cond) (paper section 3: G = mu_base(z, T-1))."""
+    """G(z) = D_G(sigma_max * z, sigma_max, cond) (paper section 3: G = mu_base(z, T-1)).
+
+    For discrete-time teachers the noise is scaled by sqrt(sigma_max^2 + 1) instead, so z is exactly
+    the x_T a diffusers pipeline starts from (`Denoiser.prior_scale`).
+    """
 
     def __init__(self, denoiser: Denoiser, sigma: float | None = None):
         super().__init__()
@@ -26,7 +30,7 @@ class OneStepGenerator(nn.Module):
         return cls(trainable_copy(teacher), sigma)
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        return self.denoiser(z * self.sigma, self.sigma, cond)
+        return self.denoiser(z * self.denoiser.prior_scale(self.sigma), self.sigma, cond)
 
 
 GENERATOR_FILE, WEIGHTS_FILE = "generator.json", "generator.safetensors"
@@ -35,8 +39,9 @@ GENERATOR_FILE, WEIGHTS_FILE = "generator.json", "generator.safetensors"
 def save_generator(folder: str | os.PathLike, generator: OneStepGenerator, teacher_reference: dict) -> None:
     """Write a generator folder atomically: weights (safetensors) and generator.json to rebuild it.
 
-    A k-diffusion generator is self-contained (its config travels in the weights' metadata); other
-    kinds rebuild the architecture from the teacher reference and then load the generator's weights.
+    A k-diffusion generator is self-contained (its config travels in the weights' metadata); a
+    Stable Diffusion generator's UNet is saved in diffusers layout under `unet/`, so diffusers loads it
+    directly; other kinds rebuild the architecture from the teacher reference and load the weights.
     """
     from safetensors.torch import save_model
 
@@ -48,6 +53,9 @@ def save_generator(folder: str | os.PathLike, generator: OneStepGenerator, teach
         if teacher_reference["kind"] == "kdiffusion":
             save_kdiffusion(tmp / WEIGHTS_FILE, generator.denoiser, generator.denoiser.config)
             description = {"sigma": generator.sigma, "teacher": {"kind": "kdiffusion", "path": WEIGHTS_FILE}}
+        elif teacher_reference["kind"] == "stable_diffusion":
+            generator.denoiser.unet.save_pretrained(tmp / "unet")
+            description = {"sigma": generator.sigma, "teacher": teacher_reference, "unet": "unet"}
         else:
             save_model(generator.denoiser, str(tmp / WEIGHTS_FILE))
             description = {"sigma": generator.sigma, "teacher": teacher_reference, "weights": WEIGHTS_FILE}
@@ -78,4 +86,8 @@ def load_generator(folder: str | os.PathLike) -> OneStepGenerator:
     denoiser = load_teacher(reference)
     if "weights" in description:
         load_model(denoiser, str(folder / description["weights"]))
+    if "unet" in description:
+        from diffusers import UNet2DConditionModel
+
+        denoiser.unet = UNet2DConditionModel.from_pretrained(folder / description["unet"], local_files_only=True)
     return OneStepGenerator(denoiser, description["sigma"]).eval().requires_grad_(False)

@@ -25,18 +25,18 @@ log = logging.getLogger(__name__)
 
 FORMAT = "dmd-pairs/1"
 METADATA_KEY = b"dmd-pairs"
-COLUMNS = ("seed", "noise", "target", "label")
+COLUMNS = ("seed", "noise", "target", "label", "prompt")
 
 
 class PairsError(ValueError):
     """A pair shard that cannot be used with this teacher; the message names the file and the mismatch."""
 
 
-def seeded_inputs(seed: int, shape: tuple[int, ...], num_classes: int) -> tuple[torch.Tensor, int]:
-    """The noise z and class label (-1 if unconditional) of one seed, from its own RNG."""
+def seeded_inputs(seed: int, shape: tuple[int, ...], num_conditions: int) -> tuple[torch.Tensor, int]:
+    """The noise z and condition id (class label or prompt index; -1 if unconditional) of one seed, from its own RNG."""
     rng = torch.Generator().manual_seed(seed)
     noise = torch.randn(shape, generator=rng)
-    label = int(torch.randint(0, num_classes, (1,), generator=rng)) if num_classes else -1
+    label = int(torch.randint(0, num_conditions, (1,), generator=rng)) if num_conditions else -1
     return noise, label
 
 
@@ -60,7 +60,8 @@ class ShardPlan:
         return f"shard-{shard:05d}.parquet"
 
 
-def write_shard(path: Path, seeds: range, noise: torch.Tensor, target: torch.Tensor, labels: list[int], metadata: dict) -> None:
+def write_shard(path: Path, seeds: range, noise: torch.Tensor, target: torch.Tensor, labels: list[int],
+                metadata: dict, prompts: list[str] | None = None) -> None:
     """Write one shard atomically; `metadata` describes the teacher, sampler and tensor encoding."""
     dtype = metadata["dtype"]
     table = pa.table({
@@ -68,6 +69,7 @@ def write_shard(path: Path, seeds: range, noise: torch.Tensor, target: torch.Ten
         "noise": pa.array(tensor_codec.encode(noise, dtype), pa.binary()),
         "target": pa.array(tensor_codec.encode(target, dtype), pa.binary()),
         "label": pa.array(labels, pa.int64()),
+        "prompt": pa.array(prompts if prompts is not None else [None] * len(labels), pa.string()),
     })
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps({**metadata, "format": FORMAT}).encode()})
     with atomic_output(path) as tmp:
@@ -100,16 +102,17 @@ def generate_pairs(
     metadata: dict,
     sample: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
     shape: tuple[int, ...],
-    num_classes: int,
+    num_conditions: int,
     batch_size: int,
     rank: int = 0,
     world_size: int = 1,
     progress: Callable[[int], None] | None = None,
+    prompts: list[str] | None = None,
 ) -> list[int]:
     """Make this process's shards (every world_size-th) that are missing or invalid; return those written.
 
-    `sample(noise, labels)` is the teacher's ODE solver. Complete, valid shards are skipped, so a
-    killed run resumes where it stopped.
+    `sample(noise, ids)` is the teacher's ODE solver, `ids` the condition ids (class labels, or indices
+    into `prompts`) or None. Complete, valid shards are skipped, so a killed run resumes where it stopped.
     """
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -123,16 +126,17 @@ def generate_pairs(
                 continue
             except PairsError as err:
                 log.warning("re-making %s", err)
-        inputs = [seeded_inputs(seed, shape, num_classes) for seed in seeds]
+        inputs = [seeded_inputs(seed, shape, num_conditions) for seed in seeds]
         noise = torch.stack([z for z, _ in inputs])
         labels = [label for _, label in inputs]
         targets = []
         for start in range(0, len(seeds), batch_size):
-            batch_labels = torch.tensor(labels[start : start + batch_size]) if num_classes else None
+            batch_labels = torch.tensor(labels[start : start + batch_size]) if num_conditions else None
             targets.append(sample(noise[start : start + batch_size], batch_labels))
             if progress:
                 progress(len(targets[-1]))
-        write_shard(path, seeds, noise, torch.cat(targets), labels, metadata)
+        texts = [prompts[label] for label in labels] if prompts is not None else None
+        write_shard(path, seeds, noise, torch.cat(targets), labels, metadata, texts)
         written.append(shard)
     return written
 

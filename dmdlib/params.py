@@ -107,6 +107,15 @@ class TeacherParams(Section):
         return self
 
 
+class PromptsParams(Section):
+    """The `prompts` stage (text-to-image teachers): prompts split for training and evaluation, embedded once."""
+
+    file: Optional[str] = Field(None, description="Prompt file: .txt (one per line) or .parquet with a 'prompt' column.")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of prompts kept for evaluation.")
+    seed: int = Field(0, ge=0, description="Seed of the train / evaluation split.")
+    batch_size: int = Field(64, ge=1, description="Prompts per text-encoder batch.")
+
+
 class PairsParams(Section):
     """The `pairs` stage: deterministic ODE noise-to-image pairs for the regression loss."""
 
@@ -149,6 +158,10 @@ class DistillParams(Section):
     fake_steps: int = Field(1, ge=1, description="Fake-denoiser steps per generator step (1: DMD; 5-10: DMD2's two time-scales).")
     ema_decay: Optional[float] = Field(None, ge=0, lt=1, description="EMA of the generator that is saved; null for none.")
     mixed_precision: Literal["no", "bf16"] = Field("no", description="bf16 autocast (GPU).")
+    gradient_checkpointing: bool = Field(False, description="Recompute UNet activations in backward (diffusers teachers): less memory.")
+    preview_vae: Optional[str] = Field(
+        None, description="Latent teachers: a diffusers AutoencoderKL/AutoencoderTiny folder to decode previews; null: the teacher's VAE."
+    )
     checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")
     sample_every: int = Field(200, ge=1, description="Steps between fixed-noise sample grids and diversity checks.")
     seed: int = Field(0, ge=0)
@@ -161,14 +174,38 @@ class DistillParams(Section):
         return self
 
 
+class EvaluateParams(Section):
+    """The `evaluate` stage: FID/KID, precision/recall, class shares and sampling speed of every model."""
+
+    samples: Optional[int] = Field(
+        None, ge=2, description="Samples per model; null: the size of the held-out split, so the noise floor uses the same count."
+    )
+    first_seed: int = Field(3_000_000, ge=0, description="Sample i of every model uses seed first_seed + i.")
+    batch_size: int = Field(250, ge=1, description="Batch for sampling and feature extraction.")
+    inception_path: Optional[str] = Field(
+        None, description=f"Local {'inception-2015-12-05.pt'} for clean-fid's Inception FID; /tmp/ (clean-fid's own place) is also searched."
+    )
+    speed_batch_size: int = Field(100, ge=1, description="Batch for the sampling-speed measurement.")
+    speed_repeats: int = Field(3, ge=1, description="Timed batches per model (after one warm-up batch).")
+    precision_recall_k: int = Field(3, ge=1, description="k of the k-NN balls for precision and recall.")
+    clip_model: Optional[str] = Field(
+        None, description="Text-to-image: a local transformers CLIPModel folder (with its processor) for CLIP score; null: omitted."
+    )
+    reference_images: Optional[str] = Field(
+        None, description="Text-to-image: a folder of real images for FID (needs the Inception weights); null: omitted."
+    )
+
+
 class Params(Section):
     """The whole params.yaml: one section per stage."""
 
     prepare: PrepareParams = Field(default_factory=PrepareParams)
     features: FeaturesParams = Field(default_factory=FeaturesParams)
     teacher: TeacherParams = Field(default_factory=TeacherParams)
+    prompts: PromptsParams = Field(default_factory=PromptsParams)
     pairs: PairsParams = Field(default_factory=PairsParams)
     distill: DistillParams = Field(default_factory=DistillParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
 
 def load_params(path: str | os.PathLike) -> Params:

@@ -17,7 +17,7 @@ def karras_sigmas(denoiser: Denoiser, steps: int, rho: float = 7.0) -> torch.Ten
 def heun_sample(denoiser: Denoiser, noise: torch.Tensor, steps: int = 18, cond: torch.Tensor | None = None) -> torch.Tensor:
     """EDM's deterministic Heun sampler (Algorithm 1, S_churn = 0): 2 * steps - 1 evaluations of D."""
     sigmas = karras_sigmas(denoiser, steps).to(noise.device)
-    return sample_heun(denoiser, noise * sigmas[0], sigmas, extra_args={"cond": cond}, disable=True)
+    return sample_heun(denoiser, noise * denoiser.prior_scale(sigmas[0]), sigmas, extra_args={"cond": cond}, disable=True)
 
 
 @torch.no_grad()

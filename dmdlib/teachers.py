@@ -18,7 +18,6 @@ from torch import nn
 
 from dmdlib.denoisers import (
     Denoiser,
-    GaussianMixtureDenoiser,
     KarrasDenoiser,
     LatentDenoiser,
     frozen,

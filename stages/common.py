@@ -51,3 +51,21 @@ def read_teacher(folder: Path) -> tuple[Denoiser, dict]:
         if reference.get(key) and not Path(reference[key]).is_absolute():
             reference[key] = str(folder / reference[key])
     return load_teacher(reference), reference
+
+
+def conditioning(teacher: Denoiser, reference: dict, guidance: float, prompts_folder: Path):
+    """(real denoiser, Conditions or None, prompt texts or None) for a teacher.
+
+    Text-to-image teachers draw `cond` from the cached training-prompt embeddings and, when guidance
+    is not 1, the real denoiser applies classifier-free guidance; others use their class labels.
+    """
+    from dmdlib.denoisers import GuidedDenoiser
+    from dmdlib.distill import Conditions
+    from dmdlib.text import load_prompt_set
+
+    if reference["kind"] != "stable_diffusion":
+        return teacher, Conditions.of(teacher), None
+    prompts, _ = load_prompt_set(prompts_folder)
+    embeddings = prompts.train_embeddings
+    real = teacher if guidance == 1 else GuidedDenoiser(teacher, prompts.uncond, guidance)
+    return real, Conditions(len(prompts.train), lambda ids: embeddings[ids]), prompts.train

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -18,15 +17,15 @@ import typer
 from dmdlib.classifier import load_classifier
 from dmdlib.data import TRAIN, read_image_parquet
 from dmdlib.distill import Processes, distill
-from dmdlib.io import resumable_step
-from dmdlib.diversity import measure_diversity
 from dmdlib.generator import OneStepGenerator, save_generator
 from dmdlib.images import save_grid, to_model_range, to_uint8
+from dmdlib.io import resumable_step
+from dmdlib.latents import decode, load_vae
 from dmdlib.pairs import PairDataset, seeded_inputs
 from dmdlib.params import load_params
 from dmdlib.regression import make_regression_loss
-from dmdlib.teachers import teacher_digest
-from stages.common import PARAMS_OPTION, read_teacher, setup_logging, user_errors
+from stages.common import PARAMS_OPTION, conditioning, read_teacher, setup_logging, user_errors
+from stages.distill_monitor import DistillMonitor
 from stages.pairs import pair_metadata
 
 log = logging.getLogger("distill")
@@ -34,20 +33,19 @@ app = typer.Typer(add_completion=False, help=__doc__)
 GRID_SEED = 2_000_000  # fixed noise of every sample grid: seeds GRID_SEED + i
 
 
-def fixed_inputs(shape, classes: int, count: int, first_seed: int = GRID_SEED):
-    """Seeded noise (and class labels cycling 0..K-1) shared by every grid, so pictures compare sample by sample."""
+def fixed_inputs(shape, conditions, count: int, first_seed: int = GRID_SEED):
+    """Seeded noise and cond (condition ids cycling 0..K-1) shared by every grid, so pictures compare sample by sample."""
     noise = torch.stack([seeded_inputs(first_seed + i, shape, 0)[0] for i in range(count)])
-    labels = torch.arange(count) % classes if classes else None
-    return noise, labels
+    cond = conditions.lookup(torch.arange(count) % conditions.count) if conditions is not None else None
+    return noise, cond
 
 
 @torch.no_grad()
-def generate(generator: OneStepGenerator, noise: torch.Tensor, labels: torch.Tensor | None, batch: int = 250) -> torch.Tensor:
-    """One generator evaluation per image, in batches."""
+def generate(generator: OneStepGenerator, noise: torch.Tensor, cond: torch.Tensor | None, batch: int = 250) -> torch.Tensor:
+    """One generator evaluation per sample, in batches."""
     outputs = []
     for start in range(0, len(noise), batch):
-        cond = labels[start : start + batch] if labels is not None else None
-        outputs.append(generator(noise[start : start + batch], cond).float().cpu())
+        outputs.append(generator(noise[start : start + batch], None if cond is None else cond[start : start + batch]).float().cpu())
     return torch.cat(outputs)
 
 
@@ -62,10 +60,10 @@ def main(
     samples: Path = typer.Option(Path("reports/distill"), help="Folder for sample grids: initial.png, final.png, step-N.png."),
     checkpoint: Path = typer.Option(Path("checkpoints/distill.pt"), help="Resumable training checkpoint."),
     live: Path = typer.Option(Path("dvclive/distill"), help="dvclive folder for losses and diversity curves."),
+    prompts: Path = typer.Option(Path("data/prompts"), help="Prompt embeddings (text-to-image teachers)."),
 ) -> None:
     """Distil the teacher into a one-step generator; write it with sample grids and training curves."""
     from accelerate import Accelerator
-    from dvclive import Live
 
     setup_logging()
     with user_errors():
@@ -74,60 +72,58 @@ def main(
         accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
         processes = Processes(accelerator.process_index, accelerator.num_processes, accelerator.device, accelerator.autocast)
         main_process = accelerator.is_main_process
-        real_denoiser, reference = read_teacher(teacher)
-        expected_pairs = pair_metadata(real_denoiser, all_params.pairs)
+        teacher_denoiser, reference = read_teacher(teacher)
+        # The real denoiser guides with the pairs' scale (paper: the same cfg for pairs and DM); fake and G never do.
+        real_denoiser, conditions, texts = conditioning(teacher_denoiser, reference, all_params.pairs.guidance, prompts)
+        expected_pairs = pair_metadata(teacher_denoiser, all_params.pairs, texts)
         pair_set = PairDataset(pairs, expected_pairs) if config.lambda_reg > 0 else None
         regression = (make_regression_loss(config.regression_loss, config.lpips_net, config.lpips_fallback)
                       if config.lambda_reg > 0 else None)
         if regression is not None and hasattr(regression, "to"):
             regression = regression.to(accelerator.device)
-        dataset = read_image_parquet(data)
-        real_images = to_model_range(dataset.images[dataset.subset(TRAIN)[:500]])
-        shares = torch.bincount(torch.from_numpy(dataset.labels[dataset.subset(TRAIN)])).float()
-        data_shares = shares / shares.sum() if dataset.class_names else None
-        feature_net = load_classifier(classifier) if classifier.is_file() and dataset.class_names else None
-
+        latent = reference["kind"] == "stable_diffusion"
+        vae = None
+        if latent:
+            vae = load_vae(config.preview_vae, subfolder="") if config.preview_vae else load_vae(reference["path"])
+        to_images = (lambda x: decode(vae, x)) if latent else (lambda x: x)
         fingerprint = hashlib.sha256(json.dumps([config.model_dump(mode="json"), expected_pairs]).encode()).hexdigest()
-        shape, classes = real_denoiser.sample_shape, real_denoiser.num_classes
-        grid_noise, grid_labels = fixed_inputs(shape, classes, 8 * max(classes, 8))
-        check_noise, check_labels = fixed_inputs(shape, classes, 500, GRID_SEED + 10_000)
-        columns = max(classes, 8)
+        shape = teacher_denoiser.sample_shape
+        columns = min(conditions.count, 10) if conditions is not None else 8
+        grid_noise, grid_cond = fixed_inputs(shape, conditions, 8 * columns)
+
+        def save_samples(name: str, generator: OneStepGenerator) -> None:
+            save_grid(samples / name, to_uint8(to_images(generate(generator, grid_noise, grid_cond))), columns, scale=4)
+
+        monitor = None
         if main_process:
             samples.mkdir(parents=True, exist_ok=True)
-            initial = OneStepGenerator.from_teacher(real_denoiser)
-            save_grid(samples / "initial.png", to_uint8(generate(initial, grid_noise, grid_labels)), columns, scale=4)
-
-        resuming = resumable_step(checkpoint, fingerprint) > 0
-        if main_process and not resuming:
-            shutil.rmtree(live, ignore_errors=True)
-        with Live(dir=str(live), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None) as tracker:
-
-            def on_step(step: int, metrics: dict[str, float], current: OneStepGenerator) -> None:
-                if not main_process:
-                    return
-                if step % 10 == 0:
-                    tracker.step = step
-                    for name, value in metrics.items():
-                        tracker.log_metric(name, value)
-                if step % config.sample_every == 0 or step == config.steps:
-                    save_grid(samples / f"step-{step:06d}.png", to_uint8(generate(current, grid_noise, grid_labels)),
-                              columns, scale=4)
-                    diversity = measure_diversity(generate(current, check_noise, check_labels), real_images,
-                                                  feature_net, data_shares)
-                    tracker.step = step
-                    tracker.log_metric("diversity/spread", diversity.spread)
-                    if diversity.class_shares is not None:
-                        tracker.log_metric("diversity/min_class_share", min(diversity.class_shares))
-                    message = diversity.warning()
-                    if message:
-                        log.warning("step %d: %s", step, message)
-
-            generator, _ = distill(real_denoiser, pair_set, regression, config, checkpoint, fingerprint, processes, on_step)
+            save_samples("initial.png", OneStepGenerator.from_teacher(teacher_denoiser))
+            diversity = {} if latent else _diversity_inputs(data, classifier, shape, conditions)
+            monitor = DistillMonitor(live, resumable_step(checkpoint, fingerprint) > 0, config.sample_every,
+                                     config.steps, save_samples, **diversity)
+        generator, _ = distill(teacher_denoiser, pair_set, regression, config, checkpoint, fingerprint, processes,
+                               monitor, real_denoiser, conditions)
         if main_process:
-            save_grid(samples / "final.png", to_uint8(generate(generator, grid_noise, grid_labels)), columns, scale=4)
+            save_samples("final.png", generator)
             save_generator(out, generator, reference)
+            monitor.close()
             log.info("wrote %s; sample grids in %s (initial.png vs final.png, same noise)", out, samples)
         accelerator.wait_for_everyone()
+
+
+def _diversity_inputs(data: Path, classifier: Path, shape, conditions) -> dict:
+    """Real images, the feature classifier and the data's class shares, for DistillMonitor's collapse check."""
+    dataset = read_image_parquet(data)
+    train = dataset.subset(TRAIN)
+    labelled = bool(dataset.class_names)
+    check_noise, check_cond = fixed_inputs(shape, conditions, 500, GRID_SEED + 10_000)
+    shares = torch.bincount(torch.from_numpy(dataset.labels[train])).double() if labelled else None
+    return {
+        "diversity_samples": lambda generator: generate(generator, check_noise, check_cond),
+        "real_images": to_model_range(dataset.images[train[:500]]),
+        "classifier": load_classifier(classifier) if labelled and classifier.is_file() else None,
+        "data_shares": shares / shares.sum() if labelled else None,
+    }
 
 
 if __name__ == "__main__":

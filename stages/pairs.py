@@ -6,10 +6,11 @@ Runs in one process, or in several with `torchrun --nproc_per_node N -m stages.p
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
-import torch
 import typer
 from tqdm.auto import tqdm
 
@@ -17,28 +18,30 @@ from dmdlib.pairs import ShardPlan, generate_pairs
 from dmdlib.params import PairsParams, load_params
 from dmdlib.sampling import heun_sample, make_scheduler, scheduler_sample
 from dmdlib.teachers import teacher_digest
-from stages.common import PARAMS_OPTION, read_teacher, setup_logging, user_errors
+from stages.common import PARAMS_OPTION, conditioning, read_teacher, setup_logging, user_errors
 
 log = logging.getLogger("pairs")
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-def pair_metadata(teacher, params: PairsParams) -> dict:
-    """What a pair shard must agree on with the teacher and settings that read it."""
+def pair_metadata(teacher, params: PairsParams, prompts: list[str] | None = None) -> dict:
+    """What a pair shard must agree on with the teacher, prompts and settings that read it."""
+    conditions = hashlib.sha256(json.dumps(prompts).encode()).hexdigest() if prompts else teacher.num_classes
     return {
         "teacher": teacher_digest(teacher), "sampler": params.sampler, "steps": params.steps,
-        "guidance": params.guidance, "shape": list(teacher.sample_shape), "dtype": params.dtype,
+        "guidance": params.guidance, "shape": list(teacher.sample_shape), "dtype": params.dtype, "conditions": conditions,
     }
 
 
-def make_sampler(teacher, params: PairsParams):
-    """The ODE solver named in params, as sample(noise, labels) -> image."""
+def make_sampler(real_denoiser, params: PairsParams, conditions=None):
+    """The ODE solver named in params, as sample(noise, condition ids) -> image (or latent)."""
+    lookup = (lambda ids: None) if conditions is None else (lambda ids: conditions.lookup(ids))
     if params.sampler == "heun":
-        return lambda noise, labels: heun_sample(teacher, noise, params.steps, labels)
-    if not hasattr(teacher, "scheduler_config"):
+        return lambda noise, ids: heun_sample(real_denoiser, noise, params.steps, lookup(ids))
+    if real_denoiser.scheduler_config is None:
         raise ValueError(f"sampler {params.sampler!r} needs a discrete-time (diffusers) teacher; use 'heun' for this one")
-    scheduler = make_scheduler(params.sampler, teacher.scheduler_config)
-    return lambda noise, labels: scheduler_sample(teacher, noise, scheduler, params.steps, labels)
+    scheduler = make_scheduler(params.sampler, real_denoiser.scheduler_config)
+    return lambda noise, ids: scheduler_sample(real_denoiser, noise, scheduler, params.steps, lookup(ids))
 
 
 @app.command()
@@ -46,6 +49,7 @@ def main(
     params: Path = PARAMS_OPTION,
     teacher: Path = typer.Option(Path("models/teacher"), help="Teacher folder written by the `teacher` stage."),
     out: Path = typer.Option(Path("data/pairs"), help="Folder of pair shards (shard-NNNNN.parquet)."),
+    prompts: Path = typer.Option(Path("data/prompts"), help="Prompt embeddings from the `prompts` stage (text-to-image teachers)."),
 ) -> None:
     """Sample the configured number of pairs; shards already complete and valid are kept."""
     from accelerate import PartialState
@@ -54,17 +58,18 @@ def main(
     with user_errors():
         config = load_params(params).pairs
         state = PartialState()
-        denoiser, _ = read_teacher(teacher)
+        denoiser, reference = read_teacher(teacher)
+        real_denoiser, conditions, texts = conditioning(denoiser, reference, config.guidance, prompts)
         plan = ShardPlan(config.count, config.shard_size, config.first_seed)
         if state.is_main_process:
             for stale in sorted(out.glob("shard-*.parquet"))[plan.shards:]:
                 stale.unlink()  # left from an earlier, larger count
         bar = tqdm(total=-(-config.count // state.num_processes), desc="pairs", unit="pair",
                    disable=not state.is_main_process, mininterval=1.0)
-        torch.manual_seed(0)  # samplers here are deterministic; this only pins any library default
         written = generate_pairs(
-            out, plan, pair_metadata(denoiser, config), make_sampler(denoiser, config), denoiser.sample_shape,
-            denoiser.num_classes, config.batch_size, state.process_index, state.num_processes, progress=bar.update,
+            out, plan, pair_metadata(denoiser, config, texts), make_sampler(real_denoiser, config, conditions),
+            denoiser.sample_shape, conditions.count if conditions else 0, config.batch_size, state.process_index,
+            state.num_processes, progress=bar.update, prompts=texts,
         )
         bar.close()
         state.wait_for_everyone()

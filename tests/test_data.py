@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from dmdlib.data import (
-    DataError,
     HELDOUT,
     TRAIN,
+    DataError,
     ImageSet,
     load_image_folder,
     load_mnist_digits,

@@ -1,6 +1,5 @@
 """Every adapter agrees with a reference computed independently of it."""
 
-import math
 
 import pytest
 import torch

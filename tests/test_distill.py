@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from dmdlib.distill import Processes, distill
+from dmdlib.distill import distill
 from dmdlib.pairs import PairDataset, ShardPlan, generate_pairs
 from dmdlib.params import DistillParams
 from dmdlib.regression import l2_loss
@@ -90,45 +90,3 @@ def test_two_gloo_processes_hold_identical_generators(tmp_path, repo_root):
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
 
-
-def test_stage_end_to_end_writes_a_loadable_generator(tmp_path):
-    from typer.testing import CliRunner
-
-    from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
-    from dmdlib.generator import load_generator
-    from dmdlib.teachers import save_kdiffusion
-    from stages.distill import app as distill_app
-    from stages.pairs import app as pairs_app
-    from stages.teacher import app as teacher_app
-
-    teacher = tiny_teacher()
-    save_kdiffusion(tmp_path / "k.safetensors", teacher, teacher.config)
-    rng = torch.Generator().manual_seed(0)
-    data = ImageSet(torch.randint(0, 256, (30, 8, 8, 1), generator=rng, dtype=torch.uint8).numpy(),
-                    (torch.arange(30) % 3).numpy(), split_train_heldout(30, 0.2, 0), ["a", "b", "c"])
-    write_image_parquet(tmp_path / "data.parquet", data)
-    (tmp_path / "params.yaml").write_text(
-        f"teacher:\n  kind: kdiffusion\n  path: {tmp_path / 'k.safetensors'}\n  train:\n    sample_steps: 2\n"
-        "pairs:\n  count: 6\n  shard_size: 3\n  batch_size: 3\n  steps: 2\n"
-        "distill:\n  steps: 3\n  batch_size: 2\n  reg_batch_size: 2\n  regression_loss: l2\n  sample_every: 2\n"
-        "  checkpoint_every: 2\n  ema_decay: 0.9\n"
-    )
-    common = ["--params", str(tmp_path / "params.yaml")]
-    runner = CliRunner()
-    for app, args in [
-        (teacher_app, ["--out", str(tmp_path / "teacher"), "--samples", str(tmp_path / "t.png")]),
-        (pairs_app, ["--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "pairs")]),
-        (distill_app, ["--teacher", str(tmp_path / "teacher"), "--pairs", str(tmp_path / "pairs"),
-                       "--data", str(tmp_path / "data.parquet"), "--classifier", str(tmp_path / "none"),
-                       "--out", str(tmp_path / "generator"), "--samples", str(tmp_path / "grids"),
-                       "--checkpoint", str(tmp_path / "ck.pt"), "--live", str(tmp_path / "live")]),
-    ]:
-        result = runner.invoke(app, common + args)
-        assert result.exit_code == 0, result.output
-    generator = load_generator(tmp_path / "generator")
-    z = torch.randn(4, 1, 8, 8)
-    images = generator(z, torch.tensor([0, 1, 2, 0]))
-    assert images.shape == (4, 1, 8, 8) and torch.isfinite(images).all()
-    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == ["final.png", "initial.png", "step-000002.png",
-                                                                      "step-000003.png"]
-    assert (tmp_path / "live" / "plots" / "metrics" / "diversity" / "spread.tsv").exists()

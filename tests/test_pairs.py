@@ -6,16 +6,16 @@ import sys
 
 import pytest
 import torch
+from tiny_models import save_tiny_ddpm
 from typer.testing import CliRunner
 
+from dmdlib.denoisers.loading import load_diffusers_ddpm
 from dmdlib.pairs import PairDataset, PairsError, ShardPlan, generate_pairs, seeded_inputs
 from dmdlib.sampling import heun_sample, make_scheduler, scheduler_sample
 from dmdlib.teachers import build_kdiffusion, kdiffusion_config, save_kdiffusion
-from dmdlib.denoisers.loading import load_diffusers_ddpm
 from stages.common import read_teacher
 from stages.pairs import app, pair_metadata
 from stages.teacher import app as teacher_app
-from tiny_models import save_tiny_ddpm
 
 PARAMS = "pairs:\n  count: 10\n  shard_size: 4\n  batch_size: {batch}\n  steps: 3\n"
 

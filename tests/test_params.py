@@ -11,9 +11,10 @@ def write(tmp_path, text):
     return path
 
 
-def test_repository_params_file_is_valid(repo_root):
+def test_repository_params_files_are_valid(repo_root):
     params = load_params(repo_root / "params.yaml")
     assert params.prepare.source == "mnist"
+    assert load_params(repo_root / "pipelines" / "sd" / "params.yaml").teacher.kind == "stable_diffusion"
 
 
 def test_defaults_when_section_is_absent(tmp_path):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from tiny_models import save_tiny_ddpm, save_tiny_stable_diffusion
 from typer.testing import CliRunner
 
 from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
@@ -12,7 +13,6 @@ from dmdlib.teacher_training import train_teacher
 from dmdlib.teachers import build_kdiffusion, kdiffusion_config, load_kdiffusion, save_kdiffusion
 from stages.common import read_teacher
 from stages.teacher import app
-from tiny_models import save_tiny_ddpm, save_tiny_stable_diffusion
 
 TINY = dict(channels=[8, 8], depths=[1, 1], mapping_width=16)
 

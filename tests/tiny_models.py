@@ -52,10 +52,10 @@ def tiny_clip_tokenizer(folder: Path):
 
 def save_tiny_stable_diffusion(folder: Path) -> Path:
     """A StableDiffusionPipeline in diffusers layout: UNet, VAE, CLIP text encoder, tokenizer, PNDM scheduler."""
+    import tempfile
+
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    import tempfile
 
     torch.manual_seed(0)
     tokenizer = tiny_clip_tokenizer(Path(tempfile.mkdtemp()))
@@ -74,4 +74,26 @@ def save_tiny_stable_diffusion(folder: Path) -> Path:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipeline.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_clip(folder: Path) -> Path:
+    """A CLIPModel with its processor (image processor + tokenizer), as evaluate.clip_model expects."""
+    import tempfile
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(0)
+    tokenizer = tiny_clip_tokenizer(Path(tempfile.mkdtemp()))
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=12, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=12, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=8, patch_size=4),
+        projection_dim=12,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}),
+                              tokenizer=tokenizer)
+    processor.save_pretrained(folder)
     return folder

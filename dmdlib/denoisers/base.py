@@ -24,6 +24,7 @@ class Denoiser(nn.Module):
     sigma_data: float = 0.5
     sample_shape: tuple[int, ...] = ()  # shape of one x, without the batch dimension; () when unknown
     num_classes: int = 0  # > 0 when `cond` is an integer class label
+    scheduler_config: dict | None = None  # diffusers scheduler config, for discrete-time teachers
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         return self.denoise(x, per_sample(sigma, x), cond)
@@ -36,6 +37,10 @@ class Denoiser(nn.Module):
         """grad_x log p_sigma(x) = (D(x, sigma) - x) / sigma**2 (Tweedie)."""
         sigma = per_sample(sigma, x)
         return (self(x, sigma, cond) - x) / expand(sigma, x) ** 2
+
+    def prior_scale(self, sigma: float) -> float:
+        """Scale of unit noise that makes a sample of the noisiest marginal: sigma in VE space."""
+        return sigma
 
     def sigma_grid(self) -> torch.Tensor:
         """The teacher's 1000-step noise grid, ascending (Karras rho=7 between sigma_min and sigma_max)."""

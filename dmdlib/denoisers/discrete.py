@@ -60,6 +60,10 @@ class DiscreteDenoiser(Denoiser):
             return x * scale**2 - s * scale * output  # x0 = sqrt(a) x_t - sqrt(1 - a) v
         return output
 
+    def prior_scale(self, sigma: float) -> float:
+        """sqrt(sigma^2 + 1): unit noise z is then exactly the VP sample x_T = z that diffusers samplers start from."""
+        return (sigma**2 + 1) ** 0.5
+
     def sigma_grid(self) -> torch.Tensor:
         """The teacher's own discrete sigmas, ascending."""
         return self.schedule.sigmas.clone()

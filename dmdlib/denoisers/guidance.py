@@ -19,6 +19,7 @@ class GuidedDenoiser(Denoiser):
         self.register_buffer("uncond", uncond, persistent=False)
         self.scale = scale
         self.sigma_min, self.sigma_max, self.sigma_data = denoiser.sigma_min, denoiser.sigma_max, denoiser.sigma_data
+        self.sample_shape, self.scheduler_config = denoiser.sample_shape, denoiser.scheduler_config
 
     def denoise(self, x, sigma, cond):
         uncond = self.uncond.expand(x.shape[0], *self.uncond.shape[1:])
@@ -30,6 +31,9 @@ class GuidedDenoiser(Denoiser):
 
     def sigma_grid(self):
         return self.denoiser.sigma_grid()
+
+    def prior_scale(self, sigma):
+        return self.denoiser.prior_scale(sigma)
 
     def loss_weight(self, sigma):
         return self.denoiser.loss_weight(sigma)

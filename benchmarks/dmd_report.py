@@ -1,0 +1,110 @@
+"""One table of the embedded default's results, and the cost of one DMD step split into its network passes.
+
+    python benchmarks/dmd_report.py [--metrics metrics/eval.json] [--teacher models/teacher] [--repeats 5]
+
+The quality rows come from `metrics/eval.json` (made by `dvc repro`); the step split is measured now,
+on this machine, with the batch sizes in params.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dmdlib.denoisers import trainable_copy
+from dmdlib.dmd import Pairs, fake_denoiser_step, generator_step
+from dmdlib.generator import OneStepGenerator
+from dmdlib.losses import sample_sigmas
+from dmdlib.params import load_params
+from dmdlib.regression import make_regression_loss
+from stages.common import read_teacher
+
+
+def median_seconds(function, repeats: int) -> float:
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def quality_table(metrics: dict) -> None:
+    teacher_speed = metrics["teacher"]["images_per_s"]
+    extractor = metrics["feature_extractors"][0]
+    print(f"\n{metrics['samples']} samples per row; FID/KID in the `{extractor}` feature space\n")
+    print("| model | NFE | FID | KID | precision | recall | min class share ratio | images/s | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in ("noise_floor", "teacher", "initial_one_step", "dmd_one_step"):
+        row = metrics[name]
+        speed = row.get("images_per_s")
+        print(f"| {name} | {row.get('nfe', '-')} | {row[f'fid_{extractor}']:.2f} | {row[f'kid_{extractor}']:.4f} | "
+              f"{row['precision_classifier']:.3f} | {row['recall_classifier']:.3f} | {row.get('min_class_share_ratio', '-')} | "
+              f"{f'{speed:,.1f}' if speed else '-'} | {f'{speed / teacher_speed:.1f}x' if speed else '-'} |")
+
+
+def step_table(teacher_folder: Path, params_file: Path, repeats: int) -> None:
+    params = load_params(params_file).distill
+    teacher, _ = read_teacher(teacher_folder)
+    generator = OneStepGenerator.from_teacher(teacher)
+    fake = trainable_copy(teacher)
+    g_opt = torch.optim.AdamW(generator.parameters(), 1e-6)
+    f_opt = torch.optim.AdamW(fake.parameters(), 1e-6)
+    regression = make_regression_loss(params.regression_loss, params.lpips_net, params.lpips_fallback)
+    shape, batch, reg_batch = teacher.sample_shape, params.batch_size, params.reg_batch_size
+    rng = torch.Generator().manual_seed(0)
+    labels = lambda n: torch.randint(0, teacher.num_classes, (n,), generator=rng) if teacher.num_classes else None
+    z, cond = torch.randn(batch, *shape), labels(batch)
+    pairs = Pairs(torch.randn(reg_batch, *shape), torch.randn(reg_batch, *shape), labels(reg_batch))
+    sigma = sample_sigmas(teacher.sigma_grid(), batch, 0.02, 0.98, rng)
+    noise = torch.randn(batch, *shape)
+    x_detached = generator(z, cond).detach()
+
+    def generator_pass():
+        generator(torch.cat([z, pairs.noise]), None if cond is None else torch.cat([cond, pairs.cond])).sum().backward()
+
+    passes = {
+        "generator forward + backward (DM + pairs batch)": generator_pass,
+        "real denoiser forward": lambda: torch.no_grad()(teacher)(x_detached + sigma[:, None, None, None] * noise, sigma, cond),
+        "fake denoiser forward": lambda: torch.no_grad()(fake)(x_detached + sigma[:, None, None, None] * noise, sigma, cond),
+        "fake denoiser update (forward, backward, AdamW)": lambda: fake_denoiser_step(fake, f_opt, x_detached, cond, rng),
+        f"regression loss ({params.regression_loss}, forward + backward)": (
+            lambda: regression(pairs.target.clone().requires_grad_(True), pairs.target.flip(0)).sum().backward()),
+    }
+    timings = {name: median_seconds(fn, repeats) for name, fn in passes.items()}
+
+    def whole_step():
+        result = generator_step(generator, teacher, fake, g_opt, z, cond, pairs, regression, params.lambda_reg, rng=rng)
+        fake_denoiser_step(fake, f_opt, result.x, cond, rng)
+
+    total = median_seconds(whole_step, repeats)
+    print(f"\nOne DMD step (batch {batch} + {reg_batch} pairs, {torch.get_num_threads()} threads), median of {repeats}\n")
+    print("| part | ms | share |\n|---|---|---|")
+    for name, seconds in timings.items():
+        print(f"| {name} | {seconds * 1e3:.1f} | {seconds / total:.0%} |")
+    overhead = total - sum(timings.values())
+    print(f"| overhead beyond these passes | {overhead * 1e3:.1f} | {overhead / total:.0%} |")
+    print(f"| **whole step** | {total * 1e3:.1f} | 100% |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/eval.json"))
+    parser.add_argument("--teacher", type=Path, default=Path("models/teacher"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    if args.metrics.is_file():
+        quality_table(json.loads(args.metrics.read_text()))
+    else:
+        print(f"{args.metrics} not found: run `dvc repro` first for the quality rows")
+    step_table(args.teacher, args.params, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Feature extractors for FID (the offline classifier, or clean-fid's Inception) and sampling-speed measurement."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dmdlib.classifier import FeatureClassifier
+
+log = logging.getLogger(__name__)
+
+INCEPTION_FILE = "inception-2015-12-05.pt"  # the TorchScript Inception that clean-fid's "clean" mode uses
+Extractor = Callable[[torch.Tensor], torch.Tensor]  # images in [-1, 1], NCHW -> features
+
+
+def classifier_extractor(classifier: FeatureClassifier) -> Extractor:
+    """Penultimate activations of the pipeline's own classifier, at the data's resolution."""
+    return classifier.features
+
+
+def find_inception(configured: str | os.PathLike | None, clean_fid_dir: Path = Path("/tmp")) -> Path | None:
+    """The Inception weights file: the configured path, else clean-fid's own download place, else None."""
+    candidates = [Path(configured)] if configured else []
+    candidates.append(clean_fid_dir / INCEPTION_FILE)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def inception_extractor(weights: Path, device: torch.device) -> Extractor:
+    """clean-fid's Inception features in 'clean' mode: uint8 images resized to 299 with PIL bicubic."""
+    from cleanfid.inception_torchscript import InceptionV3W
+    from cleanfid.resize import build_resizer
+
+    if weights.name != INCEPTION_FILE:
+        raise ValueError(f"{weights}: clean-fid loads its Inception weights only under the name {INCEPTION_FILE}")
+    model = InceptionV3W(str(weights.parent), download=False).to(device).eval()
+    resize = build_resizer("clean")
+
+    @torch.no_grad()
+    def extract(images: torch.Tensor) -> torch.Tensor:
+        pixels = ((images.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
+        if pixels.shape[-1] == 1:
+            pixels = np.repeat(pixels, 3, axis=-1)
+        resized = np.stack([resize(image.astype(np.uint8)) for image in pixels]).transpose(0, 3, 1, 2)
+        return model(torch.from_numpy(resized).float().to(device)).cpu()
+
+    return extract
+
+
+@torch.no_grad()
+def extract_features(extractor: Extractor, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """Features of all images, in batches."""
+    return torch.cat([extractor(images[i : i + batch_size]).float().cpu() for i in range(0, len(images), batch_size)])
+
+
+def throughput(sample: Callable[[], torch.Tensor], batch_size: int, repeats: int) -> tuple[float, float]:
+    """(images per second, peak memory in MiB above the starting level) of `sample()`, one batch per call.
+
+    One warm-up call first. Memory is CUDA's peak allocation on a GPU; on the CPU, the process's
+    resident memory sampled every 2 ms by a helper thread (so brief peaks can be missed).
+    """
+    sample()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    with _RssPeak() as rss:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            sample()
+        if cuda:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() - base) if cuda else rss.peak - rss.base
+    return batch_size * repeats / elapsed, peak / 2**20
+
+
+class _RssPeak:
+    """Highest resident set size of this process while the block runs."""
+
+    def __enter__(self):
+        import psutil
+
+        self._process = psutil.Process()
+        self.base = self.peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)

@@ -1,0 +1,56 @@
+"""What the `distill` stage watches while training (main process only): curves, sample grids, diversity."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from dmdlib.classifier import FeatureClassifier
+from dmdlib.diversity import measure_diversity
+from dmdlib.generator import OneStepGenerator
+
+log = logging.getLogger("distill")
+
+
+class DistillMonitor:
+    """Logs losses to dvclive every step; every `sample_every` steps saves a fixed-noise grid and, for
+    pixel teachers, measures diversity and warns on collapse."""
+
+    def __init__(self, live_dir: Path, resuming: bool, sample_every: int, last_step: int,
+                 save_samples: Callable[[str, OneStepGenerator], None],
+                 diversity_samples: Callable[[OneStepGenerator], torch.Tensor] | None = None,
+                 real_images: torch.Tensor | None = None, classifier: FeatureClassifier | None = None,
+                 data_shares: torch.Tensor | None = None):
+        from dvclive import Live
+
+        if not resuming:
+            shutil.rmtree(live_dir, ignore_errors=True)
+        self.live = Live(dir=str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None)
+        self.sample_every, self.last_step, self.save_samples = sample_every, last_step, save_samples
+        self.diversity_samples, self.real_images = diversity_samples, real_images
+        self.classifier, self.data_shares = classifier, data_shares
+
+    def __call__(self, step: int, metrics: dict[str, float], generator: OneStepGenerator) -> None:
+        self.live.step = step
+        for name, value in metrics.items():
+            self.live.log_metric(name, value)
+        if step % self.sample_every and step != self.last_step:
+            return
+        self.save_samples(f"step-{step:06d}.png", generator)
+        if self.diversity_samples is None:
+            return
+        diversity = measure_diversity(self.diversity_samples(generator), self.real_images, self.classifier, self.data_shares)
+        self.live.step = step
+        self.live.log_metric("diversity/spread", diversity.spread)
+        if diversity.class_shares is not None:
+            self.live.log_metric("diversity/min_class_share", min(diversity.class_shares))
+        message = diversity.warning()
+        if message:
+            log.warning("step %d: %s", step, message)
+
+    def close(self) -> None:
+        self.live.end()

@@ -1,0 +1,143 @@
+"""`evaluate` stage: FID/KID, precision/recall, class shares and speed of the teacher, the initial and the
+distilled one-step generator, and the data's own noise floor; metrics JSON for `dvc metrics diff`, and pictures."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+from dmdlib.classifier import load_classifier, predict
+from dmdlib.data import HELDOUT, TRAIN, read_image_parquet
+from dmdlib.distill import Conditions
+from dmdlib.evaluation import (
+    classifier_extractor,
+    extract_features,
+    find_inception,
+    inception_extractor,
+    throughput,
+)
+from dmdlib.generator import OneStepGenerator, load_generator
+from dmdlib.images import make_grid, save_grid, to_model_range, to_uint8
+from dmdlib.io import atomic_output
+from dmdlib.metrics import class_shares, fid, kid, precision_recall
+from dmdlib.pairs import seeded_inputs
+from dmdlib.params import load_params
+from stages.common import PARAMS_OPTION, read_teacher, setup_logging, user_errors
+from stages.distill import fixed_inputs, generate
+from stages.evaluate_text import evaluate_text_to_image
+from stages.pairs import make_sampler
+
+log = logging.getLogger("evaluate")
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    params: Path = PARAMS_OPTION,
+    data: Path = typer.Option(Path("data/prepared.parquet"), help="Prepared data: reference (train) and noise floor (held-out)."),
+    teacher: Path = typer.Option(Path("models/teacher"), help="Teacher folder from the `teacher` stage."),
+    generator: Path = typer.Option(Path("models/generator"), help="Generator folder from the `distill` stage."),
+    classifier: Path = typer.Option(Path("models/classifier.safetensors"), help="Offline feature network (`features` stage)."),
+    metrics: Path = typer.Option(Path("metrics/eval.json"), help="Metrics JSON (declared as DVC metrics)."),
+    images: Path = typer.Option(Path("reports/eval"), help="Folder for sample grids and the side-by-side comparison."),
+    prompts: Path = typer.Option(Path("data/prompts"), help="Prompt embeddings (text-to-image teachers)."),
+) -> None:
+    """Measure every model on the same seeds and sample counts; write metrics/eval.json and grids."""
+    setup_logging()
+    with user_errors():
+        all_params = load_params(params)
+        config = all_params.evaluate
+        real_denoiser, reference = read_teacher(teacher)
+        if reference["kind"] == "stable_diffusion":
+            results = evaluate_text_to_image(all_params, real_denoiser, reference, generator, prompts, images)
+            _write(metrics, results)
+            return
+        dataset = read_image_parquet(data)
+        real = to_model_range(dataset.images[dataset.subset(TRAIN)])
+        heldout = to_model_range(dataset.images[dataset.subset(HELDOUT)])
+        count = config.samples or len(heldout)
+        distilled = load_generator(generator)
+        feature_net = load_classifier(classifier)
+        shape, classes = real_denoiser.sample_shape, real_denoiser.num_classes
+
+        extractors = {"classifier": classifier_extractor(feature_net)}
+        inception = find_inception(config.inception_path)
+        if inception is not None:
+            extractors["inception"] = inception_extractor(inception, torch.device("cpu"))
+        else:
+            log.info("no Inception FID: put %s at evaluate.inception_path or /tmp/ (clean-fid's place) to add "
+                     "fid_inception; reporting fid_classifier only", "inception-2015-12-05.pt")
+
+        inputs = [seeded_inputs(config.first_seed + i, shape, classes) for i in range(count)]
+        noise = torch.stack([z for z, _ in inputs])
+        labels = torch.tensor([label for _, label in inputs]) if classes else None
+        teacher_sample = make_sampler(real_denoiser, all_params.pairs)
+        initial = OneStepGenerator.from_teacher(real_denoiser).eval().requires_grad_(False)
+
+        def teacher_all(z, y):
+            return torch.cat([teacher_sample(z[i : i + config.batch_size], None if y is None else y[i : i + config.batch_size])
+                              for i in range(0, len(z), config.batch_size)])
+
+        models = {
+            "teacher": (lambda z, y: teacher_all(z, y), 2 * all_params.pairs.steps - 1 if all_params.pairs.sampler == "heun" else None),
+            "initial_one_step": (lambda z, y: generate(initial, z, y, config.batch_size), 1),
+            "dmd_one_step": (lambda z, y: generate(distilled, z, y, config.batch_size), 1),
+        }
+        real_features = {name: extract_features(fn, real) for name, fn in extractors.items()}
+        data_shares = class_shares(torch.from_numpy(dataset.labels[dataset.subset(TRAIN)]), len(dataset.class_names))
+        results: dict = {"samples": count, "reference": f"train split ({len(real)} images)",
+                         "feature_extractors": list(extractors), "machine_threads": torch.get_num_threads()}
+
+        def quality(samples: torch.Tensor) -> dict:
+            row = {}
+            for name, extract in extractors.items():
+                features = extract_features(extract, samples)
+                row[f"fid_{name}"] = round(fid(real_features[name], features), 4)
+                row[f"kid_{name}"] = round(kid(real_features[name], features), 6)
+            precision, recall = precision_recall(real_features["classifier"][:count], extract_features(extractors["classifier"], samples), config.precision_recall_k)
+            row["precision_classifier"], row["recall_classifier"] = round(precision, 4), round(recall, 4)
+            if dataset.class_names:
+                shares = class_shares(predict(feature_net, samples), len(dataset.class_names))
+                row["min_class_share_ratio"] = round(float((shares / data_shares).min()), 4)
+            return row
+
+        results["noise_floor"] = quality(heldout[:count])
+        grid_noise, grid_labels = fixed_inputs(shape, Conditions.of(real_denoiser), 8 * max(classes, 1))
+        grids = {}
+        for name, (sample, nfe) in models.items():
+            log.info("evaluating %s on %d samples", name, count)
+            samples = sample(noise, labels)
+            row = quality(samples)
+            speed_noise = noise[: config.speed_batch_size]
+            speed_labels = None if labels is None else labels[: config.speed_batch_size]
+            speed, memory = throughput(lambda: sample(speed_noise, speed_labels), len(speed_noise), config.speed_repeats)
+            row["images_per_s"], row["peak_memory_mib"], row["nfe"] = round(speed, 2), round(memory, 1), nfe
+            results[name] = row
+            grids[name] = to_uint8(sample(grid_noise, grid_labels))
+            save_grid(images / f"{name}.png", grids[name], columns=8, scale=4)
+        results["speedup_dmd_vs_teacher"] = round(results["dmd_one_step"]["images_per_s"] / results["teacher"]["images_per_s"], 2)
+        _save_comparison(images / "comparison.png", grids)
+        _write(metrics, results)
+
+
+def _write(metrics: Path, results: dict) -> None:
+    with atomic_output(metrics) as tmp:
+        tmp.write_text(json.dumps(results, indent=2))
+    log.info("wrote %s:\n%s", metrics, json.dumps(results, indent=2))
+
+
+def _save_comparison(path: Path, grids: dict[str, np.ndarray]) -> None:
+    """Teacher | initial | distilled, side by side, the same noise in the same place."""
+    panels = [make_grid(grid, columns=8, padding=1) for grid in grids.values()]
+    gap = np.full((panels[0].shape[0], 6, panels[0].shape[2]), 255, np.uint8)
+    picture = np.concatenate([part for panel in panels for part in (panel, gap)][:-1], axis=1)
+    save_grid(path, picture[None], columns=1, scale=4)
+
+
+if __name__ == "__main__":
+    app()

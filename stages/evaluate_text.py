@@ -1,0 +1,85 @@
+"""The text-to-image half of `evaluate`: CLIP score, FID against a reference folder, and speed, on evaluation prompts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from dmdlib.data import load_image_folder
+from dmdlib.distill import Conditions
+from dmdlib.evaluation import extract_features, find_inception, inception_extractor, throughput
+from dmdlib.generator import load_generator
+from dmdlib.images import save_grid, to_model_range, to_uint8
+from dmdlib.latents import decode, load_vae
+from dmdlib.metrics import clip_score, fid, kid
+from dmdlib.pairs import seeded_inputs
+from dmdlib.text import load_prompt_set
+from stages.distill import generate
+from stages.pairs import make_sampler
+
+log = logging.getLogger("evaluate")
+
+
+def evaluate_text_to_image(all_params, teacher_denoiser, reference: dict, generator_folder: Path, prompts_folder: Path,
+                           images: Path) -> dict:
+    """Metrics of the guided teacher (pairs sampler) and the one-step generator on the evaluation prompts."""
+    from dmdlib.denoisers import GuidedDenoiser
+
+    config, pairs = all_params.evaluate, all_params.pairs
+    prompts, _ = load_prompt_set(prompts_folder)
+    count = config.samples or len(prompts.eval)
+    texts = [prompts.eval[i % len(prompts.eval)] for i in range(count)]
+    cond = prompts.eval_embeddings[torch.arange(count) % len(prompts.eval)]
+    noise = torch.stack([seeded_inputs(config.first_seed + i, teacher_denoiser.sample_shape, 0)[0] for i in range(count)])
+    vae = load_vae(reference["path"])
+    real = teacher_denoiser if pairs.guidance == 1 else GuidedDenoiser(teacher_denoiser, prompts.uncond, pairs.guidance)
+    teacher_sample = make_sampler(real, pairs, Conditions(count, lambda ids: cond[ids]))
+    generator = load_generator(generator_folder)
+    batch = config.batch_size
+
+    def teacher_images(z, ids):
+        return torch.cat([decode(vae, teacher_sample(z[i : i + batch], ids[i : i + batch])) for i in range(0, len(z), batch)])
+
+    def generator_images(z, ids):
+        return torch.cat([decode(vae, generate(generator, z[i : i + batch], cond[ids[i : i + batch]])) for i in range(0, len(z), batch)])
+
+    clip = None
+    if config.clip_model:
+        from transformers import CLIPModel, CLIPProcessor
+
+        folder = Path(config.clip_model).expanduser()
+        clip = (CLIPModel.from_pretrained(folder, local_files_only=True).eval(),
+                CLIPProcessor.from_pretrained(folder, local_files_only=True))
+    else:
+        log.info("no CLIP score: set evaluate.clip_model to a local CLIPModel folder to add it")
+    inception = find_inception(config.inception_path)
+    reference_features = None
+    if config.reference_images and inception is not None:
+        extract = inception_extractor(inception, torch.device("cpu"))
+        real_images, _, _, _ = load_image_folder(Path(config.reference_images).expanduser(), 299, 3)
+        reference_features = extract_features(extract, to_model_range(real_images), batch)
+    else:
+        log.info("no FID: needs evaluate.reference_images (a folder of real images) and the Inception weights "
+                 "(evaluate.inception_path); omitted rather than estimated")
+
+    results: dict = {"samples": count, "prompts": "evaluation split"}
+    ids = torch.arange(count)
+    for name, sample, nfe in [("teacher", teacher_images, pairs.steps), ("dmd_one_step", generator_images, 1)]:
+        log.info("evaluating %s on %d prompts", name, count)
+        pictures = sample(noise, ids)
+        row: dict = {"nfe": nfe}
+        if clip is not None:
+            row["clip_score"] = round(clip_score(*clip, pictures, texts), 4)
+        if reference_features is not None:
+            features = extract_features(extract, pictures, batch)
+            row["fid_inception"] = round(fid(reference_features, features), 4)
+            row["kid_inception"] = round(kid(reference_features, features), 6)
+        speed_ids = ids[: config.speed_batch_size]
+        speed, memory = throughput(lambda: sample(noise[speed_ids], speed_ids), len(speed_ids), config.speed_repeats)
+        row["images_per_s"], row["peak_memory_mib"] = round(speed, 3), round(memory, 1)
+        results[name] = row
+        save_grid(images / f"{name}.png", to_uint8(pictures[:64]), columns=8, scale=4)
+    results["speedup_dmd_vs_teacher"] = round(results["dmd_one_step"]["images_per_s"] / results["teacher"]["images_per_s"], 2)
+    return results

@@ -1,0 +1,41 @@
+"""Metrics: FID/KID behave, precision/recall detect collapse, Inception is chosen only when its file exists."""
+
+import torch
+
+from dmdlib.evaluation import INCEPTION_FILE, find_inception
+from dmdlib.metrics import class_shares, fid, kid, precision_recall
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
+    features = torch.randn(1000, 16, generator=torch.Generator().manual_seed(0))
+    other = torch.randn(1000, 16, generator=torch.Generator().manual_seed(1))
+    assert abs(fid(features, features)) < 1e-6
+    same_distribution = fid(features, other)
+    shifted = fid(features, other + 0.5)
+    assert same_distribution < 0.5 and shifted > 3.5  # a 0.5 shift in 16 dims adds 16 * 0.25 = 4
+    assert kid(features, other + 0.5) > 10 * abs(kid(features, other))
+
+
+def test_precision_recall_see_mode_collapse():
+    rng = torch.Generator().manual_seed(0)
+    real = torch.randn(500, 4, generator=rng)
+    healthy = torch.randn(500, 4, generator=rng)
+    collapsed = real[:10].repeat(50, 1) + 0.01 * torch.randn(500, 4, generator=rng)
+    precision, recall = precision_recall(real, healthy)
+    assert precision > 0.8 and recall > 0.8
+    precision, recall = precision_recall(real, collapsed)
+    assert precision > 0.9 and recall < 0.2  # faithful samples of few modes: high precision, low recall
+    assert torch.allclose(class_shares(torch.tensor([0, 0, 1, 3]), 4), torch.tensor([0.5, 0.25, 0, 0.25], dtype=torch.float64))
+
+
+def test_inception_file_is_used_only_when_present(tmp_path):
+    clean_fid_dir = tmp_path / "clean-fid"
+    clean_fid_dir.mkdir()
+    assert find_inception(None, clean_fid_dir) is None
+    configured = tmp_path / "weights" / INCEPTION_FILE
+    assert find_inception(configured, clean_fid_dir) is None
+    configured.parent.mkdir()
+    configured.write_bytes(b"not read by the selection logic")
+    assert find_inception(configured, clean_fid_dir) == configured
+    (clean_fid_dir / INCEPTION_FILE).write_bytes(b"x")
+    assert find_inception(None, clean_fid_dir) == clean_fid_dir / INCEPTION_FILE

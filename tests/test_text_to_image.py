@@ -1,0 +1,89 @@
+"""Text-to-image end to end on a tiny random Stable Diffusion saved in diffusers layout:
+prompts -> latent pairs -> distill -> export -> one-step diffusers pipeline, through the stages' own CLIs."""
+
+import json
+
+import torch
+from typer.testing import CliRunner
+
+from dmdlib.generator import load_generator
+from dmdlib.pairs import PairDataset
+from dmdlib.text import encode_prompts, load_prompt_set, load_text_encoder
+from stages.common import read_teacher
+from stages.distill import app as distill_app
+from stages.evaluate import app as evaluate_app
+from stages.pairs import app as pairs_app
+from stages.pairs import pair_metadata
+from stages.prompts import app as prompts_app
+from stages.teacher import app as teacher_app
+from tiny_models import save_tiny_clip, save_tiny_stable_diffusion
+
+
+def test_prompts_to_one_step_pipeline(tmp_path):
+    from diffusers import AutoencoderTiny
+
+    sd = save_tiny_stable_diffusion(tmp_path / "sd")
+    AutoencoderTiny(encoder_block_out_channels=(8,), decoder_block_out_channels=(8,), num_encoder_blocks=(1,),
+                    num_decoder_blocks=(1,), latent_channels=4).save_pretrained(tmp_path / "taesd")
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\nred car\nblue sky\ngreen tree\n")
+    (tmp_path / "params.yaml").write_text(
+        f"teacher:\n  kind: stable_diffusion\n  path: {sd}\n"
+        f"prompts:\n  file: {tmp_path / 'prompts.txt'}\n  eval_fraction: 0.2\n"
+        "pairs:\n  count: 4\n  shard_size: 2\n  batch_size: 2\n  sampler: PNDMScheduler\n  steps: 3\n  guidance: 3.0\n"
+        "distill:\n  steps: 2\n  batch_size: 2\n  reg_batch_size: 2\n  regression_loss: l2\n  sample_every: 2\n"
+        f"  gradient_checkpointing: true\n  preview_vae: {tmp_path / 'taesd'}\n"
+        f"evaluate:\n  samples: 3\n  speed_batch_size: 2\n  speed_repeats: 1\n  clip_model: {save_tiny_clip(tmp_path / 'clip')}\n"
+    )
+    p = lambda name: str(tmp_path / name)
+    runner = CliRunner()
+    for app, args in [
+        (teacher_app, ["--out", p("teacher"), "--samples", p("t.png")]),
+        (prompts_app, ["--teacher", p("teacher"), "--out", p("prompts")]),
+        (pairs_app, ["--teacher", p("teacher"), "--prompts", p("prompts"), "--out", p("pairs")]),
+        (distill_app, ["--teacher", p("teacher"), "--prompts", p("prompts"), "--pairs", p("pairs"),
+                       "--out", p("generator"), "--samples", p("grids"), "--checkpoint", p("ck.pt"), "--live", p("live")]),
+        (evaluate_app, ["--teacher", p("teacher"), "--prompts", p("prompts"), "--generator", p("generator"),
+                        "--metrics", p("eval.json"), "--images", p("eval")]),
+    ]:
+        result = runner.invoke(app, ["--params", p("params.yaml"), *args])
+        assert result.exit_code == 0, result.output
+
+    prompts, _ = load_prompt_set(tmp_path / "prompts")
+    assert len(prompts.train) == 4 and len(prompts.eval) == 1
+    teacher, _ = read_teacher(tmp_path / "teacher")
+    from dmdlib.params import PairsParams
+
+    pair_params = PairsParams(count=4, shard_size=2, batch_size=2, sampler="PNDMScheduler", steps=3, guidance=3.0)
+    pairs = PairDataset(tmp_path / "pairs", pair_metadata(teacher, pair_params, prompts.train))
+    assert pairs.target.shape == (4, 4, 8, 8)  # latents, not pixels
+    import pyarrow.parquet as pq
+
+    shard = pq.read_table(tmp_path / "pairs" / "shard-00000.parquet")
+    assert [prompts.train[i] for i in shard.column("label").to_pylist()] == shard.column("prompt").to_pylist()
+    assert (tmp_path / "grids" / "final.png").exists()  # decoded through the tiny preview VAE
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    for model in ("teacher", "dmd_one_step"):
+        assert set(metrics[model]) == {"nfe", "clip_score", "images_per_s", "peak_memory_mib"}  # no reference folder: no FID, not a placeholder
+        assert 0 <= metrics[model]["clip_score"] <= 100
+    assert metrics["teacher"]["nfe"] == 3 and metrics["dmd_one_step"]["nfe"] == 1
+
+    # The exported UNet runs in a stock diffusers pipeline with a one-step DDIM schedule at t = 999,
+    # and gives exactly what the generator gives.
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        sd, unet=UNet2DConditionModel.from_pretrained(tmp_path / "generator" / "unet"),
+        scheduler=DDIMScheduler.from_pretrained(sd, subfolder="scheduler", timestep_spacing="trailing",
+                                                set_alpha_to_one=True, clip_sample=False),
+        safety_checker=None, requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    latents = pipeline("a cat", num_inference_steps=1, guidance_scale=1.0, latents=z.clone(), output_type="latent").images
+    generator = load_generator(tmp_path / "generator")
+    tokenizer, text_encoder = load_text_encoder(sd)
+    with torch.no_grad():
+        ours = generator(z, encode_prompts(tokenizer, text_encoder, ["a cat"]))
+    assert torch.allclose(latents, ours, atol=1e-4)
+    image = pipeline("a cat", num_inference_steps=1, guidance_scale=1.0, output_type="np").images
+    assert image.shape == (1, 8, 8, 3)
