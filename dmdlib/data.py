@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from dmdlib.io import atomic_output
+from dmdlib.io import atomic_output, read_tagged_parquet
 
 if TYPE_CHECKING:
     from dmdlib.params import PrepareParams
@@ -147,22 +147,9 @@ def write_image_parquet(path: str | os.PathLike, data: ImageSet, extra_metadata:
 
 def read_image_parquet(path: str | os.PathLike) -> ImageSet:
     """Read a file written by `write_image_parquet`, checking its format and every image's size."""
-    path = Path(path)
-    try:
-        table = pq.read_table(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; run the `prepare` stage first (`dvc repro prepare`)") from None
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"{path}: not a readable Parquet file ({err}); delete it and re-run `prepare`") from None
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
-    if raw is None:
-        raise DataError(f"{path}: no '{METADATA_KEY.decode()}' metadata; expected a file written by the `prepare` stage")
-    metadata = json.loads(raw)
+    table, metadata = read_tagged_parquet(path, METADATA_KEY, ("label", "split", "image"), DataError, "prepare")
     if metadata.get("format") != FORMAT:
         raise DataError(f"{path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
-    missing = {"label", "split", "image"} - set(table.column_names)
-    if missing:
-        raise DataError(f"{path}: missing columns {sorted(missing)}")
     res, ch = metadata["resolution"], metadata["channels"]
     blobs = table.column("image").to_pylist()
     bad = [i for i, blob in enumerate(blobs) if len(blob) != res * res * ch]

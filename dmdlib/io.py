@@ -52,3 +52,26 @@ def resumable_step(checkpoint: str | os.PathLike, fingerprint: str) -> int:
         return 0
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     return int(state["step"]) if state.get("fingerprint") == fingerprint else 0
+
+
+def read_tagged_parquet(path: str | os.PathLike, metadata_key: bytes, columns: tuple[str, ...],
+                        error: type[Exception], stage: str):
+    """A Parquet file one of the stages wrote: (table, its JSON metadata), or `error` naming the file and the fault."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise error(f"{path}: not found; run the `{stage}` stage first (`dvc repro {stage}`)") from None
+    except (pa.ArrowInvalid, OSError) as err:
+        raise error(f"{path}: corrupt or not Parquet ({err}); delete it and re-run the `{stage}` stage") from None
+    raw = (table.schema.metadata or {}).get(metadata_key)
+    if raw is None:
+        raise error(f"{path}: no '{metadata_key.decode()}' metadata; expected a file written by the `{stage}` stage")
+    missing = set(columns) - set(table.column_names)
+    if missing:
+        raise error(f"{path}: missing columns {sorted(missing)}")
+    return table, json.loads(raw)

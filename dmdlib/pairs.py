@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dmdlib import tensor_codec
-from dmdlib.io import atomic_output
+from dmdlib.io import atomic_output, read_tagged_parquet
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +78,7 @@ def write_shard(path: Path, seeds: range, noise: torch.Tensor, target: torch.Ten
 
 def read_shard(path: Path, expected: dict, seeds: range | None = None) -> pa.Table:
     """Read a shard and check it against the expected metadata (and seeds); raise PairsError naming the mismatch."""
-    try:
-        table = pq.read_table(path)
-    except FileNotFoundError:
-        raise PairsError(f"{path}: missing") from None
-    except (pa.ArrowInvalid, OSError) as err:
-        raise PairsError(f"{path}: corrupt or not Parquet ({err}); delete it and re-run the `pairs` stage") from None
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
-    if raw is None or set(COLUMNS) - set(table.column_names):
-        raise PairsError(f"{path}: not a pair shard (expected columns {list(COLUMNS)} and '{METADATA_KEY.decode()}' metadata)")
-    found = json.loads(raw)
+    table, found = read_tagged_parquet(path, METADATA_KEY, COLUMNS, PairsError, "pairs")
     for key, value in {**expected, "format": FORMAT}.items():
         if found.get(key) != value:
             raise PairsError(f"{path}: {key} is {found.get(key)!r}, expected {value!r} (pairs made for another teacher or settings)")

@@ -148,6 +148,9 @@ class DistillParams(Section):
     regression_warmup_steps: int = Field(0, ge=0, description="First steps with the regression loss alone.")
     regression_loss: Literal["lpips", "l2", "pseudo_huber"] = Field("lpips", description="Distance for the regression loss.")
     lpips_net: Literal["vgg", "alex", "squeeze"] = Field("vgg", description="LPIPS backbone (paper: VGG).")
+    regression_space: Literal["latent", "decoded"] = Field(
+        "latent", description="Latent teachers: regress latents directly, or decoded images through the VAE (as the paper's LPIPS)."
+    )
     lpips_fallback: Optional[Literal["l2", "pseudo_huber"]] = Field(
         None, description="Loss to use when LPIPS's backbone weights are not on disk; null makes that an error."
     )

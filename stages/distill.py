@@ -86,6 +86,8 @@ def main(
         if latent:
             vae = load_vae(config.preview_vae, subfolder="") if config.preview_vae else load_vae(reference["path"])
         to_images = (lambda x: decode(vae, x)) if latent else (lambda x: x)
+        if latent and regression is not None and config.regression_space == "decoded":
+            regression = decoded_regression(regression, load_vae(reference["path"]).to(accelerator.device))
         fingerprint = hashlib.sha256(json.dumps([config.model_dump(mode="json"), expected_pairs]).encode()).hexdigest()
         shape = teacher_denoiser.sample_shape
         columns = min(conditions.count, 10) if conditions is not None else 8
@@ -109,6 +111,17 @@ def main(
             monitor.close()
             log.info("wrote %s; sample grids in %s (initial.png vs final.png, same noise)", out, samples)
         accelerator.wait_for_everyone()
+
+
+def decoded_regression(regression, vae):
+    """The regression loss on VAE-decoded images (the paper's LPIPS on pixels); gradients flow through the decoder."""
+
+    def loss(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target_images = decode(vae, target)
+        return regression(decode(vae, x), target_images)
+
+    return loss
 
 
 def _diversity_inputs(data: Path, classifier: Path, shape, conditions) -> dict:

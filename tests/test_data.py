@@ -105,7 +105,7 @@ def test_reader_names_file_and_problem(tmp_path):
         read_image_parquet(tmp_path / "absent.parquet")
     junk = tmp_path / "junk.parquet"
     junk.write_bytes(b"not parquet")
-    with pytest.raises(DataError, match="junk.parquet: not a readable Parquet"):
+    with pytest.raises(DataError, match="junk.parquet: corrupt or not Parquet"):
         read_image_parquet(junk)
     foreign = tmp_path / "foreign.parquet"
     import pyarrow as pa

@@ -4,6 +4,7 @@ prompts -> latent pairs -> distill -> export -> one-step diffusers pipeline, thr
 import json
 
 import torch
+from tiny_models import save_tiny_clip, save_tiny_stable_diffusion
 from typer.testing import CliRunner
 
 from dmdlib.generator import load_generator
@@ -16,7 +17,6 @@ from stages.pairs import app as pairs_app
 from stages.pairs import pair_metadata
 from stages.prompts import app as prompts_app
 from stages.teacher import app as teacher_app
-from tiny_models import save_tiny_clip, save_tiny_stable_diffusion
 
 
 def test_prompts_to_one_step_pipeline(tmp_path):
@@ -31,7 +31,7 @@ def test_prompts_to_one_step_pipeline(tmp_path):
         f"prompts:\n  file: {tmp_path / 'prompts.txt'}\n  eval_fraction: 0.2\n"
         "pairs:\n  count: 4\n  shard_size: 2\n  batch_size: 2\n  sampler: PNDMScheduler\n  steps: 3\n  guidance: 3.0\n"
         "distill:\n  steps: 2\n  batch_size: 2\n  reg_batch_size: 2\n  regression_loss: l2\n  sample_every: 2\n"
-        f"  gradient_checkpointing: true\n  preview_vae: {tmp_path / 'taesd'}\n"
+        f"  gradient_checkpointing: true\n  preview_vae: {tmp_path / 'taesd'}\n  regression_space: decoded\n"
         f"evaluate:\n  samples: 3\n  speed_batch_size: 2\n  speed_repeats: 1\n  clip_model: {save_tiny_clip(tmp_path / 'clip')}\n"
     )
     p = lambda name: str(tmp_path / name)
