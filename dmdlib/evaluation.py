@@ -65,16 +65,19 @@ def extract_features(extractor: Extractor, images: torch.Tensor, batch_size: int
 def throughput(sample: Callable[[], torch.Tensor], batch_size: int, repeats: int) -> tuple[float, float]:
     """(images per second, peak memory in MiB above the starting level) of `sample()`, one batch per call.
 
-    One warm-up call first. Memory is CUDA's peak allocation on a GPU; on the CPU, the process's
-    resident memory sampled every 2 ms by a helper thread (so brief peaks can be missed).
+    One warm-up call first (timed out, but inside the memory measurement, since allocators keep what
+    the first call took). Memory is CUDA's peak allocation on a GPU; on the CPU, the process's resident
+    memory sampled every 2 ms by a helper thread (brief peaks can be missed).
     """
-    sample()
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     with _RssPeak() as rss:
+        sample()
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(repeats):
             sample()

@@ -76,7 +76,7 @@ def main(
         inputs = [seeded_inputs(config.first_seed + i, shape, classes) for i in range(count)]
         noise = torch.stack([z for z, _ in inputs])
         labels = torch.tensor([label for _, label in inputs]) if classes else None
-        teacher_sample = make_sampler(real_denoiser, all_params.pairs)
+        teacher_sample = make_sampler(real_denoiser, all_params.pairs, Conditions.of(real_denoiser))
         initial = OneStepGenerator.from_teacher(real_denoiser).eval().requires_grad_(False)
 
         def teacher_all(z, y):

@@ -14,7 +14,7 @@ from dmdlib.pairs import PairDataset, PairsError, ShardPlan, generate_pairs, see
 from dmdlib.sampling import heun_sample, make_scheduler, scheduler_sample
 from dmdlib.teachers import build_kdiffusion, kdiffusion_config, save_kdiffusion
 from stages.common import read_teacher
-from stages.pairs import app, pair_metadata
+from stages.pairs import app, make_sampler, pair_metadata
 from stages.teacher import app as teacher_app
 
 PARAMS = "pairs:\n  count: 10\n  shard_size: 4\n  batch_size: {batch}\n  steps: 3\n"
@@ -147,3 +147,18 @@ def test_diffusers_scheduler_sampling_matches_the_diffusers_pipeline(tmp_path):
     assert torch.allclose((ours.clamp(-1, 1) + 1) / 2, expected, atol=1e-4)
     with pytest.raises(ValueError, match="expected 'heun' or a diffusers scheduler"):
         make_scheduler("NoSuchThing", teacher.scheduler_config)
+
+
+def test_sampler_passes_the_condition(teacher_folder):
+    from dmdlib.distill import Conditions
+    from dmdlib.params import PairsParams
+
+    teacher, _ = read_teacher(teacher_folder)
+    with torch.no_grad():  # k-diffusion zero-initialises the class embedding; make the label matter
+        for parameter in teacher.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    params = PairsParams(steps=2)
+    z, ids = torch.randn(3, 1, 8, 8), torch.tensor([0, 1, 2])
+    conditional = make_sampler(teacher, params, Conditions.of(teacher))(z, ids)
+    assert torch.equal(conditional, heun_sample(teacher, z, 2, ids))
+    assert not torch.allclose(conditional, make_sampler(teacher, params)(z, ids))
