@@ -160,7 +160,7 @@ class DistillParams(Section):
     dm_sigma_max: Optional[float] = Field(None, gt=0, description="Also cap DM noise levels at this sigma; null for none.")
     fake_steps: int = Field(1, ge=1, description="Fake-denoiser steps per generator step (1: DMD; 5-10: DMD2's two time-scales).")
     ema_decay: Optional[float] = Field(None, ge=0, lt=1, description="EMA of the generator that is saved; null for none.")
-    mixed_precision: Literal["no", "bf16"] = Field("no", description="bf16 autocast (GPU).")
+    mixed_precision: Literal["fp32", "bf16"] = Field("fp32", description="'bf16' autocast (GPU), or plain 'fp32'.")
     gradient_checkpointing: bool = Field(False, description="Recompute UNet activations in backward (diffusers teachers): less memory.")
     preview_vae: Optional[str] = Field(
         None, description="Latent teachers: a diffusers AutoencoderKL/AutoencoderTiny folder to decode previews; null: the teacher's VAE."

@@ -69,7 +69,8 @@ def main(
     with user_errors():
         all_params = load_params(params)
         config = all_params.distill
-        accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+        accelerator = Accelerator(mixed_precision="no" if config.mixed_precision == "fp32" else config.mixed_precision,
+                                  cpu=not torch.cuda.is_available())
         processes = Processes(accelerator.process_index, accelerator.num_processes, accelerator.device, accelerator.autocast)
         main_process = accelerator.is_main_process
         teacher_denoiser, reference = read_teacher(teacher)
