@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -62,50 +61,39 @@ def extract_features(extractor: Extractor, images: torch.Tensor, batch_size: int
     return torch.cat([extractor(images[i : i + batch_size]).float().cpu() for i in range(0, len(images), batch_size)])
 
 
-def throughput(sample: Callable[[], torch.Tensor], batch_size: int, repeats: int) -> tuple[float, float]:
-    """(images per second, peak memory in MiB above the starting level) of `sample()`, one batch per call.
+def throughput(sample: Callable[[], torch.Tensor], batch_size: int, repeats: int) -> float:
+    """Images per second of `sample()` (one batch per call), after one warm-up call."""
+    sample()
+    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        sample()
+    synchronize()
+    return batch_size * repeats / (time.perf_counter() - start)
 
-    One warm-up call first (timed out, but inside the memory measurement, since allocators keep what
-    the first call took). Memory is CUDA's peak allocation on a GPU; on the CPU, the process's resident
-    memory sampled every 2 ms by a helper thread (brief peaks can be missed).
+
+def peak_tensor_memory_mib(run: Callable[[], object]) -> float:
+    """Peak of tensor memory allocated while `run()` executes, above what was allocated before.
+
+    On a GPU, CUDA's allocator statistics; on the CPU, the PyTorch profiler's allocation trace
+    (every allocation and free, in time order). Weights loaded before the call are not counted.
     """
-    cuda = torch.cuda.is_available()
-    if cuda:
+    if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    with _RssPeak() as rss:
-        sample()
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            sample()
-        if cuda:
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() - base) if cuda else rss.peak - rss.base
-    return batch_size * repeats / elapsed, peak / 2**20
+        run()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
 
-
-class _RssPeak:
-    """Highest resident set size of this process while the block runs."""
-
-    def __enter__(self):
-        import psutil
-
-        self._process = psutil.Process()
-        self.base = self.peak = self._process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def _poll(self) -> None:
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        run()
+    changes = sorted((event.time_range.start, event.self_cpu_memory_usage)
+                     for event in profiler.events() if event.self_cpu_memory_usage)
+    current = peak = 0
+    for _, change in changes:
+        current += change
+        peak = max(peak, current)
+    return peak / 2**20

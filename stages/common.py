@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -22,8 +23,9 @@ PARAMS_OPTION = typer.Option(
 
 REFERENCE_FILE = "teacher.json"
 
-# Errors a user can act on: printed as one clear message, without a traceback.
-USER_ERRORS = (ParamsError, DataError, FileNotFoundError)
+# Errors a user can act on (bad params or files, a missing download, a diverged run): printed as one
+# clear message without a traceback, unless DMD_TRACEBACK=1 asks for it.
+USER_ERRORS = (ParamsError, DataError, ValueError, FileNotFoundError, FloatingPointError)
 
 
 def setup_logging() -> None:
@@ -36,6 +38,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except USER_ERRORS as err:
+        if os.environ.get("DMD_TRACEBACK") == "1":
+            raise
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(code=2) from None
 

@@ -19,6 +19,7 @@ from dmdlib.evaluation import (
     extract_features,
     find_inception,
     inception_extractor,
+    peak_tensor_memory_mib,
     throughput,
 )
 from dmdlib.generator import OneStepGenerator, load_generator
@@ -115,8 +116,9 @@ def main(
             row = quality(samples)
             speed_noise = noise[: config.speed_batch_size]
             speed_labels = None if labels is None else labels[: config.speed_batch_size]
-            speed, memory = throughput(lambda: sample(speed_noise, speed_labels), len(speed_noise), config.speed_repeats)
-            row["images_per_s"], row["peak_memory_mib"], row["nfe"] = round(speed, 2), round(memory, 1), nfe
+            run = lambda: sample(speed_noise, speed_labels)
+            row["images_per_s"] = round(throughput(run, len(speed_noise), config.speed_repeats), 2)
+            row["peak_memory_mib"], row["nfe"] = round(peak_tensor_memory_mib(run), 1), nfe
             results[name] = row
             grids[name] = to_uint8(sample(grid_noise, grid_labels))
             save_grid(images / f"{name}.png", grids[name], columns=8, scale=4)

@@ -9,7 +9,7 @@ import torch
 
 from dmdlib.data import load_image_folder
 from dmdlib.distill import Conditions
-from dmdlib.evaluation import extract_features, find_inception, inception_extractor, throughput
+from dmdlib.evaluation import extract_features, find_inception, inception_extractor, peak_tensor_memory_mib, throughput
 from dmdlib.generator import load_generator
 from dmdlib.images import save_grid, to_model_range, to_uint8
 from dmdlib.latents import decode, load_vae
@@ -77,8 +77,9 @@ def evaluate_text_to_image(all_params, teacher_denoiser, reference: dict, genera
             row["fid_inception"] = round(fid(reference_features, features), 4)
             row["kid_inception"] = round(kid(reference_features, features), 6)
         speed_ids = ids[: config.speed_batch_size]
-        speed, memory = throughput(lambda: sample(noise[speed_ids], speed_ids), len(speed_ids), config.speed_repeats)
-        row["images_per_s"], row["peak_memory_mib"] = round(speed, 3), round(memory, 1)
+        run = lambda: sample(noise[speed_ids], speed_ids)
+        row["images_per_s"] = round(throughput(run, len(speed_ids), config.speed_repeats), 3)
+        row["peak_memory_mib"] = round(peak_tensor_memory_mib(run), 1)
         results[name] = row
         save_grid(images / f"{name}.png", to_uint8(pictures[:64]), columns=8, scale=4)
     results["speedup_dmd_vs_teacher"] = round(results["dmd_one_step"]["images_per_s"] / results["teacher"]["images_per_s"], 2)

@@ -39,3 +39,14 @@ def test_inception_file_is_used_only_when_present(tmp_path):
     assert find_inception(configured, clean_fid_dir) == configured
     (clean_fid_dir / INCEPTION_FILE).write_bytes(b"x")
     assert find_inception(None, clean_fid_dir) == clean_fid_dir / INCEPTION_FILE
+
+
+def test_peak_tensor_memory_counts_the_activations():
+    from dmdlib.evaluation import peak_tensor_memory_mib
+
+    layer = torch.nn.Conv2d(1, 64, 3, padding=1)
+    x = torch.randn(100, 1, 16, 16)
+    with torch.no_grad():
+        peak = peak_tensor_memory_mib(lambda: layer(x).relu().sum())
+    one_activation = 100 * 64 * 16 * 16 * 4 / 2**20  # 6.25 MiB: the conv output, and relu's output beside it
+    assert one_activation <= peak <= 3 * one_activation
