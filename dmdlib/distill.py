@@ -129,7 +129,8 @@ def distill(
             index = torch.randint(0, len(pairs), (params.reg_batch_size,), generator=rng)
             pair_cond = conditions.lookup(pairs.labels[index]).to(device) if conditions is not None else None
             batch = Pairs(pairs.noise[index].to(device), pairs.target[index].to(device), pair_cond)
-        dm_weight = params.dm_weight if step >= params.regression_warmup_steps else 0.0
+        warming_up = use_pairs and step < params.regression_warmup_steps  # regression alone first, if any
+        dm_weight = 0.0 if warming_up else params.dm_weight
         with processes.autocast():
             result = generator_step(
                 generator, real_denoiser, fake_denoiser, generator_optimizer, z, cond, batch, regression_loss,

@@ -174,6 +174,8 @@ class DistillParams(Section):
         low, high = self.dm_sigma_fractions
         if not 0 <= low < high <= 1:
             raise ValueError("`dm_sigma_fractions` must be [low, high] with 0 <= low < high <= 1")
+        if self.dm_weight == 0 and self.lambda_reg == 0:
+            raise ValueError("`dm_weight` and `lambda_reg` are both 0: the generator would get no loss")
         return self
 
 

@@ -90,3 +90,10 @@ def test_two_gloo_processes_hold_identical_generators(tmp_path, repo_root):
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
 
+
+
+def test_dm_only_ignores_the_regression_warm_up(tmp_path):
+    teacher = tiny_teacher()
+    generator, _ = distill(teacher, None, None, params(steps=2, lambda_reg=0.0, reg_batch_size=0,
+                                                        regression_warmup_steps=5), tmp_path / "ck.pt")
+    assert any(not torch.equal(a, b) for a, b in zip(generator.denoiser.state_dict().values(), teacher.state_dict().values()))

@@ -31,6 +31,9 @@ def test_defaults_when_section_is_absent(tmp_path):
         ("prepare:\n  heldout_fraction: 1.5\n", ["prepare.heldout_fraction", "less than 1", "got 1.5"]),
         ("prepare:\n  channels: 2\n", ["prepare.channels", "1 or 3", "got 2"]),
         ("prepare:\n  source: image_folder\n", ["prepare", "needs `image_folder`"]),
+        ("distill:\n  dm_weight: 0\n  lambda_reg: 0\n", ["distill", "no loss"]),
+        ("distill:\n  mixed_precision: no\n", ["distill.mixed_precision", "'fp32' or 'bf16'", "got False"]),
+        ("teacher:\n  train:\n    channels: [8, 8]\n", ["teacher.train", "same length"]),
     ],
 )
 def test_bad_params_name_file_key_and_value(tmp_path, text, expected):
