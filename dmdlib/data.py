@@ -158,7 +158,7 @@ def read_image_parquet(path: str | os.PathLike) -> ImageSet:
     images = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), res, res, ch).copy()
     return ImageSet(
         images=images,
-        labels=table.column("label").to_numpy(),
+        labels=table.column("label").to_numpy().copy(),
         split=np.asarray(table.column("split").to_pylist(), dtype=object),
         class_names=list(metadata.get("class_names", [])),
         source=metadata.get("source", ""),
