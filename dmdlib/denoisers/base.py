@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import copy
 
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 GRID_STEPS = 1000
 
 
-class Denoiser(nn.Module):
+class Denoiser(nn.Module, abc.ABC):
     """D(x_sigma, sigma, cond) -> denoised, where x_sigma = x0 + sigma * n (EDM's D_theta).
 
     The score is (D(x, sigma) - x) / sigma**2. Subclasses implement `denoise`; by default the
@@ -29,9 +30,9 @@ class Denoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         return self.denoise(x, per_sample(sigma, x), cond)
 
+    @abc.abstractmethod
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """D(x, sigma, cond) with `sigma` already a [batch] tensor."""
-        raise NotImplementedError  # each adapter provides it
 
     def score(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         """grad_x log p_sigma(x) = (D(x, sigma) - x) / sigma**2 (Tweedie)."""

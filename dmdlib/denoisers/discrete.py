@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from typing import Literal
 
 import torch
@@ -42,9 +43,9 @@ class DiscreteDenoiser(Denoiser):
         betas = 1 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
         self.scheduler_config = dict(scheduler_config or {"num_train_timesteps": len(alphas_cumprod), "trained_betas": betas.tolist()})
 
+    @abc.abstractmethod
     def call_model(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """The network's raw output on the VP-scaled input at fractional timestep t."""
-        raise NotImplementedError  # each network family provides it
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """Fractional timestep of sigma (interpolated in log sigma between grid points)."""
