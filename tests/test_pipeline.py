@@ -1,6 +1,7 @@
 """Every stage CLI in DAG order on tiny data and a tiny teacher: the outputs one stage hands the next."""
 
 import json
+import logging
 
 import torch
 from typer.testing import CliRunner
@@ -17,7 +18,7 @@ from stages.teacher import app as teacher_app
 EVAL_KEYS = {"fid_classifier", "kid_classifier", "precision_classifier", "recall_classifier", "min_class_share_ratio"}
 
 
-def test_stages_in_order_produce_a_generator_and_metrics(tmp_path):
+def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog):
     torch.manual_seed(0)
     teacher = build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0))
     save_kdiffusion(tmp_path / "k.safetensors", teacher, teacher.config)
@@ -45,9 +46,11 @@ def test_stages_in_order_produce_a_generator_and_metrics(tmp_path):
                         "--classifier", p("classifier.safetensors"), "--metrics", p("eval.json"), "--images", p("eval")]),
     ]
     runner = CliRunner()
-    for app, args in stages:
-        result = runner.invoke(app, ["--params", p("params.yaml"), *args])
-        assert result.exit_code == 0, result.output
+    with caplog.at_level(logging.INFO):
+        for app, args in stages:
+            result = runner.invoke(app, ["--params", p("params.yaml"), *args])
+            assert result.exit_code == 0, result.output
+    assert "no Inception FID: put inception-2015-12-05.pt at evaluate.inception_path" in caplog.text
 
     generator = load_generator(tmp_path / "generator")
     images = generator(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))
