@@ -39,7 +39,7 @@ def main(
     with user_errors():
         config = load_params(params).teacher
         if config.kind == "train":
-            reference = _train(config.train, data, out, checkpoint, live)
+            _train(config.train, data, out, checkpoint, live)
         else:
             reference = {"kind": config.kind, "path": _absolute(config.path), "config": _absolute(config.config)}
             load_teacher(reference)  # fail now, with the loader's message, rather than in a later stage
@@ -54,7 +54,8 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) -> dict:
+def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) -> None:
+    """Train the default teacher and write its EMA weights and reference to `out`."""
     from dvclive import Live
 
     data = read_image_parquet(data_path)
@@ -89,7 +90,6 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
         tmp.mkdir()
         save_kdiffusion(tmp / WEIGHTS_FILE, ema, model_config)
         (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
-    return reference
 
 
 def _write_samples(teacher, reference: dict, steps: int, path: Path) -> None:
