@@ -21,6 +21,10 @@ PARAMS_OPTION = typer.Option(
     Path("params.yaml"), "--params", help="YAML params file; the stage reads its own section and validates the whole file."
 )
 
+TEACHER_OPTION = typer.Option(Path("models/teacher"), "--teacher", help="Teacher folder written by the `teacher` stage.")
+PROMPTS_OPTION = typer.Option(
+    Path("data/prompts"), "--prompts", help="Prompt embeddings from the `prompts` stage (text-to-image teachers only)."
+)
 REFERENCE_FILE = "teacher.json"
 
 # Errors a user can act on (bad params or files, a missing download, a diverged run): printed as one

@@ -24,7 +24,7 @@ from dmdlib.latents import decode, load_vae
 from dmdlib.pairs import PairDataset, seeded_inputs
 from dmdlib.params import load_params
 from dmdlib.regression import make_regression_loss
-from stages.common import PARAMS_OPTION, conditioning, read_teacher, setup_logging, user_errors
+from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, conditioning, read_teacher, setup_logging, user_errors
 from stages.distill_monitor import DistillMonitor
 from stages.pairs import pair_metadata
 
@@ -52,7 +52,7 @@ def generate(generator: OneStepGenerator, noise: torch.Tensor, cond: torch.Tenso
 @app.command()
 def main(
     params: Path = PARAMS_OPTION,
-    teacher: Path = typer.Option(Path("models/teacher"), help="Teacher folder from the `teacher` stage."),
+    teacher: Path = TEACHER_OPTION,
     pairs: Path = typer.Option(Path("data/pairs"), help="Pair shards from the `pairs` stage (unused when lambda_reg is 0)."),
     data: Path = typer.Option(Path("data/prepared.parquet"), help="Prepared data: real images for the diversity check."),
     classifier: Path = typer.Option(Path("models/classifier.safetensors"), help="Feature classifier for class shares (optional)."),
@@ -60,7 +60,7 @@ def main(
     samples: Path = typer.Option(Path("reports/distill"), help="Folder for sample grids: initial.png, final.png, step-N.png."),
     checkpoint: Path = typer.Option(Path("checkpoints/distill.pt"), help="Resumable training checkpoint."),
     live: Path = typer.Option(Path("dvclive/distill"), help="dvclive folder for losses and diversity curves."),
-    prompts: Path = typer.Option(Path("data/prompts"), help="Prompt embeddings (text-to-image teachers)."),
+    prompts: Path = PROMPTS_OPTION,
 ) -> None:
     """Distil the teacher into a one-step generator; write it with sample grids and training curves."""
     from accelerate import Accelerator

@@ -28,7 +28,7 @@ from dmdlib.io import atomic_output
 from dmdlib.metrics import class_shares, fid, kid, precision_recall
 from dmdlib.pairs import seeded_inputs
 from dmdlib.params import load_params
-from stages.common import PARAMS_OPTION, read_teacher, setup_logging, user_errors
+from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, read_teacher, setup_logging, user_errors
 from stages.distill import fixed_inputs, generate
 from stages.evaluate_text import evaluate_text_to_image
 from stages.pairs import make_sampler
@@ -41,12 +41,12 @@ app = typer.Typer(add_completion=False, help=__doc__)
 def main(
     params: Path = PARAMS_OPTION,
     data: Path = typer.Option(Path("data/prepared.parquet"), help="Prepared data: reference (train) and noise floor (held-out)."),
-    teacher: Path = typer.Option(Path("models/teacher"), help="Teacher folder from the `teacher` stage."),
+    teacher: Path = TEACHER_OPTION,
     generator: Path = typer.Option(Path("models/generator"), help="Generator folder from the `distill` stage."),
     classifier: Path = typer.Option(Path("models/classifier.safetensors"), help="Offline feature network (`features` stage)."),
     metrics: Path = typer.Option(Path("metrics/eval.json"), help="Metrics JSON (declared as DVC metrics)."),
     images: Path = typer.Option(Path("reports/eval"), help="Folder for sample grids and the side-by-side comparison."),
-    prompts: Path = typer.Option(Path("data/prompts"), help="Prompt embeddings (text-to-image teachers)."),
+    prompts: Path = PROMPTS_OPTION,
 ) -> None:
     """Measure every model on the same seeds and sample counts; write metrics/eval.json and grids."""
     setup_logging()

@@ -18,7 +18,7 @@ from dmdlib.pairs import ShardPlan, generate_pairs
 from dmdlib.params import PairsParams, load_params
 from dmdlib.sampling import heun_sample, make_scheduler, scheduler_sample
 from dmdlib.teachers import teacher_digest
-from stages.common import PARAMS_OPTION, conditioning, read_teacher, setup_logging, user_errors
+from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, conditioning, read_teacher, setup_logging, user_errors
 
 log = logging.getLogger("pairs")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -47,9 +47,9 @@ def make_sampler(real_denoiser, params: PairsParams, conditions=None):
 @app.command()
 def main(
     params: Path = PARAMS_OPTION,
-    teacher: Path = typer.Option(Path("models/teacher"), help="Teacher folder written by the `teacher` stage."),
+    teacher: Path = TEACHER_OPTION,
     out: Path = typer.Option(Path("data/pairs"), help="Folder of pair shards (shard-NNNNN.parquet)."),
-    prompts: Path = typer.Option(Path("data/prompts"), help="Prompt embeddings from the `prompts` stage (text-to-image teachers)."),
+    prompts: Path = PROMPTS_OPTION,
 ) -> None:
     """Sample the configured number of pairs; shards already complete and valid are kept."""
     from accelerate import PartialState

@@ -12,7 +12,7 @@ from dmdlib.data import DataError
 from dmdlib.params import load_params
 from dmdlib.teachers import teacher_digest
 from dmdlib.text import PromptSet, encode_prompts, load_text_encoder, read_prompts, save_prompt_set, split_prompts
-from stages.common import PARAMS_OPTION, read_teacher, setup_logging, user_errors
+from stages.common import PARAMS_OPTION, TEACHER_OPTION, read_teacher, setup_logging, user_errors
 
 log = logging.getLogger("prompts")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -21,7 +21,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 @app.command()
 def main(
     params: Path = PARAMS_OPTION,
-    teacher: Path = typer.Option(Path("models/teacher"), help="Teacher folder (kind stable_diffusion) from the `teacher` stage."),
+    teacher: Path = TEACHER_OPTION,
     out: Path = typer.Option(Path("data/prompts"), help="Folder for prompts.safetensors (embeddings, texts in metadata)."),
 ) -> None:
     """Write training and evaluation prompts with their CLIP embeddings and the empty prompt's."""
