@@ -17,7 +17,7 @@ import torch
 
 from dmdlib.denoisers import trainable_copy
 from dmdlib.dmd import Pairs, fake_denoiser_step, generator_step
-from dmdlib.generator import OneStepGenerator
+from dmdlib.generator import Generator
 from dmdlib.losses import sample_sigmas
 from dmdlib.params import load_params
 from dmdlib.regression import make_regression_loss
@@ -51,7 +51,7 @@ def quality_table(metrics: dict) -> None:
 def step_table(teacher_folder: Path, params_file: Path, repeats: int) -> None:
     params = load_params(params_file).distill
     teacher, _ = read_teacher(teacher_folder)
-    generator = OneStepGenerator.from_teacher(teacher)
+    generator = Generator.from_teacher(teacher)
     fake = trainable_copy(teacher)
     g_opt = torch.optim.AdamW(generator.parameters(), 1e-6)
     f_opt = torch.optim.AdamW(fake.parameters(), 1e-6)

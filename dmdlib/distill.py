@@ -14,16 +14,17 @@ import torch
 from k_diffusion.utils import ema_update
 from tqdm.auto import tqdm
 
-from dmdlib.denoisers import Denoiser
-from dmdlib.dmd import Pairs, RegressionLoss, fake_denoiser_step, generator_step
-from dmdlib.generator import OneStepGenerator
+from dmdlib.denoisers import Denoiser, GuidedDenoiser, denoise_capturing, trainable_copy
+from dmdlib.dmd import GAN, Pairs, RealBatch, RegressionLoss, fake_denoiser_step, generator_step
+from dmdlib.gan import GANHead
+from dmdlib.generator import Generator
 from dmdlib.io import atomic_output
 from dmdlib.pairs import PairDataset
 from dmdlib.params import DistillParams
 
 log = logging.getLogger(__name__)
 
-StepCallback = Callable[[int, dict[str, float], OneStepGenerator], None]  # (step, losses, generator or EMA)
+StepCallback = Callable[[int, dict[str, float], Generator], None]  # (step, losses, generator or EMA)
 
 
 @dataclass
@@ -84,12 +85,16 @@ def distill(
     on_step: StepCallback | None = None,
     real_denoiser: Denoiser | None = None,
     conditions: Conditions | None = None,
-) -> tuple[OneStepGenerator, Denoiser]:
-    """Train a one-step generator from `teacher`; return (generator or its EMA, fake denoiser).
+    real_images: RealBatch | None = None,
+    pair_guidance: float = 1.0,
+) -> tuple[Generator, Denoiser]:
+    """Train a generator from `teacher`; return (generator or its EMA, fake denoiser).
 
     Generator and fake denoiser start as copies of the (unguided) teacher; the real denoiser is the
-    teacher itself unless given (e.g. with classifier-free guidance). `conditions` says how to draw
-    `cond` (default: the teacher's classes). Resumes from `checkpoint` when its fingerprint matches.
+    teacher itself unless given (e.g. with classifier-free guidance: a `GuidedDenoiser`, needed for
+    params.guidance_range). `conditions` says how to draw `cond` (default: the teacher's classes).
+    `real_images` (all of them, with class labels as cond) feed the GAN head; `pair_guidance` is the
+    scale the pairs were made with. Resumes from `checkpoint` when its fingerprint matches.
     A non-finite loss stops the run, keeping the last good checkpoint.
     """
     processes = processes or Processes()
@@ -97,8 +102,18 @@ def distill(
     teacher = teacher.to(device)
     real_denoiser = (real_denoiser or teacher).to(device)
     conditions = conditions or Conditions.of(teacher)
-    generator = OneStepGenerator.from_teacher(teacher)
-    fake_denoiser = copy.deepcopy(generator.denoiser)
+    if params.guidance_range is not None and not isinstance(real_denoiser, GuidedDenoiser):
+        raise ValueError("distill.guidance_range needs a teacher that serves classifier-free guidance "
+                         "(the default teacher: teacher.train.label_dropout > 0)")
+    generator = Generator.from_teacher(teacher, params.generator_sigmas, params.guidance_range).to(device)
+    if generator.sigma > teacher.sigma_max:
+        raise ValueError(f"distill.generator_sigmas starts at {generator.sigma}, above the teacher's sigma_max {teacher.sigma_max}")
+    fake_denoiser = trainable_copy(teacher)
+    gan = None
+    if params.gan_generator_weight > 0:
+        if real_images is None:
+            raise ValueError("distill.gan_generator_weight > 0 needs real images (the prepared data) for the GAN head")
+        gan = GAN(_gan_head(fake_denoiser, conditions, device), params.gan_generator_weight, params.gan_head_weight)
     if params.gradient_checkpointing:
         for network in (generator.denoiser, fake_denoiser):
             unet = getattr(network, "unet", None)
@@ -107,8 +122,9 @@ def distill(
             unet.enable_gradient_checkpointing()
     ema = copy.deepcopy(generator).requires_grad_(False) if params.ema_decay is not None else None
     generator_optimizer = torch.optim.AdamW(generator.parameters(), params.generator_lr, params.betas, weight_decay=params.weight_decay)
-    fake_optimizer = torch.optim.AdamW(fake_denoiser.parameters(), params.fake_lr, params.betas, weight_decay=params.weight_decay)
-    start = _resume(checkpoint, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer)
+    fake_parameters = [*fake_denoiser.parameters(), *(gan.head.parameters() if gan else [])]
+    fake_optimizer = torch.optim.AdamW(fake_parameters, params.fake_lr, params.betas, weight_decay=params.weight_decay)
+    start = _resume(checkpoint, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer, gan)
     fractions = dm_sigma_fractions(real_denoiser.sigma_grid(), params)
     use_pairs = pairs is not None and params.lambda_reg > 0
     shape = teacher.sample_shape
@@ -124,27 +140,46 @@ def distill(
         cond = None
         if conditions is not None:
             cond = conditions.lookup(torch.randint(0, conditions.count, (params.batch_size,), generator=rng)).to(device)
+        # Draws below happen only when their option is on, so the default's random stream is unchanged.
+        step_index = int(torch.randint(0, len(generator.sigmas), (), generator=rng)) if len(generator.sigmas) > 1 else 0
+        scale = None
+        if params.guidance_range is not None:
+            low, high = params.guidance_range
+            scale = (low + (high - low) * torch.rand(params.batch_size, generator=rng)).to(device)
+            real_denoiser.scale = scale
         batch = None
         if use_pairs:
             index = torch.randint(0, len(pairs), (params.reg_batch_size,), generator=rng)
             pair_cond = conditions.lookup(pairs.labels[index]).to(device) if conditions is not None else None
-            batch = Pairs(pairs.noise[index].to(device), pairs.target[index].to(device), pair_cond)
+            pair_scale = torch.full((len(index),), pair_guidance, device=device) if scale is not None else None
+            batch = Pairs(pairs.noise[index].to(device), pairs.target[index].to(device), pair_cond, pair_scale)
         warming_up = use_pairs and step < params.regression_warmup_steps  # regression alone first, if any
         dm_weight = 0.0 if warming_up else params.dm_weight
         with processes.autocast():
             result = generator_step(
                 generator, real_denoiser, fake_denoiser, generator_optimizer, z, cond, batch, regression_loss,
                 params.lambda_reg if use_pairs else 0.0, dm_weight, fractions, rng, params.max_grad_norm,
-                processes.average_gradients,
+                processes.average_gradients, step_index, scale, None if warming_up else gan,
             )
         metrics = {"loss_dm": result.loss_dm, "loss_reg": result.loss_reg, "dm_grad_norm": result.grad_norm_dm}
-        fake_losses = []
-        if params.dm_weight > 0:
+        if gan is not None:
+            metrics["loss_gan_generator"] = result.loss_gan
+        if params.dm_weight > 0 or gan is not None:
+            fake_losses, head_losses = [], []
             for _ in range(params.fake_steps):
+                real = None
+                if gan is not None:
+                    index = torch.randint(0, len(real_images.images), (params.batch_size,), generator=rng)
+                    real_cond = real_images.cond[index].to(device) if real_images.cond is not None else None
+                    real = RealBatch(real_images.images[index].to(device), real_cond)
                 with processes.autocast():
-                    fake_losses.append(fake_denoiser_step(fake_denoiser, fake_optimizer, result.x, cond, rng,
-                                                          params.max_grad_norm, processes.average_gradients))
+                    fake_loss, head_loss = fake_denoiser_step(fake_denoiser, fake_optimizer, result.x, cond, rng,
+                                                              params.max_grad_norm, processes.average_gradients, gan, real)
+                fake_losses.append(fake_loss)
+                head_losses.append(head_loss)
             metrics["loss_fake"] = sum(fake_losses) / len(fake_losses)
+            if gan is not None:
+                metrics["loss_gan_head"] = sum(head_losses) / len(head_losses)
         for name, value in metrics.items():
             if not torch.isfinite(torch.tensor(value)):
                 kept = f"step {step // params.checkpoint_every * params.checkpoint_every}" if checkpoint.exists() else "none"
@@ -157,24 +192,34 @@ def distill(
         done = step + 1
         progress.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
         if processes.rank == 0 and (done % params.checkpoint_every == 0 or done == params.steps):
-            _save(checkpoint, done, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer)
+            _save(checkpoint, done, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer, gan)
         if on_step is not None:
             on_step(done, metrics, ema if ema is not None else generator)
     final = ema if ema is not None else generator
     return final.eval().requires_grad_(False), fake_denoiser.eval()
 
 
-def _save(path: Path, step, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer) -> None:
+def _gan_head(fake_denoiser: Denoiser, conditions: Conditions | None, device) -> GANHead:
+    """A GAN head sized to the fake denoiser's bottleneck (found by one forward)."""
+    x = torch.zeros((1, *fake_denoiser.sample_shape), device=device)
+    cond = conditions.lookup(torch.zeros(1, dtype=torch.long)).to(device) if conditions is not None else None
+    with torch.no_grad():
+        _, features = denoise_capturing(fake_denoiser, fake_denoiser.bottleneck(), x, fake_denoiser.sigma_max, cond)
+    return GANHead(features.shape[1]).to(device)
+
+
+def _save(path: Path, step, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer, gan) -> None:
     state = {
         "step": step, "fingerprint": fingerprint, "generator": generator.state_dict(),
         "fake_denoiser": fake_denoiser.state_dict(), "generator_optimizer": generator_optimizer.state_dict(),
         "fake_optimizer": fake_optimizer.state_dict(), "ema": ema.state_dict() if ema is not None else {},
+        "gan_head": gan.head.state_dict() if gan is not None else {},
     }
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
 
 
-def _resume(path: Path, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer) -> int:
+def _resume(path: Path, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer, gan) -> int:
     if not path.is_file():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -187,5 +232,7 @@ def _resume(path: Path, fingerprint, generator, fake_denoiser, ema, generator_op
     fake_optimizer.load_state_dict(state["fake_optimizer"])
     if ema is not None:
         ema.load_state_dict(state["ema"])
+    if gan is not None:
+        gan.head.load_state_dict(state["gan_head"])
     log.info("resuming distillation from %s at step %d", path, state["step"])
     return int(state["step"])

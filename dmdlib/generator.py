@@ -1,4 +1,4 @@
-"""The one-step generator: a trainable copy of the teacher, evaluated once at its largest sigma."""
+"""The generator: a trainable copy of the teacher, evaluated once at its largest sigma (or K times on a ladder)."""
 
 from __future__ import annotations
 
@@ -12,31 +12,102 @@ from torch import nn
 from dmdlib.denoisers.base import Denoiser, trainable_copy
 
 
-class OneStepGenerator(nn.Module):
-    """G(z) = D_G(sigma_max * z, sigma_max, cond) (paper section 3: G = mu_base(z, T-1)).
+class GuidanceEmbedding(nn.Module):
+    """Adds an embedding of the guidance scale to the network's noise-level embedding (through a forward hook).
 
-    For discrete-time teachers the noise is scaled by sqrt(sigma_max^2 + 1) instead, so z is exactly
-    the x_T a diffusers pipeline starts from (`Denoiser.prior_scale`).
+    The last layer starts at zero, so a new guidance-conditioned generator computes exactly what the teacher does.
     """
 
-    def __init__(self, denoiser: Denoiser, sigma: float | None = None):
+    def __init__(self, low: float, high: float, width: int, hidden: int = 64):
+        super().__init__()
+        self.low, self.high, self.width = float(low), float(high), int(width)
+        self.net = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, width))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        self.scale: torch.Tensor | None = None  # [batch] scales of the forward in progress
+
+    def attach(self, module: nn.Module) -> None:
+        module.register_forward_hook(self._add)
+
+    def _add(self, _module, _args, output: torch.Tensor) -> torch.Tensor:
+        if self.scale is None:
+            raise RuntimeError("guidance-conditioned generator called without a scale; use Generator.denoise")
+        position = ((self.scale - self.low) / max(self.high - self.low, 1e-8)).to(output)
+        return output + self.net(position[:, None])
+
+
+class Generator(nn.Module):
+    """G: a trainable copy of the teacher, run on a fixed descending sigma ladder.
+
+    One step (the paper, section 3: G(z) = mu_base(z, T-1)) is `forward(z)` = D_G(sigma_0 z, sigma_0);
+    K steps (DMD2 section 4.4) denoise at sigma_k and re-noise with fresh noise to sigma_{k+1}.
+    For discrete-time teachers the noise is scaled by sqrt(sigma_0^2 + 1) instead, so z is exactly
+    the x_T a diffusers pipeline starts from (`Denoiser.prior_scale`). With a `GuidanceEmbedding`,
+    every call also takes the classifier-free guidance scale it should imitate.
+    """
+
+    def __init__(self, denoiser: Denoiser, sigmas: list[float] | None = None, guidance: GuidanceEmbedding | None = None):
         super().__init__()
         self.denoiser = denoiser
-        self.sigma = float(denoiser.sigma_max if sigma is None else sigma)
+        self.sigmas = [float(s) for s in (sigmas or [denoiser.sigma_max])]
+        if any(a <= b for a, b in zip(self.sigmas, self.sigmas[1:])) or self.sigmas[-1] <= 0:
+            raise ValueError(f"generator sigmas {self.sigmas}: expected positive values in descending order")
+        self.guidance = guidance
+        if guidance is not None:
+            guidance.attach(denoiser.time_embedding()[0])
 
     @classmethod
-    def from_teacher(cls, teacher: Denoiser, sigma: float | None = None) -> "OneStepGenerator":
+    def from_teacher(
+        cls, teacher: Denoiser, sigmas: list[float] | None = None, guidance_range: tuple[float, float] | None = None
+    ) -> "Generator":
         """Initialise from an independent trainable copy of the (unguided) teacher."""
-        return cls(trainable_copy(teacher), sigma)
+        denoiser = trainable_copy(teacher)
+        guidance = GuidanceEmbedding(*guidance_range, denoiser.time_embedding()[1]) if guidance_range else None
+        return cls(denoiser, sigmas, guidance)
 
-    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        return self.denoiser(z * self.denoiser.prior_scale(self.sigma), self.sigma, cond)
+    @property
+    def sigma(self) -> float:
+        return self.sigmas[0]
+
+    def denoise(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None, scale=None) -> torch.Tensor:
+        """One generator evaluation at noise level sigma (and guidance scale, for a guidance-conditioned G)."""
+        if self.guidance is None:
+            if scale is not None:
+                raise ValueError("this generator has no guidance input; train it with distill.guidance_range")
+            return self.denoiser(x, sigma, cond)
+        scale = self.guidance.low if scale is None else scale
+        self.guidance.scale = torch.as_tensor(scale, dtype=torch.float32, device=x.device).expand(x.shape[0])
+        try:
+            return self.denoiser(x, sigma, cond)
+        finally:
+            self.guidance.scale = None
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None, scale=None) -> torch.Tensor:
+        return self.denoise(z * self.denoiser.prior_scale(self.sigma), self.sigma, cond, scale)
+
+    def noisy_input(self, z, cond=None, step: int = 0, scale=None, rng: torch.Generator | None = None) -> torch.Tensor:
+        """The input of ladder step `step` from noise z, made by the generator itself without gradients
+        (DMD2's backward simulation): `step` evaluations, each re-noised with fresh noise."""
+        x = z * self.denoiser.prior_scale(self.sigma)
+        with torch.no_grad():
+            for k in range(step):
+                denoised = self.denoise(x, self.sigmas[k], cond, scale)
+                x = denoised + self.sigmas[k + 1] * torch.randn(x.shape, generator=rng).to(x)
+        return x
+
+    @torch.no_grad()
+    def sample(self, z, cond=None, steps: int | None = None, scale=None, rng: torch.Generator | None = None) -> torch.Tensor:
+        """Samples with exactly `steps` evaluations (default: the whole ladder), on the ladder's first `steps` sigmas."""
+        steps = len(self.sigmas) if steps is None else steps
+        if not 1 <= steps <= len(self.sigmas):
+            raise ValueError(f"steps must be between 1 and {len(self.sigmas)} (the generator's ladder), got {steps}")
+        return self.denoise(self.noisy_input(z, cond, steps - 1, scale, rng), self.sigmas[steps - 1], cond, scale)
 
 
-GENERATOR_FILE, WEIGHTS_FILE = "generator.json", "generator.safetensors"
+GENERATOR_FILE, WEIGHTS_FILE, GUIDANCE_FILE = "generator.json", "generator.safetensors", "guidance.safetensors"
 
 
-def save_generator(folder: str | os.PathLike, generator: OneStepGenerator, teacher_reference: dict) -> None:
+def save_generator(folder: str | os.PathLike, generator: Generator, teacher_reference: dict) -> None:
     """Write a generator folder atomically: weights (safetensors) and generator.json to rebuild it.
 
     A k-diffusion generator is self-contained (its config travels in the weights' metadata); a
@@ -50,26 +121,33 @@ def save_generator(folder: str | os.PathLike, generator: OneStepGenerator, teach
 
     with atomic_output(folder) as tmp:
         tmp.mkdir()
+        description = {"sigmas": generator.sigmas}
         if teacher_reference["kind"] == "kdiffusion":
             save_kdiffusion(tmp / WEIGHTS_FILE, generator.denoiser, generator.denoiser.config)
-            description = {"sigma": generator.sigma, "teacher": {"kind": "kdiffusion", "path": WEIGHTS_FILE}}
+            description["teacher"] = {"kind": "kdiffusion", "path": WEIGHTS_FILE}
         elif teacher_reference["kind"] == "stable_diffusion":
             generator.denoiser.unet.save_pretrained(tmp / "unet")
-            description = {"sigma": generator.sigma, "teacher": teacher_reference, "unet": "unet"}
+            description.update(teacher=teacher_reference, unet="unet")
         else:
             save_model(generator.denoiser, str(tmp / WEIGHTS_FILE))
-            description = {"sigma": generator.sigma, "teacher": teacher_reference, "weights": WEIGHTS_FILE}
+            description.update(teacher=teacher_reference, weights=WEIGHTS_FILE)
+        if generator.guidance is not None:
+            save_model(generator.guidance, str(tmp / GUIDANCE_FILE))
+            description["guidance"] = {"low": generator.guidance.low, "high": generator.guidance.high,
+                                       "width": generator.guidance.width, "weights": GUIDANCE_FILE}
         (tmp / GENERATOR_FILE).write_text(json.dumps(description, indent=2))
 
 
-def load_generator(folder: str | os.PathLike) -> OneStepGenerator:
-    """Load a distilled one-step generator (frozen) from a folder written by `save_generator`.
+def load_generator(folder: str | os.PathLike) -> Generator:
+    """Load a distilled generator (frozen) from a folder written by `save_generator`.
 
     Example::
 
         generator = load_generator("models/generator")
         z = torch.randn(16, *generator.denoiser.sample_shape)
         images = generator(z, cond=torch.arange(16) % 10)  # class labels for a class-conditional teacher
+        images = generator.sample(z, cond, steps=2)           # a K-step generator, 2 of its K steps
+        images = generator(z, cond, scale=2.0)                # a guidance-conditioned generator at scale 2
     """
     from safetensors.torch import load_model
 
@@ -90,4 +168,9 @@ def load_generator(folder: str | os.PathLike) -> OneStepGenerator:
         from diffusers import UNet2DConditionModel
 
         denoiser.unet = UNet2DConditionModel.from_pretrained(folder / description["unet"], local_files_only=True)
-    return OneStepGenerator(denoiser, description["sigma"]).eval().requires_grad_(False)
+    guidance = None
+    if "guidance" in description:
+        spec = description["guidance"]
+        guidance = GuidanceEmbedding(spec["low"], spec["high"], spec["width"])
+        load_model(guidance, str(folder / spec["weights"]))
+    return Generator(denoiser, description["sigmas"], guidance).eval().requires_grad_(False)

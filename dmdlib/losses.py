@@ -72,6 +72,9 @@ def denoising_loss(
     lambda comes from the denoiser (EDM: 1/c_out^2; epsilon: 1/sigma^2, which equals the
     epsilon MSE; v: (sigma^2+1)/sigma^2). Used for the fake denoiser on generator samples.
     """
-    denoised = denoiser(x0 + expand(sigma, x0) * noise, sigma, cond)
-    per_sample = (denoised - x0).pow(2).flatten(1).mean(1) * denoiser.loss_weight(sigma)
-    return per_sample.mean()
+    return weighted_denoising_error(denoiser, denoiser(x0 + expand(sigma, x0) * noise, sigma, cond), x0, sigma)
+
+
+def weighted_denoising_error(denoiser: Denoiser, denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """mean over the batch of lambda(sigma) * mean_chw (denoised - x0)^2: `denoising_loss` from a given forward."""
+    return ((denoised - x0).pow(2).flatten(1).mean(1) * denoiser.loss_weight(sigma)).mean()

@@ -59,6 +59,9 @@ class TeacherTrainParams(Section):
     depths: list[int] = Field([2, 2, 2], min_length=1, description="Residual blocks per UNet level.")
     mapping_width: int = Field(64, ge=8, description="Width of the noise/class embedding.")
     class_conditional: bool = Field(True, description="Condition on the class label when the data has labels.")
+    label_dropout: float = Field(
+        0.1, ge=0, lt=1, description="Share of training labels replaced by 'no class', so classifier-free guidance works (0: none)."
+    )
     sigma_data: float = Field(0.5, gt=0, description="EDM's sigma_data: the data's standard deviation.")
     sigma_min: float = Field(0.002, gt=0, description="Smallest noise level the teacher serves.")
     sigma_max: float = Field(80.0, gt=0, description="Largest noise level; the one-step generator runs here.")
@@ -127,7 +130,7 @@ class PairsParams(Section):
         "heun", description="'heun' (EDM's deterministic Heun on Karras sigmas) or a diffusers scheduler class name, e.g. 'PNDMScheduler'."
     )
     steps: int = Field(18, ge=1, description="Sampler steps (Heun: 2 * steps - 1 network evaluations).")
-    guidance: float = Field(1.0, ge=0, description="Classifier-free guidance scale for text-to-image teachers (1 = none).")
+    guidance: float = Field(1.0, ge=0, description="Classifier-free guidance scale (1 = none); the teacher must serve no condition.")
     dtype: Literal["float32", "float16"] = Field("float32", description="Storage type of noise and targets.")
 
 
@@ -159,6 +162,18 @@ class DistillParams(Section):
     )
     dm_sigma_max: Optional[float] = Field(None, gt=0, description="Also cap DM noise levels at this sigma; null for none.")
     fake_steps: int = Field(1, ge=1, description="Fake-denoiser steps per generator step (1: DMD; 5-10: DMD2's two time-scales).")
+    gan_generator_weight: float = Field(
+        0.0, ge=0, description="DMD2's GAN loss for the generator (DMD2 ImageNet: 3e-3); 0: no GAN head. Needs real images."
+    )
+    gan_head_weight: float = Field(1e-2, gt=0, description="Weight of the GAN head's classification loss in the fake step (DMD2: 1e-2).")
+    generator_sigmas: Optional[list[float]] = Field(
+        None, min_length=1, description="Few-step generator: its descending sigma ladder, e.g. [80, 10, 2, 0.5] (DMD2 section 4.4); "
+        "null: one step at the teacher's sigma_max.",
+    )
+    guidance_range: Optional[tuple[float, float]] = Field(
+        None, description="Guidance-conditioned generator: train on classifier-free guidance scales drawn uniformly from "
+        "[low, high], the scale an extra input of G; null: a fixed scale (pairs.guidance).",
+    )
     ema_decay: Optional[float] = Field(None, ge=0, lt=1, description="EMA of the generator that is saved; null for none.")
     mixed_precision: Literal["fp32", "bf16"] = Field("fp32", description="'bf16' autocast (GPU), or plain 'fp32'.")
     gradient_checkpointing: bool = Field(False, description="Recompute UNet activations in backward (diffusers teachers): less memory.")
@@ -174,8 +189,13 @@ class DistillParams(Section):
         low, high = self.dm_sigma_fractions
         if not 0 <= low < high <= 1:
             raise ValueError("`dm_sigma_fractions` must be [low, high] with 0 <= low < high <= 1")
-        if self.dm_weight == 0 and self.lambda_reg == 0:
-            raise ValueError("`dm_weight` and `lambda_reg` are both 0: the generator would get no loss")
+        if self.dm_weight == 0 and self.lambda_reg == 0 and self.gan_generator_weight == 0:
+            raise ValueError("`dm_weight`, `lambda_reg` and `gan_generator_weight` are all 0: the generator would get no loss")
+        ladder = self.generator_sigmas or []
+        if any(a <= b for a, b in zip(ladder, ladder[1:])) or any(s <= 0 for s in ladder):
+            raise ValueError("`generator_sigmas` must be positive and strictly descending, e.g. [80, 10, 2, 0.5]")
+        if self.guidance_range is not None and not 0 <= self.guidance_range[0] < self.guidance_range[1]:
+            raise ValueError("`guidance_range` must be [low, high] with 0 <= low < high")
         return self
 
 
@@ -193,6 +213,9 @@ class EvaluateParams(Section):
     speed_batch_size: int = Field(100, ge=1, description="Batch for the sampling-speed measurement.")
     speed_repeats: int = Field(3, ge=1, description="Timed batches per model (after one warm-up batch).")
     precision_recall_k: int = Field(3, ge=1, description="k of the k-NN balls for precision and recall.")
+    guidance_scales: list[float] = Field(
+        [1.0, 2.0, 3.0], min_length=1, description="Guidance-conditioned generators: the scales each is measured at."
+    )
     clip_model: Optional[str] = Field(
         None, description="Text-to-image: a local transformers CLIPModel folder (with its processor) for CLIP score; null: omitted."
     )

@@ -17,6 +17,7 @@ from dmdlib.denoisers import KarrasDenoiser
 from dmdlib.io import atomic_output
 from dmdlib.losses import denoising_loss
 from dmdlib.params import TeacherTrainParams
+from dmdlib.teachers import UNCOND_CLASS
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ def train_teacher(
         sigma = sample_training_sigmas(params.batch_size, params, rng)
         noise = torch.randn((params.batch_size, *images.shape[1:]), generator=rng)
         cond = None if labels is None else labels[index]
+        if cond is not None and params.label_dropout > 0:  # teaches UNCOND_CLASS, for classifier-free guidance
+            cond = torch.where(torch.rand(len(cond), generator=rng) < params.label_dropout, UNCOND_CLASS, cond)
         loss = denoising_loss(denoiser, images[index], sigma, noise, cond)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"teacher loss is {loss.item()} at step {step + 1}; lower teacher.train.lr")

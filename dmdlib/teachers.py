@@ -27,8 +27,11 @@ from dmdlib.denoisers.loading import TeacherFolderError, load_diffusers_ddpm
 KDIFFUSION_KEYS = ("model_ema", "model")  # k-diffusion's train.py checkpoint keys, EMA first
 
 
+UNCOND_CLASS = -1  # the label of "no class": a zero one-hot vector (trained by label dropout)
+
+
 class OneHotClasses(nn.Module):
-    """Feeds integer class labels to an `image_v1` model as a one-hot `mapping_cond`."""
+    """Feeds integer class labels to an `image_v1` model as a one-hot `mapping_cond`; UNCOND_CLASS gives zeros."""
 
     def __init__(self, inner_model: nn.Module, num_classes: int):
         super().__init__()
@@ -36,19 +39,28 @@ class OneHotClasses(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_cond: torch.Tensor | None = None) -> torch.Tensor:
-        mapping_cond = None if class_cond is None else F.one_hot(class_cond.long(), self.num_classes).to(x.dtype)
+        mapping_cond = None
+        if class_cond is not None:
+            known = class_cond.long() >= 0
+            mapping_cond = (F.one_hot(class_cond.long().clamp_min(0), self.num_classes) * known[:, None]).to(x.dtype)
         return self.inner_model(x, sigma, mapping_cond=mapping_cond)
 
 
 def kdiffusion_config(channels: int, resolution: int, widths: list[int], depths: list[int], mapping_width: int,
-                      num_classes: int, sigma_data: float, sigma_min: float, sigma_max: float) -> dict[str, Any]:
-    """A k-diffusion `image_v1` config dict for the default teacher (k-diffusion's own config format)."""
+                      num_classes: int, sigma_data: float, sigma_min: float, sigma_max: float,
+                      label_dropout: float = 0.0) -> dict[str, Any]:
+    """A k-diffusion `image_v1` config dict for the default teacher (k-diffusion's own config format).
+
+    `cond_dropout_rate` (k-diffusion's key) records label dropout: above 0 the model also serves
+    UNCOND_CLASS, so classifier-free guidance can use it.
+    """
     return {
         "model": {
             "type": "image_v1", "input_channels": channels, "input_size": [resolution, resolution],
             "mapping_out": mapping_width, "depths": depths, "channels": widths,
             "self_attn_depths": [False] * len(widths), "augment_wrapper": False,
             "mapping_cond_dim": num_classes, "sigma_data": sigma_data, "sigma_min": sigma_min, "sigma_max": sigma_max,
+            "cond_dropout_rate": label_dropout,
         },
         "dataset": {"type": "imagefolder", "num_classes": num_classes},
     }
@@ -75,6 +87,8 @@ def build_kdiffusion(config: dict[str, Any]) -> KarrasDenoiser:
     )
     denoiser.sample_shape = (model_config["input_channels"], *model_config["input_size"])
     denoiser.num_classes = num_classes
+    if num_classes and model_config["type"] == "image_v1" and model_config.get("cond_dropout_rate", 0) > 0:
+        denoiser.uncond = torch.tensor([UNCOND_CLASS])
     denoiser.config = config
     return denoiser
 

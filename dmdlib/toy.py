@@ -10,7 +10,7 @@ from torch import nn
 
 from dmdlib.denoisers import GaussianMixtureDenoiser, KarrasDenoiser, trainable_copy
 from dmdlib.dmd import Pairs, fake_denoiser_step, generator_step
-from dmdlib.generator import OneStepGenerator
+from dmdlib.generator import Generator
 from dmdlib.losses import denoising_loss, sample_sigmas
 from dmdlib.regression import l2_loss
 from dmdlib.sampling import heun_sample
@@ -75,11 +75,11 @@ def distill_toy(
     lr: float = 1e-3,
     fake_steps: int = 5,
     seed: int = 0,
-) -> OneStepGenerator:
+) -> Generator:
     """DMD on the toy with the image pipeline's own step functions; use_dm=False gives regression only."""
     rng = torch.Generator().manual_seed(seed)
     real_denoiser = toy_teacher()
-    generator = OneStepGenerator.from_teacher(run.teacher_network)
+    generator = Generator.from_teacher(run.teacher_network)
     fake_denoiser = trainable_copy(run.teacher_network)
     generator_optimizer = torch.optim.AdamW(generator.parameters(), lr=lr, weight_decay=0.01)
     fake_optimizer = torch.optim.AdamW(fake_denoiser.parameters(), lr=lr, weight_decay=0.01)

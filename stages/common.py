@@ -61,19 +61,27 @@ def read_teacher(folder: Path) -> tuple[Denoiser, dict]:
     return load_teacher(reference), reference
 
 
-def conditioning(teacher: Denoiser, reference: dict, guidance: float, prompts_folder: Path):
+def conditioning(teacher: "Denoiser", reference: dict, guidance: float, prompts_folder: Path,
+                 guidance_range: tuple[float, float] | None = None):
     """(real denoiser, Conditions or None, prompt texts or None) for a teacher.
 
-    Text-to-image teachers draw `cond` from the cached training-prompt embeddings and, when guidance
-    is not 1, the real denoiser applies classifier-free guidance; others use their class labels.
+    Text-to-image teachers draw `cond` from the cached training-prompt embeddings, others use their
+    class labels. When guidance is not 1 (or a guidance-conditioned generator is trained), the real
+    denoiser applies classifier-free guidance, with the empty prompt or the 'no class' label.
     """
     from dmdlib.denoisers import GuidedDenoiser
     from dmdlib.distill import Conditions
     from dmdlib.text import load_prompt_set
 
     if reference["kind"] != "stable_diffusion":
-        return teacher, Conditions.of(teacher), None
-    prompts, _ = load_prompt_set(prompts_folder)
-    embeddings = prompts.train_embeddings
-    real = teacher if guidance == 1 else GuidedDenoiser(teacher, prompts.uncond, guidance)
-    return real, Conditions(len(prompts.train), lambda ids: embeddings[ids]), prompts.train
+        conditions, texts, uncond = Conditions.of(teacher), None, teacher.uncond
+    else:
+        prompts, _ = load_prompt_set(prompts_folder)
+        embeddings = prompts.train_embeddings
+        conditions, texts, uncond = Conditions(len(prompts.train), lambda ids: embeddings[ids]), prompts.train, prompts.uncond
+    if guidance == 1 and guidance_range is None:
+        return teacher, conditions, texts
+    if uncond is None:
+        raise ValueError("classifier-free guidance (pairs.guidance != 1 or distill.guidance_range) needs a teacher that serves "
+                         "'no condition': a text-to-image teacher, or the default teacher trained with teacher.train.label_dropout > 0")
+    return GuidedDenoiser(teacher, uncond, guidance), conditions, texts

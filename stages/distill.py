@@ -17,7 +17,8 @@ import typer
 from dmdlib.classifier import load_classifier
 from dmdlib.data import TRAIN, read_image_parquet
 from dmdlib.distill import Processes, distill
-from dmdlib.generator import OneStepGenerator, save_generator
+from dmdlib.dmd import RealBatch
+from dmdlib.generator import Generator, save_generator
 from dmdlib.images import save_grid, to_model_range, to_uint8
 from dmdlib.io import resumable_step
 from dmdlib.latents import decode, load_vae
@@ -41,11 +42,14 @@ def fixed_inputs(shape, conditions, count: int, first_seed: int = GRID_SEED):
 
 
 @torch.no_grad()
-def generate(generator: OneStepGenerator, noise: torch.Tensor, cond: torch.Tensor | None, batch: int = 250) -> torch.Tensor:
-    """One generator evaluation per sample, in batches."""
+def generate(generator: Generator, noise: torch.Tensor, cond: torch.Tensor | None, batch: int = 250,
+             steps: int | None = None, scale: float | None = None) -> torch.Tensor:
+    """`steps` generator evaluations per sample (default: its whole ladder), in batches; re-noising seeded per batch."""
     outputs = []
     for start in range(0, len(noise), batch):
-        outputs.append(generator(noise[start : start + batch], None if cond is None else cond[start : start + batch]).float().cpu())
+        part = None if cond is None else cond[start : start + batch]
+        rng = torch.Generator().manual_seed(start)
+        outputs.append(generator.sample(noise[start : start + batch], part, steps, scale, rng).float().cpu())
     return torch.cat(outputs)
 
 
@@ -75,7 +79,8 @@ def main(
         main_process = accelerator.is_main_process
         teacher_denoiser, reference = read_teacher(teacher)
         # The real denoiser guides with the pairs' scale (paper: the same cfg for pairs and DM); fake and G never do.
-        real_denoiser, conditions, texts = conditioning(teacher_denoiser, reference, all_params.pairs.guidance, prompts)
+        real_denoiser, conditions, texts = conditioning(teacher_denoiser, reference, all_params.pairs.guidance, prompts,
+                                                        config.guidance_range)
         expected_pairs = pair_metadata(teacher_denoiser, all_params.pairs, texts)
         pair_set = PairDataset(pairs, expected_pairs) if config.lambda_reg > 0 else None
         regression = (make_regression_loss(config.regression_loss, config.lpips_net, config.lpips_fallback)
@@ -94,18 +99,22 @@ def main(
         columns = min(conditions.count, 10) if conditions is not None else 8
         grid_noise, grid_cond = fixed_inputs(shape, conditions, 8 * columns)
 
-        def save_samples(name: str, generator: OneStepGenerator) -> None:
+        def save_samples(name: str, generator: Generator) -> None:
             save_grid(samples / name, to_uint8(to_images(generate(generator, grid_noise, grid_cond))), columns, scale=4)
 
         monitor = None
         if main_process:
             samples.mkdir(parents=True, exist_ok=True)
-            save_samples("initial.png", OneStepGenerator.from_teacher(teacher_denoiser))
+            save_samples("initial.png", Generator.from_teacher(teacher_denoiser))
             diversity = {} if latent else _diversity_inputs(data, classifier, shape, conditions)
             monitor = DistillMonitor(live, resumable_step(checkpoint, fingerprint) > 0, config.sample_every,
                                      config.steps, save_samples, **diversity)
+        real_images = _real_images(data) if config.gan_generator_weight > 0 and not latent else None
+        if config.gan_generator_weight > 0 and latent:
+            raise ValueError("distill.gan_generator_weight: the GAN head needs real images; latent (text-to-image) teachers "
+                             "are not supported yet")
         generator, _ = distill(teacher_denoiser, pair_set, regression, config, checkpoint, fingerprint, processes,
-                               monitor, real_denoiser, conditions)
+                               monitor, real_denoiser, conditions, real_images, all_params.pairs.guidance)
         if main_process:
             save_samples("final.png", generator)
             save_generator(out, generator, reference)
@@ -123,6 +132,14 @@ def decoded_regression(regression, vae):
         return regression(decode(vae, x), target_images)
 
     return loss
+
+
+def _real_images(data: Path) -> RealBatch:
+    """The training split in model range, with class labels as cond when the data has them: the GAN's positives."""
+    dataset = read_image_parquet(data)
+    train = dataset.subset(TRAIN)
+    labels = torch.from_numpy(dataset.labels[train]).long() if dataset.class_names else None
+    return RealBatch(to_model_range(dataset.images[train]), labels)
 
 
 def _diversity_inputs(data: Path, classifier: Path, shape, conditions) -> dict:

@@ -11,7 +11,7 @@ import torch
 
 from dmdlib.classifier import FeatureClassifier
 from dmdlib.diversity import measure_diversity
-from dmdlib.generator import OneStepGenerator
+from dmdlib.generator import Generator
 
 log = logging.getLogger("distill")
 
@@ -21,8 +21,8 @@ class DistillMonitor:
     pixel teachers, measures diversity and warns on collapse."""
 
     def __init__(self, live_dir: Path, resuming: bool, sample_every: int, last_step: int,
-                 save_samples: Callable[[str, OneStepGenerator], None],
-                 diversity_samples: Callable[[OneStepGenerator], torch.Tensor] | None = None,
+                 save_samples: Callable[[str, Generator], None],
+                 diversity_samples: Callable[[Generator], torch.Tensor] | None = None,
                  real_images: torch.Tensor | None = None, classifier: FeatureClassifier | None = None,
                  data_shares: torch.Tensor | None = None):
         from dvclive import Live
@@ -34,7 +34,7 @@ class DistillMonitor:
         self.diversity_samples, self.real_images = diversity_samples, real_images
         self.classifier, self.data_shares = classifier, data_shares
 
-    def __call__(self, step: int, metrics: dict[str, float], generator: OneStepGenerator) -> None:
+    def __call__(self, step: int, metrics: dict[str, float], generator: Generator) -> None:
         self.live.step = step
         for name, value in metrics.items():
             self.live.log_metric(name, value)

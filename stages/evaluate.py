@@ -13,6 +13,7 @@ import typer
 
 from dmdlib.classifier import load_classifier, predict
 from dmdlib.data import HELDOUT, TRAIN, read_image_parquet
+from dmdlib.denoisers import GuidedDenoiser
 from dmdlib.distill import Conditions
 from dmdlib.evaluation import (
     classifier_extractor,
@@ -22,7 +23,7 @@ from dmdlib.evaluation import (
     peak_tensor_memory_mib,
     throughput,
 )
-from dmdlib.generator import OneStepGenerator, load_generator
+from dmdlib.generator import Generator, load_generator
 from dmdlib.images import make_grid, save_grid, to_model_range, to_uint8
 from dmdlib.io import atomic_output
 from dmdlib.metrics import class_shares, fid, kid, precision_recall
@@ -77,18 +78,31 @@ def main(
         inputs = [seeded_inputs(config.first_seed + i, shape, classes) for i in range(count)]
         noise = torch.stack([z for z, _ in inputs])
         labels = torch.tensor([label for _, label in inputs]) if classes else None
-        teacher_sample = make_sampler(real_denoiser, all_params.pairs, Conditions.of(real_denoiser))
-        initial = OneStepGenerator.from_teacher(real_denoiser).eval().requires_grad_(False)
+        teacher_nfe = 2 * all_params.pairs.steps - 1 if all_params.pairs.sampler == "heun" else None
+        initial = Generator.from_teacher(real_denoiser).eval().requires_grad_(False)
 
-        def teacher_all(z, y):
-            return torch.cat([teacher_sample(z[i : i + config.batch_size], None if y is None else y[i : i + config.batch_size])
-                              for i in range(0, len(z), config.batch_size)])
+        def teacher_rows(scale: float = 1.0):
+            denoiser = real_denoiser if scale == 1 else GuidedDenoiser(real_denoiser, real_denoiser.uncond, scale)
+            sample = make_sampler(denoiser, all_params.pairs, Conditions.of(real_denoiser))
+            return (lambda z, y: torch.cat([sample(z[i : i + config.batch_size], None if y is None else y[i : i + config.batch_size])
+                                            for i in range(0, len(z), config.batch_size)]),
+                    teacher_nfe if scale == 1 or teacher_nfe is None else 2 * teacher_nfe)
+
+        def generator_rows(steps: int, scale: float | None = None):
+            return lambda z, y: generate(distilled, z, y, config.batch_size, steps, scale), steps
 
         models = {
-            "teacher": (lambda z, y: teacher_all(z, y), 2 * all_params.pairs.steps - 1 if all_params.pairs.sampler == "heun" else None),
+            "teacher": teacher_rows(),
             "initial_one_step": (lambda z, y: generate(initial, z, y, config.batch_size), 1),
-            "dmd_one_step": (lambda z, y: generate(distilled, z, y, config.batch_size), 1),
+            "dmd_one_step": generator_rows(1),
         }
+        if len(distilled.sigmas) > 1:  # a few-step generator: also with its whole ladder (DMD2 section 4.4)
+            models[f"dmd_{len(distilled.sigmas)}_step"] = generator_rows(len(distilled.sigmas))
+        if distilled.guidance is not None:  # a guidance-conditioned generator: one model, several scales
+            for scale in config.guidance_scales:
+                name = f"{scale:g}".replace(".", "p")
+                models[f"teacher_guidance_{name}"] = teacher_rows(scale)
+                models[f"dmd_one_step_guidance_{name}"] = generator_rows(1, scale)
         real_features = {name: extract_features(fn, real) for name, fn in extractors.items()}
         data_shares = class_shares(torch.from_numpy(dataset.labels[dataset.subset(TRAIN)]), len(dataset.class_names))
         results: dict = {"samples": count, "reference": f"train split ({len(real)} images)",
@@ -123,7 +137,7 @@ def main(
             grids[name] = to_uint8(sample(grid_noise, grid_labels))
             save_grid(images / f"{name}.png", grids[name], columns=8, scale=4)
         results["speedup_dmd_vs_teacher"] = round(results["dmd_one_step"]["images_per_s"] / results["teacher"]["images_per_s"], 2)
-        _save_comparison(images / "comparison.png", grids)
+        _save_comparison(images / "comparison.png", {name: grid for name, grid in grids.items() if "guidance" not in name})
         _write(metrics, results)
 
 

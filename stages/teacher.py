@@ -66,6 +66,7 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
     model_config = kdiffusion_config(
         data.channels, data.resolution, train.channels, train.depths, train.mapping_width,
         len(data.class_names) if labelled else 0, train.sigma_data, train.sigma_min, train.sigma_max,
+        train.label_dropout if labelled else 0.0,
     )
     denoiser = build_kdiffusion(model_config)
     log.info("teacher: k-diffusion image_v1, %.2fM parameters, %s, %d steps at batch %d",

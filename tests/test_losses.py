@@ -7,7 +7,7 @@ import torch
 
 from dmdlib.denoisers import GaussianMixtureDenoiser, trainable_copy
 from dmdlib.denoisers.base import GRID_STEPS
-from dmdlib.generator import OneStepGenerator
+from dmdlib.generator import Generator
 from dmdlib.losses import distribution_matching_loss, sample_sigmas
 from dmdlib.regression import (
     LPIPSLoss,
@@ -78,7 +78,7 @@ def test_dm_sigmas_stay_between_2_and_98_percent_of_the_grid():
 
 
 def test_generator_starts_as_teacher_at_sigma_max():
-    generator = OneStepGenerator.from_teacher(REAL)
+    generator = Generator.from_teacher(REAL)
     z = torch.randn(32, 2)
     s = REAL.sigma_max
     # Exact: the mixture's posterior mean at x = s z, computed by hand.

@@ -2,7 +2,7 @@
 
 import torch
 
-from dmdlib.generator import OneStepGenerator
+from dmdlib.generator import Generator
 from dmdlib.toy import distill_toy, mode_shares, prepare_toy, sliced_wasserstein, toy_teacher
 
 
@@ -12,7 +12,7 @@ def test_dmd_covers_every_mode_and_beats_regression_only():
     reference = teacher.sample(4000, generator=torch.Generator().manual_seed(1))
     z = torch.randn(4000, 2, generator=torch.Generator().manual_seed(2))
     generators = {
-        "initial": OneStepGenerator.from_teacher(run.teacher_network),
+        "initial": Generator.from_teacher(run.teacher_network),
         "dmd": distill_toy(run, steps=800),
         "regression": distill_toy(run, steps=800, use_dm=False),
     }

@@ -1,6 +1,6 @@
 """One interface, D(x, sigma, cond) -> denoised, for every teacher (DESIGN.md section 1)."""
 
-from dmdlib.denoisers.base import Denoiser, frozen, trainable_copy
+from dmdlib.denoisers.base import Denoiser, denoise_capturing, frozen, trainable_copy
 from dmdlib.denoisers.discrete import DDPMDenoiser, DiscreteDenoiser, LatentDenoiser
 from dmdlib.denoisers.gmm import GaussianMixtureDenoiser
 from dmdlib.denoisers.guidance import GuidedDenoiser
@@ -14,6 +14,7 @@ __all__ = [
     "GuidedDenoiser",
     "KarrasDenoiser",
     "LatentDenoiser",
+    "denoise_capturing",
     "frozen",
     "trainable_copy",
 ]

@@ -26,6 +26,7 @@ class Denoiser(nn.Module, abc.ABC):
     sample_shape: tuple[int, ...] = ()  # shape of one x, without the batch dimension; () when unknown
     num_classes: int = 0  # > 0 when `cond` is an integer class label
     scheduler_config: dict | None = None  # diffusers scheduler config, for discrete-time teachers
+    uncond: torch.Tensor | None = None  # the `cond` of "no condition" when the model serves one (for guidance)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         return self.denoise(x, per_sample(sigma, x), cond)
@@ -51,6 +52,14 @@ class Denoiser(nn.Module, abc.ABC):
         """Weight of ||D - x0||^2 in the teacher's training loss: EDM's (sigma^2 + s_d^2) / (sigma * s_d)^2."""
         return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
 
+    def bottleneck(self) -> nn.Module:
+        """The module whose output is the network's lowest-resolution features (DMD2's GAN head reads them)."""
+        raise ValueError(f"{type(self).__name__} has no UNet bottleneck: the GAN loss needs a UNet teacher")
+
+    def time_embedding(self) -> tuple[nn.Module, int]:
+        """The module whose [batch, width] output embeds the noise level, and that width (guidance input adds to it)."""
+        raise ValueError(f"{type(self).__name__} has no noise-level embedding: guidance conditioning needs a UNet teacher")
+
 
 def per_sample(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """Sigma as a [batch] tensor on x's device."""
@@ -61,6 +70,20 @@ def per_sample(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
 def expand(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """[batch] -> [batch, 1, 1, ...] to broadcast against x."""
     return sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+
+
+def denoise_capturing(
+    denoiser: Denoiser, module: nn.Module, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """D(x, sigma, cond) and the output of one of its modules (e.g. the bottleneck) in the same forward."""
+    captured = []
+    handle = module.register_forward_hook(lambda _module, _args, output: captured.append(output))
+    try:
+        denoised = denoiser(x, sigma, cond)
+    finally:
+        handle.remove()
+    output = captured[-1]
+    return denoised, output[0] if isinstance(output, tuple) else output
 
 
 def frozen(module: nn.Module) -> nn.Module:

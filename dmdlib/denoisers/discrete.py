@@ -61,6 +61,12 @@ class DiscreteDenoiser(Denoiser):
             return x * scale**2 - s * scale * output  # x0 = sqrt(a) x_t - sqrt(1 - a) v
         return output
 
+    def bottleneck(self) -> nn.Module:
+        return self.unet.mid_block
+
+    def time_embedding(self) -> tuple[nn.Module, int]:
+        return self.unet.time_embedding, self.unet.time_embedding.linear_2.out_features
+
     def prior_scale(self, sigma: float) -> float:
         """sqrt(sigma^2 + 1): unit noise z is then exactly the VP sample x_T = z that diffusers samplers start from."""
         return (sigma**2 + 1) ** 0.5

@@ -16,13 +16,13 @@ class GuidedDenoiser(Denoiser):
     def __init__(self, denoiser: Denoiser, uncond: torch.Tensor, scale: float | torch.Tensor):
         super().__init__()
         self.denoiser = denoiser
-        self.register_buffer("uncond", uncond, persistent=False)
+        self.register_buffer("null_cond", uncond, persistent=False)
         self.scale = scale
         self.sigma_min, self.sigma_max, self.sigma_data = denoiser.sigma_min, denoiser.sigma_max, denoiser.sigma_data
         self.sample_shape, self.scheduler_config = denoiser.sample_shape, denoiser.scheduler_config
 
     def denoise(self, x, sigma, cond):
-        uncond = self.uncond.expand(x.shape[0], *self.uncond.shape[1:])
+        uncond = self.null_cond.expand(x.shape[0], *self.null_cond.shape[1:])
         both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([uncond, cond]))
         denoised_uncond, denoised_cond = both.chunk(2)
         scale = torch.as_tensor(self.scale, dtype=x.dtype, device=x.device)

@@ -36,3 +36,16 @@ class KarrasDenoiser(Denoiser):
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         kwargs = {} if cond is None or self.cond_key is None else {self.cond_key: cond}
         return self.model(x, sigma, **kwargs)
+
+    def _image_v1(self) -> nn.Module:
+        model = getattr(self.inner_model, "inner_model", self.inner_model)  # under OneHotClasses, if any
+        if not hasattr(model, "u_net") or not hasattr(model, "timestep_embed"):
+            raise ValueError(f"{type(model).__name__}: bottleneck and noise embedding are known for k-diffusion image_v1 models only")
+        return model
+
+    def bottleneck(self) -> nn.Module:
+        return self._image_v1().u_net.d_blocks[-1]
+
+    def time_embedding(self) -> tuple[nn.Module, int]:
+        fourier = self._image_v1().timestep_embed
+        return fourier, 2 * fourier.weight.shape[0]  # cos and sin of each frequency

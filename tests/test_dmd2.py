@@ -1,0 +1,226 @@
+"""DMD2's options on tiny models: GAN head, two time-scales, few-step generators, guidance-conditioned generators."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dmdlib.denoisers import GuidedDenoiser, trainable_copy
+from dmdlib.distill import distill
+from dmdlib.dmd import GAN, RealBatch, fake_denoiser_step, generator_step
+from dmdlib.gan import GANHead, denoise_with_logits
+from dmdlib.generator import Generator, load_generator, save_generator
+from dmdlib.params import DistillParams, ParamsError, load_params
+from dmdlib.teachers import UNCOND_CLASS, build_kdiffusion, kdiffusion_config
+
+SHAPE = (1, 8, 8)
+
+
+def tiny_teacher(label_dropout: float = 0.1):
+    torch.manual_seed(0)
+    config = kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0, label_dropout)
+    teacher = build_kdiffusion(config)
+    for parameter in teacher.parameters():  # k-diffusion starts the output and the noise/class modulation at zero
+        if not parameter.any():
+            torch.nn.init.normal_(parameter, std=0.1)
+    return teacher.requires_grad_(False)
+
+
+def params(**overrides):
+    base = dict(steps=2, batch_size=2, reg_batch_size=0, lambda_reg=0.0, warmup_steps=1, checkpoint_every=1)
+    return DistillParams(**{**base, **overrides})
+
+
+def real_batch(count=6):
+    rng = torch.Generator().manual_seed(1)
+    return RealBatch(torch.rand((count, *SHAPE), generator=rng) * 2 - 1, torch.arange(count) % 3)
+
+
+def count_evaluations(generator: Generator) -> list[int]:
+    calls = []
+    generator.denoiser.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_uncond_label_is_a_zero_class_vector_and_dropout_teachers_serve_it():
+    teacher = tiny_teacher()
+    assert teacher.uncond.tolist() == [UNCOND_CLASS] and tiny_teacher(0.0).uncond is None
+    x, sigma = torch.randn(2, *SHAPE), torch.tensor([1.0, 5.0])
+    one_hot = teacher.inner_model  # OneHotClasses around the image_v1 model
+    uncond = one_hot(x, sigma, class_cond=torch.tensor([UNCOND_CLASS, UNCOND_CLASS]))
+    assert torch.equal(uncond, one_hot.inner_model(x, sigma, mapping_cond=torch.zeros(2, 3)))
+    assert not torch.allclose(uncond, one_hot(x, sigma, class_cond=torch.tensor([0, 0])))
+
+
+def test_gan_head_gets_gradients_only_in_its_own_step():
+    teacher = tiny_teacher()
+    generator, fake = Generator.from_teacher(teacher), trainable_copy(teacher)
+    head = GANHead(8)
+    gan = GAN(head, generator_weight=1.0, head_weight=1.0)
+    z, cond = torch.randn(2, *SHAPE), torch.tensor([0, 1])
+    _, logits = denoise_with_logits(fake, head, torch.randn(3, *SHAPE), torch.full((3,), 2.0), torch.tensor([0, 1, 2]))
+    assert logits.shape == (3,)
+
+    before = [p.clone() for p in generator.parameters()]
+    optimizer = torch.optim.SGD(generator.parameters(), lr=0.1)
+    result = generator_step(generator, teacher, fake, optimizer, z, cond, None, None, 0.0, dm_weight=0.0,
+                            rng=torch.Generator().manual_seed(0), gan=gan)
+    assert result.loss_gan > 0
+    assert all(p.grad is None for p in [*head.parameters(), *fake.parameters()])  # none in the generator's step
+    assert all(p.requires_grad for p in [*head.parameters(), *fake.parameters()])  # and switched back on
+    assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))  # G learned from the GAN alone
+
+    generator_grads = [p.grad.clone() for p in generator.parameters()]
+    fake_optimizer = torch.optim.SGD([*fake.parameters(), *head.parameters()], lr=0.1)
+    fake_loss, head_loss = fake_denoiser_step(fake, fake_optimizer, result.x, cond, torch.Generator().manual_seed(1),
+                                              gan=gan, real=RealBatch(real_batch(2).images, torch.tensor([2, 0])))
+    assert fake_loss > 0 and head_loss > 0
+    assert all(p.grad is not None for p in head.parameters()) and any(p.grad.abs().sum() > 0 for p in head.parameters())
+    assert all(torch.equal(p.grad, g) for p, g in zip(generator.parameters(), generator_grads))  # samples were detached
+
+
+def test_distill_with_gan_and_two_time_scales_trains_and_resumes_exactly(tmp_path):
+    options = dict(gan_generator_weight=0.1, dm_weight=1.0, fake_steps=2, steps=3, checkpoint_every=1)
+    losses = []
+    whole, _ = distill(tiny_teacher(), None, None, params(**options), tmp_path / "a.pt", real_images=real_batch(),
+                       on_step=lambda step, metrics, generator: losses.append(metrics))
+    assert {"loss_gan_generator", "loss_gan_head", "loss_fake"} <= set(losses[0])
+    assert all(m["loss_gan_head"] > 0 for m in losses)
+    state = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert state["gan_head"]  # the head is checkpointed with the fake denoiser
+
+    class Killed(Exception):
+        pass
+
+    def kill(step, metrics, generator):
+        if step == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        distill(tiny_teacher(), None, None, params(**options), tmp_path / "b.pt", real_images=real_batch(), on_step=kill)
+    resumed, _ = distill(tiny_teacher(), None, None, params(**options), tmp_path / "b.pt", real_images=real_batch())
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_gan_without_real_images_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="needs real images"):
+        distill(tiny_teacher(), None, None, params(gan_generator_weight=0.1), tmp_path / "ck.pt")
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_k_step_sampling_uses_exactly_k_generator_evaluations(steps):
+    generator = Generator.from_teacher(tiny_teacher(), [80.0, 5.0, 0.5])
+    calls = count_evaluations(generator)
+    images = generator.sample(torch.randn(4, *SHAPE), torch.tensor([0, 1, 2, 0]), steps, rng=torch.Generator().manual_seed(0))
+    assert len(calls) == steps and images.shape == (4, *SHAPE)
+
+
+def test_one_step_of_a_ladder_is_the_plain_generator_and_backward_simulation_has_no_gradient():
+    generator = Generator.from_teacher(tiny_teacher(), [80.0, 5.0, 0.5])
+    z, cond = torch.randn(2, *SHAPE), torch.tensor([0, 1])
+    assert torch.equal(generator.sample(z, cond, 1), generator(z, cond))
+    calls = count_evaluations(generator)
+    x = generator.noisy_input(z, cond, 2, rng=torch.Generator().manual_seed(0))
+    assert len(calls) == 2 and not x.requires_grad
+    denoised = generator.denoise(x, 0.5, cond)
+    expected = generator.sample(z, cond, 3, rng=torch.Generator().manual_seed(0))
+    assert torch.allclose(denoised, expected)  # sampling = backward simulation + one last evaluation
+    with pytest.raises(ValueError, match="between 1 and 3"):
+        generator.sample(z, cond, 4)
+
+
+def test_few_step_distill_trains_every_ladder_step_and_saves_the_ladder(tmp_path):
+    teacher = tiny_teacher()
+    ladder = [80.0, 5.0, 0.5]
+    generator, _ = distill(teacher, None, None, params(generator_sigmas=ladder, steps=6), tmp_path / "ck.pt")
+    save_generator(tmp_path / "g", generator, {"kind": "kdiffusion"})
+    loaded = load_generator(tmp_path / "g")
+    assert loaded.sigmas == ladder
+    z, cond = torch.randn(2, *SHAPE), torch.tensor([0, 1])
+    assert torch.allclose(loaded.sample(z, cond, 3, rng=torch.Generator().manual_seed(0)),
+                          generator.sample(z, cond, 3, rng=torch.Generator().manual_seed(0)), atol=1e-6)
+    with pytest.raises(ValueError, match="above the teacher's sigma_max"):
+        distill(teacher, None, None, params(generator_sigmas=[100.0, 1.0]), tmp_path / "x.pt")
+
+
+def test_guidance_input_starts_neutral_then_changes_the_output(tmp_path):
+    teacher = tiny_teacher()
+    generator = Generator.from_teacher(teacher, guidance_range=(1.0, 3.0))
+    z, cond = torch.randn(2, *SHAPE), torch.tensor([0, 1])
+    plain = Generator.from_teacher(teacher)(z, cond)
+    assert torch.equal(generator(z, cond, 1.0), plain) and torch.equal(generator(z, cond, 3.0), plain)  # zero-initialised
+
+    real = GuidedDenoiser(teacher, teacher.uncond, 1.0)
+    trained, _ = distill(teacher, None, None, params(guidance_range=(1.0, 3.0), steps=3, generator_lr=1e-2), tmp_path / "ck.pt",
+                         real_denoiser=real)
+    low, high = trained(z, cond, 1.0), trained(z, cond, 3.0)
+    assert not torch.allclose(low, high)  # one model, two scales, two outputs
+    per_sample = trained(z, cond, torch.tensor([1.0, 3.0]))
+    assert torch.allclose(per_sample[0], low[0], atol=1e-6) and torch.allclose(per_sample[1], high[1], atol=1e-6)
+    save_generator(tmp_path / "g", trained, {"kind": "kdiffusion"})
+    loaded = load_generator(tmp_path / "g")
+    assert torch.allclose(loaded(z, cond, 3.0), high, atol=1e-6)
+    with pytest.raises(ValueError, match="no guidance input"):
+        Generator.from_teacher(teacher)(z, cond, 2.0)
+
+
+def test_guidance_range_needs_a_guided_real_denoiser(tmp_path):
+    with pytest.raises(ValueError, match="label_dropout"):
+        distill(tiny_teacher(), None, None, params(guidance_range=(1.0, 3.0)), tmp_path / "ck.pt")
+
+
+def test_bad_dmd2_params_name_the_key(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("distill:\n  generator_sigmas: [80, 100]\n")
+    with pytest.raises(ParamsError, match="distill: `generator_sigmas` must be positive and strictly descending"):
+        load_params(path)
+    path.write_text("distill:\n  guidance_range: [3, 1]\n")
+    with pytest.raises(ParamsError, match="`guidance_range` must be"):
+        load_params(path)
+
+
+def test_stage_clis_run_every_dmd2_option_and_evaluate_reports_each(tmp_path):
+    from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
+    from dmdlib.teachers import save_kdiffusion
+    from stages.distill import app as distill_app
+    from stages.evaluate import app as evaluate_app
+    from stages.features import app as features_app
+    from stages.teacher import app as teacher_app
+
+    teacher = tiny_teacher()
+    save_kdiffusion(tmp_path / "k.safetensors", teacher, teacher.config)
+    rng = torch.Generator().manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (60, 8, 8, 1), generator=rng, dtype=torch.uint8).numpy(),
+                    (torch.arange(60) % 3).numpy(), split_train_heldout(60, 0.25, 0), ["a", "b", "c"])
+    write_image_parquet(tmp_path / "data.parquet", data)
+    (tmp_path / "params.yaml").write_text(
+        f"features:\n  steps: 5\n  batch_size: 8\n"
+        f"teacher:\n  kind: kdiffusion\n  path: {tmp_path / 'k.safetensors'}\n  train:\n    sample_steps: 2\n"
+        "pairs:\n  steps: 2\n"
+        "distill:\n  steps: 2\n  batch_size: 2\n  lambda_reg: 0\n  sample_every: 2\n  fake_steps: 2\n"
+        "  gan_generator_weight: 0.01\n  generator_sigmas: [80, 2]\n  guidance_range: [1, 2]\n"
+        "evaluate:\n  samples: 12\n  speed_batch_size: 4\n  speed_repeats: 1\n  guidance_scales: [1, 1.5]\n"
+    )
+    p = lambda name: str(tmp_path / name)
+    stages = [
+        (features_app, ["--data", p("data.parquet"), "--out", p("classifier.safetensors"), "--metrics", p("classifier.json")]),
+        (teacher_app, ["--out", p("teacher"), "--samples", p("t.png")]),
+        (distill_app, ["--teacher", p("teacher"), "--pairs", p("no-pairs"), "--data", p("data.parquet"),
+                       "--classifier", p("classifier.safetensors"), "--out", p("generator"), "--samples", p("grids"),
+                       "--checkpoint", p("ck.pt"), "--live", p("live")]),
+        (evaluate_app, ["--data", p("data.parquet"), "--teacher", p("teacher"), "--generator", p("generator"),
+                        "--classifier", p("classifier.safetensors"), "--metrics", p("eval.json"), "--images", p("eval")]),
+    ]
+    runner = CliRunner()
+    for app, args in stages:
+        result = runner.invoke(app, ["--params", p("params.yaml"), *args])
+        assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    assert metrics["dmd_one_step"]["nfe"] == 1 and metrics["dmd_2_step"]["nfe"] == 2
+    for scale in ("1", "1p5"):
+        assert metrics[f"dmd_one_step_guidance_{scale}"]["nfe"] == 1
+        assert metrics[f"teacher_guidance_{scale}"]["nfe"] == 3 * (1 if scale == "1" else 2)
+    live = (tmp_path / "live" / "plots" / "metrics")
+    assert (live / "loss_gan_generator.tsv").exists() and (live / "loss_gan_head.tsv").exists()
