@@ -224,3 +224,14 @@ def test_stage_clis_run_every_dmd2_option_and_evaluate_reports_each(tmp_path):
         assert metrics[f"teacher_guidance_{scale}"]["nfe"] == 3 * (1 if scale == "1" else 2)
     live = (tmp_path / "live" / "plots" / "metrics")
     assert (live / "loss_gan_generator.tsv").exists() and (live / "loss_gan_head.tsv").exists()
+
+
+def test_a_copied_guidance_generator_uses_its_own_embedding():
+    import copy
+
+    generator = Generator.from_teacher(tiny_teacher(), guidance_range=(1.0, 3.0))
+    ema = copy.deepcopy(generator)  # how distill makes the EMA
+    torch.nn.init.normal_(ema.guidance.net[-1].weight)
+    z, cond = torch.randn(2, *SHAPE), torch.tensor([0, 1])
+    assert torch.equal(generator(z, cond, 3.0), generator(z, cond, 1.0))  # the original's embedding is still zero
+    assert not torch.allclose(ema(z, cond, 3.0), generator(z, cond, 3.0))
