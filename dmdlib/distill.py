@@ -14,7 +14,7 @@ import torch
 from k_diffusion.utils import ema_update
 from tqdm.auto import tqdm
 
-from dmdlib.denoisers import Denoiser, GuidedDenoiser, denoise_capturing, trainable_copy
+from dmdlib.denoisers import Denoiser, GuidedDenoiser, ScaleConditionedDenoiser, denoise_capturing, trainable_copy
 from dmdlib.dmd import GAN, Pairs, RealBatch, RegressionLoss, fake_denoiser_step, generator_step
 from dmdlib.gan import GANHead
 from dmdlib.generator import Generator
@@ -109,6 +109,8 @@ def distill(
     if generator.sigma > teacher.sigma_max:
         raise ValueError(f"distill.generator_sigmas starts at {generator.sigma}, above the teacher's sigma_max {teacher.sigma_max}")
     fake_denoiser = trainable_copy(teacher)
+    if params.guidance_range is not None:  # D_fake must model G's distribution at each scale, not their mixture
+        fake_denoiser = ScaleConditionedDenoiser(fake_denoiser, *params.guidance_range)
     gan = None
     if params.gan_generator_weight > 0:
         if real_images is None:
@@ -146,7 +148,7 @@ def distill(
         if params.guidance_range is not None:
             low, high = params.guidance_range
             scale = (low + (high - low) * torch.rand(params.batch_size, generator=rng)).to(device)
-            real_denoiser.scale = scale
+            real_denoiser.scale = fake_denoiser.scale = scale
         batch = None
         if use_pairs:
             index = torch.randint(0, len(pairs), (params.reg_batch_size,), generator=rng)

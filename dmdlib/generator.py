@@ -10,30 +10,7 @@ import torch
 from torch import nn
 
 from dmdlib.denoisers.base import Denoiser, trainable_copy
-
-
-class GuidanceEmbedding(nn.Module):
-    """Adds an embedding of the guidance scale to the network's noise-level embedding (through a forward hook).
-
-    The last layer starts at zero, so a new guidance-conditioned generator computes exactly what the teacher does.
-    """
-
-    def __init__(self, low: float, high: float, width: int, hidden: int = 64):
-        super().__init__()
-        self.low, self.high, self.width = float(low), float(high), int(width)
-        self.net = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, width))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-        self.scale: torch.Tensor | None = None  # [batch] scales of the forward in progress
-
-    def attach(self, module: nn.Module) -> None:
-        module.register_forward_hook(self._add)
-
-    def _add(self, _module, _args, output: torch.Tensor) -> torch.Tensor:
-        if self.scale is None:
-            raise RuntimeError("guidance-conditioned generator called without a scale; use Generator.denoise")
-        position = ((self.scale - self.low) / max(self.high - self.low, 1e-8)).to(output)
-        return output + self.net(position[:, None])
+from dmdlib.denoisers.guidance import GuidanceEmbedding
 
 
 class Generator(nn.Module):
@@ -75,12 +52,8 @@ class Generator(nn.Module):
             if scale is not None:
                 raise ValueError("this generator has no guidance input; train it with distill.guidance_range")
             return self.denoiser(x, sigma, cond)
-        scale = self.guidance.low if scale is None else scale
-        self.guidance.scale = torch.as_tensor(scale, dtype=torch.float32, device=x.device).expand(x.shape[0])
-        try:
+        with self.guidance.at(self.guidance.low if scale is None else scale, x):
             return self.denoiser(x, sigma, cond)
-        finally:
-            self.guidance.scale = None
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None, scale=None) -> torch.Tensor:
         return self.denoise(z * self.denoiser.prior_scale(self.sigma), self.sigma, cond, scale)

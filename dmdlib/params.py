@@ -196,6 +196,8 @@ class DistillParams(Section):
             raise ValueError("`generator_sigmas` must be positive and strictly descending, e.g. [80, 10, 2, 0.5]")
         if self.guidance_range is not None and not 0 <= self.guidance_range[0] < self.guidance_range[1]:
             raise ValueError("`guidance_range` must be [low, high] with 0 <= low < high")
+        if self.guidance_range is not None and self.gan_generator_weight > 0:
+            raise ValueError("`guidance_range` and `gan_generator_weight` cannot be combined yet: real images have no guidance scale")
         return self
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dmdlib.denoisers import GuidedDenoiser, trainable_copy
+from dmdlib.denoisers import GuidedDenoiser, ScaleConditionedDenoiser, trainable_copy
 from dmdlib.distill import distill
 from dmdlib.dmd import GAN, RealBatch, fake_denoiser_step, generator_step
 from dmdlib.gan import GANHead, denoise_with_logits
@@ -153,10 +153,16 @@ def test_guidance_input_starts_neutral_then_changes_the_output(tmp_path):
     assert torch.equal(generator(z, cond, 1.0), plain) and torch.equal(generator(z, cond, 3.0), plain)  # zero-initialised
 
     real = GuidedDenoiser(teacher, teacher.uncond, 1.0)
-    trained, _ = distill(teacher, None, None, params(guidance_range=(1.0, 3.0), steps=3, generator_lr=1e-2), tmp_path / "ck.pt",
-                         real_denoiser=real)
+    trained, fake = distill(teacher, None, None, params(guidance_range=(1.0, 3.0), steps=3, generator_lr=1e-2, fake_lr=1e-2),
+                            tmp_path / "ck.pt", real_denoiser=real)
     low, high = trained(z, cond, 1.0), trained(z, cond, 3.0)
     assert not torch.allclose(low, high)  # one model, two scales, two outputs
+    # the fake denoiser models G's samples at each scale, so it takes the scale as well
+    assert isinstance(fake, ScaleConditionedDenoiser)
+    fake.scale = 1.0
+    fake_low = fake(z, 2.0, cond)
+    fake.scale = 3.0
+    assert not torch.allclose(fake_low, fake(z, 2.0, cond))
     per_sample = trained(z, cond, torch.tensor([1.0, 3.0]))
     assert torch.allclose(per_sample[0], low[0], atol=1e-6) and torch.allclose(per_sample[1], high[1], atol=1e-6)
     save_generator(tmp_path / "g", trained, {"kind": "kdiffusion"})
@@ -179,9 +185,16 @@ def test_bad_dmd2_params_name_the_key(tmp_path):
     path.write_text("distill:\n  guidance_range: [3, 1]\n")
     with pytest.raises(ParamsError, match="`guidance_range` must be"):
         load_params(path)
+    path.write_text("distill:\n  guidance_range: [1, 3]\n  gan_generator_weight: 0.1\n")
+    with pytest.raises(ParamsError, match="cannot be combined"):
+        load_params(path)
 
 
-def test_stage_clis_run_every_dmd2_option_and_evaluate_reports_each(tmp_path):
+@pytest.mark.parametrize("options", [
+    "  gan_generator_weight: 0.01\n  generator_sigmas: [80, 2]\n  fake_steps: 2\n",
+    "  guidance_range: [1, 2]\n",
+])
+def test_stage_clis_run_the_dmd2_options_and_evaluate_reports_each(tmp_path, options):
     from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
     from dmdlib.teachers import save_kdiffusion
     from stages.distill import app as distill_app
@@ -199,8 +212,7 @@ def test_stage_clis_run_every_dmd2_option_and_evaluate_reports_each(tmp_path):
         f"features:\n  steps: 5\n  batch_size: 8\n"
         f"teacher:\n  kind: kdiffusion\n  path: {tmp_path / 'k.safetensors'}\n  train:\n    sample_steps: 2\n"
         "pairs:\n  steps: 2\n"
-        "distill:\n  steps: 2\n  batch_size: 2\n  lambda_reg: 0\n  sample_every: 2\n  fake_steps: 2\n"
-        "  gan_generator_weight: 0.01\n  generator_sigmas: [80, 2]\n  guidance_range: [1, 2]\n"
+        "distill:\n  steps: 2\n  batch_size: 2\n  lambda_reg: 0\n  sample_every: 2\n" + options +
         "evaluate:\n  samples: 12\n  speed_batch_size: 4\n  speed_repeats: 1\n  guidance_scales: [1, 1.5]\n"
     )
     p = lambda name: str(tmp_path / name)
@@ -218,9 +230,23 @@ def test_stage_clis_run_every_dmd2_option_and_evaluate_reports_each(tmp_path):
         result = runner.invoke(app, ["--params", p("params.yaml"), *args])
         assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "eval.json").read_text())
-    assert metrics["dmd_one_step"]["nfe"] == 1 and metrics["dmd_2_step"]["nfe"] == 2
-    for scale in ("1", "1p5"):
-        assert metrics[f"dmd_one_step_guidance_{scale}"]["nfe"] == 1
-        assert metrics[f"teacher_guidance_{scale}"]["nfe"] == 3 * (1 if scale == "1" else 2)
+    assert metrics["dmd_one_step"]["nfe"] == 1
     live = (tmp_path / "live" / "plots" / "metrics")
-    assert (live / "loss_gan_generator.tsv").exists() and (live / "loss_gan_head.tsv").exists()
+    if "gan" in options:
+        assert metrics["dmd_2_step"]["nfe"] == 2
+        assert (live / "loss_gan_generator.tsv").exists() and (live / "loss_gan_head.tsv").exists()
+    else:
+        for scale in ("1", "1p5"):
+            assert metrics[f"dmd_one_step_guidance_{scale}"]["nfe"] == 1
+            assert metrics[f"teacher_guidance_{scale}"]["nfe"] == 3 * (1 if scale == "1" else 2)
+
+
+def test_a_copied_guidance_generator_uses_its_own_embedding():
+    import copy
+
+    generator = Generator.from_teacher(tiny_teacher(), guidance_range=(1.0, 3.0))
+    ema = copy.deepcopy(generator)  # how distill makes the EMA
+    torch.nn.init.normal_(ema.guidance.net[-1].weight)
+    z, cond = torch.randn(2, *SHAPE), torch.tensor([0, 1])
+    assert torch.equal(generator(z, cond, 3.0), generator(z, cond, 1.0))  # the original's embedding is still zero
+    assert not torch.allclose(ema(z, cond, 3.0), generator(z, cond, 3.0))

@@ -3,7 +3,7 @@
 from dmdlib.denoisers.base import Denoiser, denoise_capturing, frozen, trainable_copy
 from dmdlib.denoisers.discrete import DDPMDenoiser, DiscreteDenoiser, LatentDenoiser
 from dmdlib.denoisers.gmm import GaussianMixtureDenoiser
-from dmdlib.denoisers.guidance import GuidedDenoiser
+from dmdlib.denoisers.guidance import GuidanceEmbedding, GuidedDenoiser, ScaleConditionedDenoiser
 from dmdlib.denoisers.karras import KarrasDenoiser
 
 __all__ = [
@@ -11,9 +11,11 @@ __all__ = [
     "Denoiser",
     "DiscreteDenoiser",
     "GaussianMixtureDenoiser",
+    "GuidanceEmbedding",
     "GuidedDenoiser",
     "KarrasDenoiser",
     "LatentDenoiser",
+    "ScaleConditionedDenoiser",
     "denoise_capturing",
     "frozen",
     "trainable_copy",

@@ -1,0 +1,77 @@
+"""The DVC experiments of `scripts/experiments.sh` next to the default run, as one table.
+
+    python benchmarks/experiments_table.py [--metrics metrics/eval.json]
+
+Reads `dvc exp show --json` (the committed run is the baseline) and prints, for the baseline and every
+experiment, the params it changed and each generator row of its metrics: FID/KID in the pipeline's
+feature space, recall, the smallest class-share ratio, NFE, images/s and the speed-up over the teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+
+GENERATOR_ROW = ("dmd_", "teacher_guidance_")  # per-model rows of metrics/eval.json besides the baseline ones
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def runs(node, found: list) -> list:
+    """(name, params, metrics) of every revision in `dvc exp show --json`, in its order."""
+    if isinstance(node, list):
+        for item in node:
+            runs(item, found)
+    elif isinstance(node, dict):
+        data = node.get("data")
+        if isinstance(data, dict) and "params" in data:
+            params = flatten(data["params"].get("params.yaml", {}).get("data", {}))
+            metrics = {path: entry.get("data", {}) for path, entry in (data.get("metrics") or {}).items()}
+            found.append((node.get("name") or node.get("rev"), params, metrics))
+        for key in ("experiments", "revs"):
+            if key in node and node[key]:
+                runs(node[key], found)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--metrics", default="metrics/eval.json", help="The evaluate stage's metrics file.")
+    args = parser.parse_args()
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True).stdout
+    found = [run for run in runs(json.loads(shown), []) if run[0] != "workspace" and "teacher" in run[2].get(args.metrics, {})]
+    if not found:
+        raise SystemExit(f"no run with {args.metrics} in `dvc exp show`; run `make repro`, then scripts/experiments.sh")
+    _, base_params, base_metrics = found[0]
+    extractor = next(key for key in base_metrics[args.metrics]["teacher"] if key.startswith("fid_")).removeprefix("fid_")
+    print(f"FID/KID in the `{extractor}` feature space, {base_metrics[args.metrics]['samples']} samples per row; "
+          f"baseline: the committed run ({found[0][0][:7]})\n")
+    print("| run | changed params | model | NFE | FID | KID | recall | min class share ratio | images/s | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, params, metrics in found:
+        results = metrics[args.metrics]
+        changed = ", ".join(f"{k}={params[k]}" for k in params if params[k] != base_params.get(k)) or "(defaults)"
+        teacher_speed = results["teacher"]["images_per_s"]
+        label = "baseline" if name == found[0][0] else name
+        for model, row in results.items():
+            if not (isinstance(row, dict) and model.startswith(GENERATOR_ROW)):
+                continue
+            speed = row["images_per_s"]
+            print(f"| {label} | {changed} | {model} | {row['nfe']} | {row[f'fid_{extractor}']:.3f} | "
+                  f"{row[f'kid_{extractor}']:.4f} | {row['recall_classifier']:.3f} | {row.get('min_class_share_ratio', '-')} | "
+                  f"{speed:,.0f} | {speed / teacher_speed:.0f}x |")
+    print(f"\nteacher (baseline run): FID {base_metrics[args.metrics]['teacher'][f'fid_{extractor}']:.3f}, "
+          f"{base_metrics[args.metrics]['teacher']['nfe']} NFE")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The paper's ablations and the DMD2 options on the embedded default, as DVC experiments. Each runs in a
+# temporary copy, so the workspace keeps the default run; teacher and pairs come from the cache of a
+# finished `make repro`, so only distill and evaluate run. Then print the comparison table.
+#   bash scripts/experiments.sh                 all of them, one after another (about 1.5 hours on 2 cores)
+#   bash scripts/experiments.sh gan four-step   some of them
+#   python benchmarks/experiments_table.py      the table again, from `dvc exp show`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+
+declare -A SET=(
+  [no-regression]="distill.lambda_reg=0"                 # paper "w/o L_reg"; no pairs needed (DMD2 trains this way)
+  [no-dm]="distill.dm_weight=0"                          # paper "w/o L_KL": regression only
+  [two-time-scales]="distill.fake_steps=2"               # DMD2: N fake-denoiser updates per generator update
+  [gan]="distill.gan_generator_weight=3e-3"              # DMD2: GAN head on the fake denoiser's bottleneck
+  [four-step]="distill.generator_sigmas=[80,10,2,0.5]"   # DMD2: 4-step ladder with backward simulation
+  [guidance]="distill.guidance_range=[1,3]"              # the scale as an input of the generator
+)
+ORDER=(no-regression no-dm two-time-scales gan four-step guidance)
+names=("$@")
+[ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
+for name in "${names[@]}"; do
+  [ -n "${SET[$name]:-}" ] || { echo "unknown experiment '$name'; choose from: ${ORDER[*]}" >&2; exit 2; }
+done
+for name in "${names[@]}"; do
+  dvc exp remove "$name" >/dev/null 2>&1 || true   # a re-run replaces the earlier result of the same name
+  args=()
+  for setting in ${SET[$name]}; do args+=(-S "$setting"); done
+  echo "=== experiment $name: ${SET[$name]}"
+  dvc exp run --temp -n "$name" "${args[@]}"
+done
+python benchmarks/experiments_table.py
