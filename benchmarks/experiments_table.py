@@ -38,8 +38,8 @@ def runs(node, found: list) -> list:
             metrics = {path: entry.get("data", {}) for path, entry in (data.get("metrics") or {}).items()}
             found.append((node.get("name") or node.get("rev"), params, metrics))
         for key in ("experiments", "revs"):
-            if key in node and node[key]:
-                runs(node[key], found)
+            if node.get(key) and (node.get("executor") or {}).get("state") not in ("running", "queued"):
+                runs(node[key], found)  # a running experiment shows its baseline's metrics until it finishes
     return found
 
 

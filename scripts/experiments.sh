@@ -14,10 +14,11 @@ declare -A SET=(
   [no-dm]="distill.dm_weight=0"                          # paper "w/o L_KL": regression only
   [two-time-scales]="distill.fake_steps=2"               # DMD2: N fake-denoiser updates per generator update
   [gan]="distill.gan_generator_weight=3e-3"              # DMD2: GAN head on the fake denoiser's bottleneck
+  [gan-x10]="distill.gan_generator_weight=3e-2"          # the same, ten times DMD2's ImageNet weight
   [four-step]="distill.generator_sigmas=[80,10,2,0.5]"   # DMD2: 4-step ladder with backward simulation
   [guidance]="distill.guidance_range=[1,3]"              # the scale as an input of the generator
 )
-ORDER=(no-regression no-dm two-time-scales gan four-step guidance)
+ORDER=(no-regression no-dm two-time-scales gan gan-x10 four-step guidance)
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
 for name in "${names[@]}"; do
