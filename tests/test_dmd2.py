@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from tiny_project import run_stages, write_tiny_project
 
 from dmdlib.denoisers import GuidedDenoiser, ScaleConditionedDenoiser, trainable_copy
 from dmdlib.distill import distill
@@ -195,40 +195,13 @@ def test_bad_dmd2_params_name_the_key(tmp_path):
     "  guidance_range: [1, 2]\n",
 ])
 def test_stage_clis_run_the_dmd2_options_and_evaluate_reports_each(tmp_path, options):
-    from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
-    from dmdlib.teachers import save_kdiffusion
-    from stages.distill import app as distill_app
-    from stages.evaluate import app as evaluate_app
-    from stages.features import app as features_app
-    from stages.teacher import app as teacher_app
-
-    teacher = tiny_teacher()
-    save_kdiffusion(tmp_path / "k.safetensors", teacher, teacher.config)
-    rng = torch.Generator().manual_seed(0)
-    data = ImageSet(torch.randint(0, 256, (60, 8, 8, 1), generator=rng, dtype=torch.uint8).numpy(),
-                    (torch.arange(60) % 3).numpy(), split_train_heldout(60, 0.25, 0), ["a", "b", "c"])
-    write_image_parquet(tmp_path / "data.parquet", data)
-    (tmp_path / "params.yaml").write_text(
-        f"features:\n  steps: 5\n  batch_size: 8\n"
-        f"teacher:\n  kind: kdiffusion\n  path: {tmp_path / 'k.safetensors'}\n  train:\n    sample_steps: 2\n"
+    write_tiny_project(tmp_path, tiny_teacher(), (
+        "features:\n  steps: 5\n  batch_size: 8\n"
         "pairs:\n  steps: 2\n"
         "distill:\n  steps: 2\n  batch_size: 2\n  lambda_reg: 0\n  sample_every: 2\n" + options +
         "evaluate:\n  samples: 12\n  speed_batch_size: 4\n  speed_repeats: 1\n  guidance_scales: [1, 1.5]\n"
-    )
-    p = lambda name: str(tmp_path / name)
-    stages = [
-        (features_app, ["--data", p("data.parquet"), "--out", p("classifier.safetensors"), "--metrics", p("classifier.json")]),
-        (teacher_app, ["--out", p("teacher"), "--samples", p("t.png")]),
-        (distill_app, ["--teacher", p("teacher"), "--pairs", p("no-pairs"), "--data", p("data.parquet"),
-                       "--classifier", p("classifier.safetensors"), "--out", p("generator"), "--samples", p("grids"),
-                       "--checkpoint", p("ck.pt"), "--live", p("live")]),
-        (evaluate_app, ["--data", p("data.parquet"), "--teacher", p("teacher"), "--generator", p("generator"),
-                        "--classifier", p("classifier.safetensors"), "--metrics", p("eval.json"), "--images", p("eval")]),
-    ]
-    runner = CliRunner()
-    for app, args in stages:
-        result = runner.invoke(app, ["--params", p("params.yaml"), *args])
-        assert result.exit_code == 0, result.output
+    ))
+    run_stages(tmp_path, ["features", "teacher", "distill", "evaluate"])  # no pairs: lambda_reg is 0
     metrics = json.loads((tmp_path / "eval.json").read_text())
     assert metrics["dmd_one_step"]["nfe"] == 1
     live = (tmp_path / "live" / "plots" / "metrics")

@@ -1,0 +1,49 @@
+"""A tiny labelled data set and k-diffusion teacher on disk, and the stage CLIs run over them in DAG order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+
+def write_tiny_project(folder: Path, teacher, params_text: str) -> None:
+    """`k.safetensors` (the teacher), `data.parquet` (60 random 8x8 images in 3 classes) and `params.yaml`."""
+    from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
+    from dmdlib.teachers import save_kdiffusion
+
+    save_kdiffusion(folder / "k.safetensors", teacher, teacher.config)
+    rng = torch.Generator().manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (60, 8, 8, 1), generator=rng, dtype=torch.uint8).numpy(),
+                    (torch.arange(60) % 3).numpy(), split_train_heldout(60, 0.25, 0), ["a", "b", "c"])
+    write_image_parquet(folder / "data.parquet", data)
+    (folder / "params.yaml").write_text(
+        f"teacher:\n  kind: kdiffusion\n  path: {folder / 'k.safetensors'}\n  train:\n    sample_steps: 2\n" + params_text
+    )
+
+
+def run_stages(folder: Path, names: list[str]) -> None:
+    """Invoke the named stage CLIs in order, each on the project's files; fail with the stage's output."""
+    from stages.distill import app as distill_app
+    from stages.evaluate import app as evaluate_app
+    from stages.features import app as features_app
+    from stages.pairs import app as pairs_app
+    from stages.teacher import app as teacher_app
+
+    p = lambda name: str(folder / name)
+    stages = {
+        "features": (features_app, ["--data", p("data.parquet"), "--out", p("classifier.safetensors"), "--metrics", p("classifier.json")]),
+        "teacher": (teacher_app, ["--out", p("teacher"), "--samples", p("t.png")]),
+        "pairs": (pairs_app, ["--teacher", p("teacher"), "--out", p("pairs")]),
+        "distill": (distill_app, ["--teacher", p("teacher"), "--pairs", p("pairs"), "--data", p("data.parquet"),
+                                  "--classifier", p("classifier.safetensors"), "--out", p("generator"), "--samples", p("grids"),
+                                  "--checkpoint", p("ck.pt"), "--live", p("live")]),
+        "evaluate": (evaluate_app, ["--data", p("data.parquet"), "--teacher", p("teacher"), "--generator", p("generator"),
+                                    "--classifier", p("classifier.safetensors"), "--metrics", p("eval.json"), "--images", p("eval")]),
+    }
+    runner = CliRunner()
+    for name in names:
+        app, args = stages[name]
+        result = runner.invoke(app, ["--params", p("params.yaml"), *args])
+        assert result.exit_code == 0, f"{name}: {result.output}"
