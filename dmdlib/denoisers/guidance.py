@@ -11,27 +11,15 @@ from torch import nn
 from dmdlib.denoisers.base import Denoiser, expand
 
 
-class GuidedDenoiser(Denoiser):
-    """D_uncond + w * (D_cond - D_uncond), both halves in one batched call (Ho & Salimans 2022).
+class _Wrapping(Denoiser):
+    """A denoiser around another one: same noise levels, shape, classes, grid and loss weighting."""
 
-    `scale` is a number or a [batch] tensor (one guidance scale per sample).
-    """
-
-    def __init__(self, denoiser: Denoiser, uncond: torch.Tensor, scale: float | torch.Tensor):
+    def __init__(self, denoiser: Denoiser):
         super().__init__()
         self.denoiser = denoiser
-        self.register_buffer("null_cond", uncond, persistent=False)
-        self.scale = scale
         self.sigma_min, self.sigma_max, self.sigma_data = denoiser.sigma_min, denoiser.sigma_max, denoiser.sigma_data
-        self.sample_shape, self.scheduler_config = denoiser.sample_shape, denoiser.scheduler_config
-
-    def denoise(self, x, sigma, cond):
-        uncond = self.null_cond.expand(x.shape[0], *self.null_cond.shape[1:])
-        both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([uncond, cond]))
-        denoised_uncond, denoised_cond = both.chunk(2)
-        scale = torch.as_tensor(self.scale, dtype=x.dtype, device=x.device)
-        scale = expand(scale.expand(x.shape[0]), x) if scale.ndim else scale
-        return denoised_uncond + scale * (denoised_cond - denoised_uncond)
+        self.sample_shape, self.num_classes = denoiser.sample_shape, denoiser.num_classes
+        self.scheduler_config = denoiser.scheduler_config
 
     def sigma_grid(self):
         return self.denoiser.sigma_grid()
@@ -41,6 +29,26 @@ class GuidedDenoiser(Denoiser):
 
     def loss_weight(self, sigma):
         return self.denoiser.loss_weight(sigma)
+
+
+class GuidedDenoiser(_Wrapping):
+    """D_uncond + w * (D_cond - D_uncond), both halves in one batched call (Ho & Salimans 2022).
+
+    `scale` is a number or a [batch] tensor (one guidance scale per sample).
+    """
+
+    def __init__(self, denoiser: Denoiser, uncond: torch.Tensor, scale: float | torch.Tensor):
+        super().__init__(denoiser)
+        self.register_buffer("null_cond", uncond, persistent=False)
+        self.scale = scale
+
+    def denoise(self, x, sigma, cond):
+        uncond = self.null_cond.expand(x.shape[0], *self.null_cond.shape[1:])
+        both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([uncond, cond]))
+        denoised_uncond, denoised_cond = both.chunk(2)
+        scale = torch.as_tensor(self.scale, dtype=x.dtype, device=x.device)
+        scale = expand(scale.expand(x.shape[0]), x) if scale.ndim else scale
+        return denoised_uncond + scale * (denoised_cond - denoised_uncond)
 
 
 class GuidanceEmbedding(nn.Module):
@@ -76,28 +84,16 @@ class GuidanceEmbedding(nn.Module):
         return output + self.net(position[:, None])
 
 
-class ScaleConditionedDenoiser(Denoiser):
+class ScaleConditionedDenoiser(_Wrapping):
     """A denoiser that also reads the guidance scale in `scale` (one per sample): the fake denoiser of a
     guidance-conditioned generator, so it models the generator's distribution at each scale separately."""
 
     def __init__(self, denoiser: Denoiser, low: float, high: float):
-        super().__init__()
-        self.denoiser = denoiser
+        super().__init__(denoiser)
         self.guidance = GuidanceEmbedding(low, high, denoiser.time_embedding()[1])
         self.guidance.attach(denoiser.time_embedding()[0])
         self.scale: float | torch.Tensor = low
-        self.sigma_min, self.sigma_max, self.sigma_data = denoiser.sigma_min, denoiser.sigma_max, denoiser.sigma_data
-        self.sample_shape, self.num_classes = denoiser.sample_shape, denoiser.num_classes
 
     def denoise(self, x, sigma, cond):
         with self.guidance.at(self.scale, x):
             return self.denoiser(x, sigma, cond)
-
-    def sigma_grid(self):
-        return self.denoiser.sigma_grid()
-
-    def prior_scale(self, sigma):
-        return self.denoiser.prior_scale(sigma)
-
-    def loss_weight(self, sigma):
-        return self.denoiser.loss_weight(sigma)
