@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Callable
@@ -61,16 +62,22 @@ def extract_features(extractor: Extractor, images: torch.Tensor, batch_size: int
     return torch.cat([extractor(images[i : i + batch_size]).float().cpu() for i in range(0, len(images), batch_size)])
 
 
-def throughput(sample: Callable[[], torch.Tensor], batch_size: int, repeats: int) -> float:
-    """Images per second of `sample()` (one batch per call), after one warm-up call."""
+def throughput(sample: Callable[[], torch.Tensor], batch_size: int, repeats: int, min_seconds: float = 2.0) -> float:
+    """Images per second of `sample()` (one batch per call) from the median call, after one warm-up call.
+
+    At least `repeats` calls and at least `min_seconds` of them: a one-step batch takes a tenth of a second, so a
+    few calls alone would let one scheduler hiccup move the figure; the median ignores such outliers.
+    """
     sample()
     synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
+    seconds = []
+    while len(seconds) < repeats or sum(seconds) < min_seconds:
+        start = time.perf_counter()
         sample()
-    synchronize()
-    return batch_size * repeats / (time.perf_counter() - start)
+        synchronize()
+        seconds.append(time.perf_counter() - start)
+    return batch_size / statistics.median(seconds)
 
 
 def peak_tensor_memory_mib(run: Callable[[], object]) -> float:

@@ -213,7 +213,11 @@ class EvaluateParams(Section):
         None, description=f"Local {'inception-2015-12-05.pt'} for clean-fid's Inception FID; /tmp/ (clean-fid's own place) is also searched."
     )
     speed_batch_size: int = Field(100, ge=1, description="Batch for the sampling-speed measurement.")
-    speed_repeats: int = Field(3, ge=1, description="Timed batches per model (after one warm-up batch).")
+    speed_repeats: int = Field(
+        3, ge=1,
+        description="Timed batches per model at least, after one warm-up batch; fast models run more batches, "
+        "2 s of them at least, and images/s comes from the median batch.",
+    )
     precision_recall_k: int = Field(3, ge=1, description="k of the k-NN balls for precision and recall.")
     guidance_scales: list[float] = Field(
         [1.0, 2.0, 3.0], min_length=1, description="Guidance-conditioned generators: the scales each is measured at."

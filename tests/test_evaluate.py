@@ -2,7 +2,8 @@
 
 import torch
 
-from dmdlib.evaluation import INCEPTION_FILE, find_inception
+from dmdlib import evaluation
+from dmdlib.evaluation import INCEPTION_FILE, find_inception, throughput
 from dmdlib.metrics import class_shares, fid, kid, precision_recall
 
 
@@ -50,3 +51,21 @@ def test_peak_tensor_memory_counts_the_activations():
         peak = peak_tensor_memory_mib(lambda: layer(x).relu().sum())
     one_activation = 100 * 64 * 16 * 16 * 4 / 2**20  # 6.25 MiB: the conv output, and relu's output beside it
     assert one_activation <= peak <= 3 * one_activation
+
+
+def test_throughput_takes_the_median_batch_and_runs_fast_models_longer(monkeypatch):
+    clock = [0.0]
+    durations = iter([9.0] + [0.125, 5.0] + [0.125] * 100)  # warm-up, one hiccup among 1/8 s batches
+    calls = []
+
+    def sample():
+        calls.append(1)
+        clock[0] += next(durations)
+
+    monkeypatch.setattr(evaluation.time, "perf_counter", lambda: clock[0])
+    assert throughput(sample, batch_size=10, repeats=3, min_seconds=2.0) == 80.0  # 10 images / 0.125 s
+    assert len(calls) == 1 + 3  # warm-up + 3 timed: 5.25 s already cover min_seconds
+    calls.clear()
+    durations = iter([0.125] * 100)
+    assert throughput(sample, batch_size=10, repeats=3, min_seconds=2.0) == 80.0
+    assert len(calls) == 1 + 16  # fast batches run until 2 s are timed
