@@ -40,7 +40,7 @@ for name in "${names[@]}"; do
 done
 if [ "$JOBS" -gt 1 ]; then
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 dvc queue start -j "$JOBS"   # one thread per run: no oversubscription
-  while dvc queue status | grep -qE "Queued|Running"; do sleep 30; done
+  until [[ ! "$(dvc queue status)" =~ Queued|Running ]]; do sleep 30; done  # (grep -q would end the pipe early)
   dvc queue status
 fi
 python benchmarks/experiments_table.py
