@@ -105,6 +105,7 @@ def distill(
     if params.guidance_range is not None and not isinstance(real_denoiser, GuidedDenoiser):
         raise ValueError("distill.guidance_range needs a teacher that serves classifier-free guidance "
                          "(the default teacher: teacher.train.label_dropout > 0)")
+    torch.manual_seed(params.seed)  # initial weights of the guidance embeddings and the GAN head
     generator = Generator.from_teacher(teacher, params.generator_sigmas, params.guidance_range).to(device)
     if generator.sigma > teacher.sigma_max:
         raise ValueError(f"distill.generator_sigmas starts at {generator.sigma}, above the teacher's sigma_max {teacher.sigma_max}")

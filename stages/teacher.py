@@ -68,6 +68,7 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
         len(data.class_names) if labelled else 0, train.sigma_data, train.sigma_min, train.sigma_max,
         train.label_dropout if labelled else 0.0,
     )
+    torch.manual_seed(train.seed)  # the initial weights: without it two runs of the same params differ
     denoiser = build_kdiffusion(model_config)
     log.info("teacher: k-diffusion image_v1, %.2fM parameters, %s, %d steps at batch %d",
              sum(p.numel() for p in denoiser.parameters()) / 1e6,

@@ -104,6 +104,18 @@ def test_distill_with_gan_and_two_time_scales_trains_and_resumes_exactly(tmp_pat
         assert torch.equal(a, b), name
 
 
+def test_new_networks_start_from_distill_seed_not_from_the_global_rng(tmp_path):
+    fake_denoisers = []
+    for global_seed in (1, 2):
+        teacher = tiny_teacher()
+        torch.manual_seed(global_seed)  # a fresh process starts the global RNG at a random seed
+        options = params(gan_generator_weight=0.1, dm_weight=1.0, steps=1)
+        _, fake = distill(teacher, None, None, options, tmp_path / f"{global_seed}.pt", real_images=real_batch())
+        fake_denoisers.append(fake.state_dict())
+    for name, value in fake_denoisers[0].items():  # the GAN head's first step reaches D_fake's weights
+        assert torch.equal(value, fake_denoisers[1][name]), name
+
+
 def test_gan_without_real_images_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="needs real images"):
         distill(tiny_teacher(), None, None, params(gan_generator_weight=0.1), tmp_path / "ck.pt")

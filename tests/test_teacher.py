@@ -126,7 +126,7 @@ def test_kind_needs_path(tmp_path):
     assert result.exit_code == 2 and "teacher: kind 'diffusers_ddpm' needs `path`" in result.output
 
 
-def test_train_kind_end_to_end(tmp_path):
+def test_train_kind_end_to_end_and_repeatable(tmp_path):
     data = ImageSet(
         images=torch.randint(0, 256, (40, 8, 8, 1), dtype=torch.uint8).numpy(),
         labels=(torch.arange(40) % 2).numpy(),
@@ -142,3 +142,6 @@ def test_train_kind_end_to_end(tmp_path):
     assert reference == {"kind": "kdiffusion", "path": str(out / "model.safetensors"), "config": None}
     assert teacher.num_classes == 2 and teacher.sample_shape == (1, 8, 8)
     assert (tmp_path / "samples.png").exists()
+    (tmp_path / "again").mkdir()
+    _, again = run_stage(tmp_path / "again", text, "--data", str(tmp_path / "data.parquet"))
+    assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()  # seeded init
