@@ -27,5 +27,5 @@ def load_vae(folder: str | os.PathLike, subfolder: str = "vae"):
 
 
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] from Stable Diffusion latents (which are scaled by the VAE's scaling_factor)."""
-    return vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
+    """Images in [-1, 1], on the VAE's device, from Stable Diffusion latents (scaled by the VAE's scaling_factor)."""
+    return vae.decode(latents.to(vae.device) / vae.config.scaling_factor).sample.clamp(-1, 1)

@@ -50,13 +50,17 @@ def train_teacher(
     fingerprint: str = "",
     on_step: StepCallback | None = None,
 ) -> KarrasDenoiser:
-    """Train `denoiser` on `images` ([-1, 1], NCHW) and return the EMA copy.
+    """Train `denoiser` on `images` ([-1, 1], NCHW) and return the EMA copy, on the denoiser's device.
 
     Resumes from `checkpoint` when it exists and carries the same `fingerprint` (a digest of the
     params and data); the data order, noise and sigmas come from one seeded generator whose state
     is checkpointed, so a resumed run repeats the uninterrupted one.
     """
     checkpoint = Path(checkpoint)
+    device = next(denoiser.parameters()).device
+    images = images.to(device)
+    labels = None if labels is None else labels.to(device)
+    # The random stream stays on the CPU, so a GPU run draws the same batches, sigmas and noise as a CPU run.
     rng = torch.Generator().manual_seed(params.seed)
     ema = copy.deepcopy(denoiser).requires_grad_(False)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=params.lr, weight_decay=params.weight_decay)
@@ -78,12 +82,13 @@ def train_teacher(
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = params.lr * min(1.0, (step + 1) / max(1, params.warmup_steps))
-        index = torch.randint(0, len(images), (params.batch_size,), generator=rng)
-        sigma = sample_training_sigmas(params.batch_size, params, rng)
-        noise = torch.randn((params.batch_size, *images.shape[1:]), generator=rng)
+        index = torch.randint(0, len(images), (params.batch_size,), generator=rng).to(device)
+        sigma = sample_training_sigmas(params.batch_size, params, rng).to(device)
+        noise = torch.randn((params.batch_size, *images.shape[1:]), generator=rng).to(device)
         cond = None if labels is None else labels[index]
         if cond is not None and params.label_dropout > 0:  # teaches UNCOND_CLASS, for classifier-free guidance
-            cond = torch.where(torch.rand(len(cond), generator=rng) < params.label_dropout, UNCOND_CLASS, cond)
+            dropped = torch.rand(len(cond), generator=rng).to(device) < params.label_dropout
+            cond = torch.where(dropped, UNCOND_CLASS, cond)
         loss = denoising_loss(denoiser, images[index], sigma, noise, cond)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"teacher loss is {loss.item()} at step {step + 1}; lower teacher.train.lr")

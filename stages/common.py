@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+import torch
 import typer
 
 from dmdlib.data import DataError
@@ -47,6 +48,11 @@ def user_errors() -> Iterator[None]:
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(code=2) from None
 
+
+
+def compute_device() -> torch.device:
+    """The GPU when there is one (hide it with CUDA_VISIBLE_DEVICES=''), else the CPU: accelerate's choice for `distill`."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def read_teacher(folder: Path) -> tuple[Denoiser, dict]:

@@ -44,12 +44,14 @@ def fixed_inputs(shape, conditions, count: int, first_seed: int = GRID_SEED):
 @torch.no_grad()
 def generate(generator: Generator, noise: torch.Tensor, cond: torch.Tensor | None, batch: int = 250,
              steps: int | None = None, scale: float | None = None) -> torch.Tensor:
-    """`steps` generator evaluations per sample (default: its whole ladder), in batches; re-noising seeded per batch."""
+    """`steps` generator evaluations per sample (default: its whole ladder), in batches on the generator's device;
+    re-noising seeded per batch; samples come back on the CPU."""
+    device = next(generator.parameters()).device
     outputs = []
     for start in range(0, len(noise), batch):
-        part = None if cond is None else cond[start : start + batch]
+        part = None if cond is None else cond[start : start + batch].to(device)
         rng = torch.Generator().manual_seed(start)
-        outputs.append(generator.sample(noise[start : start + batch], part, steps, scale, rng).float().cpu())
+        outputs.append(generator.sample(noise[start : start + batch].to(device), part, steps, scale, rng).float().cpu())
     return torch.cat(outputs)
 
 

@@ -29,7 +29,7 @@ from dmdlib.io import atomic_output
 from dmdlib.metrics import class_shares, fid, kid, precision_recall
 from dmdlib.pairs import seeded_inputs
 from dmdlib.params import load_params
-from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, read_teacher, setup_logging, user_errors
+from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, compute_device, read_teacher, setup_logging, user_errors
 from stages.distill import fixed_inputs, generate
 from stages.evaluate_text import evaluate_text_to_image
 from stages.pairs import make_sampler
@@ -55,6 +55,8 @@ def main(
         all_params = load_params(params)
         config = all_params.evaluate
         real_denoiser, reference = read_teacher(teacher)
+        device = compute_device()
+        real_denoiser = real_denoiser.to(device)
         if reference["kind"] == "stable_diffusion":
             results = evaluate_text_to_image(all_params, real_denoiser, reference, generator, prompts, images)
             _write(metrics, results)
@@ -63,7 +65,7 @@ def main(
         real = to_model_range(dataset.images[dataset.subset(TRAIN)])
         heldout = to_model_range(dataset.images[dataset.subset(HELDOUT)])
         count = config.samples or len(heldout)
-        distilled = load_generator(generator)
+        distilled = load_generator(generator).to(device)
         feature_net = load_classifier(classifier)
         shape, classes = real_denoiser.sample_shape, real_denoiser.num_classes
 
@@ -79,11 +81,11 @@ def main(
         noise = torch.stack([z for z, _ in inputs])
         labels = torch.tensor([label for _, label in inputs]) if classes else None
         teacher_nfe = 2 * all_params.pairs.steps - 1 if all_params.pairs.sampler == "heun" else None
-        initial = Generator.from_teacher(real_denoiser).eval().requires_grad_(False)
+        initial = Generator.from_teacher(real_denoiser).eval().requires_grad_(False)  # on the teacher's device
 
         def teacher_rows(scale: float = 1.0):
-            denoiser = real_denoiser if scale == 1 else GuidedDenoiser(real_denoiser, real_denoiser.uncond, scale)
-            sample = make_sampler(denoiser, all_params.pairs, Conditions.of(real_denoiser))
+            denoiser = real_denoiser if scale == 1 else GuidedDenoiser(real_denoiser, real_denoiser.uncond, scale).to(device)
+            sample = make_sampler(denoiser, all_params.pairs, Conditions.of(real_denoiser), device)
             return (lambda z, y: torch.cat([sample(z[i : i + config.batch_size], None if y is None else y[i : i + config.batch_size])
                                             for i in range(0, len(z), config.batch_size)]),
                     teacher_nfe if scale == 1 or teacher_nfe is None else 2 * teacher_nfe)
@@ -106,7 +108,8 @@ def main(
         real_features = {name: extract_features(fn, real) for name, fn in extractors.items()}
         data_shares = class_shares(torch.from_numpy(dataset.labels[dataset.subset(TRAIN)]), len(dataset.class_names))
         results: dict = {"samples": count, "reference": f"train split ({len(real)} images)",
-                         "feature_extractors": list(extractors), "machine_threads": torch.get_num_threads()}
+                         "feature_extractors": list(extractors), "device": _device_name(device),
+                         "machine_threads": torch.get_num_threads()}
 
         def quality(samples: torch.Tensor) -> dict:
             row = {}
@@ -139,6 +142,11 @@ def main(
         results["speedup_dmd_vs_teacher"] = round(results["dmd_one_step"]["images_per_s"] / results["teacher"]["images_per_s"], 2)
         _save_comparison(images / "comparison.png", {name: grid for name, grid in grids.items() if "guidance" not in name})
         _write(metrics, results)
+
+
+def _device_name(device: torch.device) -> str:
+    """What the speed figures were measured on: the GPU's name, or the CPU."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def _write(metrics: Path, results: dict) -> None:

@@ -33,17 +33,19 @@ def evaluate_text_to_image(all_params, teacher_denoiser, reference: dict, genera
     texts = [prompts.eval[i % len(prompts.eval)] for i in range(count)]
     cond = prompts.eval_embeddings[torch.arange(count) % len(prompts.eval)]
     noise = torch.stack([seeded_inputs(config.first_seed + i, teacher_denoiser.sample_shape, 0)[0] for i in range(count)])
-    vae = load_vae(reference["path"])
+    device = next(teacher_denoiser.parameters()).device
+    vae = load_vae(reference["path"]).to(device)
     real = teacher_denoiser if pairs.guidance == 1 else GuidedDenoiser(teacher_denoiser, prompts.uncond, pairs.guidance)
-    teacher_sample = make_sampler(real, pairs, Conditions(count, lambda ids: cond[ids]))
-    generator = load_generator(generator_folder)
+    teacher_sample = make_sampler(real.to(device), pairs, Conditions(count, lambda ids: cond[ids]), device)
+    generator = load_generator(generator_folder).to(device)
     batch = config.batch_size
 
     def teacher_images(z, ids):
-        return torch.cat([decode(vae, teacher_sample(z[i : i + batch], ids[i : i + batch])) for i in range(0, len(z), batch)])
+        return torch.cat([decode(vae, teacher_sample(z[i : i + batch], ids[i : i + batch])).cpu() for i in range(0, len(z), batch)])
 
     def generator_images(z, ids):
-        return torch.cat([decode(vae, generate(generator, z[i : i + batch], cond[ids[i : i + batch]])) for i in range(0, len(z), batch)])
+        return torch.cat([decode(vae, generate(generator, z[i : i + batch], cond[ids[i : i + batch]])).cpu()
+                          for i in range(0, len(z), batch)])
 
     clip = None
     if config.clip_model:

@@ -11,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 
+import torch
 import typer
 from tqdm.auto import tqdm
 
@@ -33,15 +34,21 @@ def pair_metadata(teacher, params: PairsParams, prompts: list[str] | None = None
     }
 
 
-def make_sampler(real_denoiser, params: PairsParams, conditions=None):
-    """The ODE solver named in params, as sample(noise, condition ids) -> image (or latent)."""
-    lookup = (lambda ids: None) if conditions is None else (lambda ids: conditions.lookup(ids))
+def make_sampler(real_denoiser, params: PairsParams, conditions=None, device: torch.device | None = None):
+    """The ODE solver named in params, as sample(noise, condition ids) -> image (or latent) on the CPU.
+
+    The solver runs on `device` (the real denoiser must be there already); inputs may come from the CPU.
+    """
+    device = device or torch.device("cpu")
+    lookup = (lambda ids: None) if conditions is None else (lambda ids: conditions.lookup(ids.cpu()).to(device))
     if params.sampler == "heun":
-        return lambda noise, ids: heun_sample(real_denoiser, noise, params.steps, lookup(ids))
-    if real_denoiser.scheduler_config is None:
+        solve = lambda noise, cond: heun_sample(real_denoiser, noise, params.steps, cond)  # noqa: E731
+    elif real_denoiser.scheduler_config is None:
         raise ValueError(f"sampler {params.sampler!r} needs a discrete-time (diffusers) teacher; use 'heun' for this one")
-    scheduler = make_scheduler(params.sampler, real_denoiser.scheduler_config)
-    return lambda noise, ids: scheduler_sample(real_denoiser, noise, scheduler, params.steps, lookup(ids))
+    else:
+        scheduler = make_scheduler(params.sampler, real_denoiser.scheduler_config)
+        solve = lambda noise, cond: scheduler_sample(real_denoiser, noise, scheduler, params.steps, cond)  # noqa: E731
+    return lambda noise, ids: solve(noise.to(device), lookup(ids)).cpu()
 
 
 @app.command()
@@ -60,6 +67,7 @@ def main(
         state = PartialState()
         denoiser, reference = read_teacher(teacher)
         real_denoiser, conditions, texts = conditioning(denoiser, reference, config.guidance, prompts)
+        real_denoiser = real_denoiser.to(state.device)
         plan = ShardPlan(config.count, config.shard_size, config.first_seed)
         if state.is_main_process:
             for stale in sorted(out.glob("shard-*.parquet"))[plan.shards:]:
@@ -67,7 +75,7 @@ def main(
         bar = tqdm(total=-(-config.count // state.num_processes), desc="pairs", unit="pair",
                    disable=not state.is_main_process, mininterval=1.0)
         written = generate_pairs(
-            out, plan, pair_metadata(denoiser, config, texts), make_sampler(real_denoiser, config, conditions),
+            out, plan, pair_metadata(denoiser, config, texts), make_sampler(real_denoiser, config, conditions, state.device),
             denoiser.sample_shape, conditions.count if conditions else 0, config.batch_size, state.process_index,
             state.num_processes, progress=bar.update, prompts=texts,
         )

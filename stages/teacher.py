@@ -18,7 +18,7 @@ from dmdlib.params import load_params
 from dmdlib.sampling import heun_sample
 from dmdlib.teacher_training import train_teacher
 from dmdlib.teachers import build_kdiffusion, kdiffusion_config, load_teacher, save_kdiffusion
-from stages.common import PARAMS_OPTION, REFERENCE_FILE, read_teacher, setup_logging, user_errors
+from stages.common import PARAMS_OPTION, REFERENCE_FILE, compute_device, read_teacher, setup_logging, user_errors
 
 log = logging.getLogger("teacher")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -69,10 +69,11 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
         train.label_dropout if labelled else 0.0,
     )
     torch.manual_seed(train.seed)  # the initial weights: without it two runs of the same params differ
-    denoiser = build_kdiffusion(model_config)
-    log.info("teacher: k-diffusion image_v1, %.2fM parameters, %s, %d steps at batch %d",
+    device = compute_device()
+    denoiser = build_kdiffusion(model_config).to(device)
+    log.info("teacher: k-diffusion image_v1, %.2fM parameters, %s, %d steps at batch %d on %s",
              sum(p.numel() for p in denoiser.parameters()) / 1e6,
-             f"{len(data.class_names)} classes" if labelled else "unconditional", train.steps, train.batch_size)
+             f"{len(data.class_names)} classes" if labelled else "unconditional", train.steps, train.batch_size, device)
     fingerprint = hashlib.sha256(
         json.dumps([train.model_dump(), model_config]).encode() + data.images.tobytes() + data.labels.tobytes()
     ).hexdigest()
@@ -98,12 +99,12 @@ def _write_samples(teacher, reference: dict, steps: int, path: Path) -> None:
     if reference["kind"] == "gmm2d" or reference["kind"] == "stable_diffusion":
         log.info("no sample grid for a %s teacher (not a pixel-space image model)", reference["kind"])
         return
-    shape, classes = teacher.sample_shape, teacher.num_classes
+    shape, classes, device = teacher.sample_shape, teacher.num_classes, compute_device()
     generator = torch.Generator().manual_seed(0)
     count = 8 * max(classes, 1)
-    noise = torch.randn((count, *shape), generator=generator)
-    cond = torch.arange(classes).repeat_interleave(8) if classes else None
-    images = heun_sample(teacher, noise, steps=steps, cond=cond)
+    noise = torch.randn((count, *shape), generator=generator).to(device)
+    cond = torch.arange(classes, device=device).repeat_interleave(8) if classes else None
+    images = heun_sample(teacher.to(device), noise, steps=steps, cond=cond).cpu()
     save_grid(path, to_uint8(images), columns=8, scale=4)  # one row per class
     log.info("wrote %s: %d Heun-%d samples (%d network evaluations each)", path, count, steps, 2 * steps - 1)
 

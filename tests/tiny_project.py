@@ -46,4 +46,4 @@ def run_stages(folder: Path, names: list[str]) -> None:
     for name in names:
         app, args = stages[name]
         result = runner.invoke(app, ["--params", p("params.yaml"), *args])
-        assert result.exit_code == 0, f"{name}: {result.output}"
+        assert result.exit_code == 0, f"{name}: {result.output} {result.exception!r}"

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The embedded default, every stage, on a CUDA GPU: fp32, then distill + evaluate again in bf16, with timings.
+# No DVC: the stage CLIs in DAG order with the README's params, outputs under $W. Writes $W/summary.md.
+# Each VARIANT (name:key=value,key=value) is distilled and evaluated after them, from the same teacher and pairs.
+#   bash benchmarks/gpu_default.sh [WORK [VARIANT...]]   QUICK=1 shrinks every step count for a dry run on the CPU
+set -uo pipefail
+W=${1:-/tmp/gpu_default}
+shift || true
+mkdir -p "$W"
+log() { echo "$(date +%T) $*" | tee -a "$W/summary.md"; }
+
+# params.yaml with `section.key=value` overrides (the same dotted names as `dvc exp run -S`)
+variant() {
+  local out=$1; shift
+  python3 - "$out" "$@" <<'EOF'
+import sys, yaml
+params = yaml.safe_load(open("params.yaml"))
+for item in sys.argv[2:]:
+    key, value = item.split("=", 1)
+    *path, last = key.split(".")
+    node = params
+    for part in path:
+        node = node[part]
+    node[last] = yaml.safe_load(value)
+yaml.safe_dump(params, open(sys.argv[1], "w"))
+EOF
+}
+
+# stage NAME PARAMS ARGS...: run one stage CLI, log its wall time, keep its output in $W/NAME.log
+stage() {
+  local name=$1 params=$2 module=$3; shift 3
+  local start=$SECONDS
+  if python3 -m "stages.$module" --params "$params" "$@" >"$W/$name.log" 2>&1; then
+    log "$name: $((SECONDS - start)) s"
+  else
+    log "$name: FAILED after $((SECONDS - start)) s"; tail -20 "$W/$name.log"; return 1
+  fi
+}
+
+quick=()
+[[ "${QUICK:-0}" == 1 ]] && quick=(teacher.train.steps=20 features.steps=20 pairs.count=200 distill.steps=10 evaluate.samples=100)
+variant "$W/fp32.yaml" "${quick[@]}"
+variant "$W/bf16.yaml" "${quick[@]}" distill.mixed_precision=bf16
+runs=(fp32 bf16)
+for spec in "$@"; do
+  IFS=, read -ra overrides <<<"${spec#*:}"
+  variant "$W/${spec%%:*}.yaml" "${quick[@]}" "${overrides[@]}"
+  runs+=("${spec%%:*}")
+done
+log "device: $(python3 -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch.__version__)')"
+
+# the table of every finished run so far, in $W/table.md (rewritten after each run, so a timeout keeps it)
+summarise() {
+  python3 - "$W" "${runs[@]}" <<'EOF' >"$W/table.md"
+import json, sys
+from pathlib import Path
+work = Path(sys.argv[1])
+print("\n| run | model | NFE | FID (classifier) | recall | images/s | speed-up |\n|---|---|---|---|---|---|---|")
+for run in sys.argv[2:]:
+    path = work / f"eval_{run}.json"
+    if not path.exists():
+        continue
+    metrics = json.loads(path.read_text())
+    for model in ("noise_floor", "teacher", "initial_one_step", "dmd_one_step"):
+        row = metrics[model]
+        print(f"| {run} | {model} | {row.get('nfe', '-')} | {row['fid_classifier']:.3f} | {row['recall_classifier']:.3f} "
+              f"| {row.get('images_per_s', '-')} | {metrics['speedup_dmd_vs_teacher'] if model == 'dmd_one_step' else ''} |")
+EOF
+}
+
+stage prepare "$W/fp32.yaml" prepare --out "$W/prepared.parquet" --preview "$W/prepared.png" &&
+stage teacher "$W/fp32.yaml" teacher --data "$W/prepared.parquet" --out "$W/teacher" --samples "$W/teacher.png" \
+  --checkpoint "$W/teacher.pt" --live "$W/live_teacher" &&
+stage features "$W/fp32.yaml" features --data "$W/prepared.parquet" --out "$W/classifier.safetensors" \
+  --metrics "$W/classifier.json" &&
+stage pairs "$W/fp32.yaml" pairs --teacher "$W/teacher" --out "$W/pairs" || exit 1
+
+for run in "${runs[@]}"; do
+  stage "distill_$run" "$W/$run.yaml" distill --teacher "$W/teacher" --pairs "$W/pairs" \
+    --data "$W/prepared.parquet" --classifier "$W/classifier.safetensors" --out "$W/generator_$run" \
+    --samples "$W/grids_$run" --checkpoint "$W/distill_$run.pt" --live "$W/live_$run" &&
+  stage "evaluate_$run" "$W/$run.yaml" evaluate --data "$W/prepared.parquet" --teacher "$W/teacher" \
+    --generator "$W/generator_$run" --classifier "$W/classifier.safetensors" \
+    --metrics "$W/eval_$run.json" --images "$W/eval_$run"
+  summarise
+done
+
