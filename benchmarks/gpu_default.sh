@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The embedded default, every stage, on a CUDA GPU: fp32, then distill + evaluate again in bf16, with timings.
-# No DVC: the stage CLIs in DAG order with the README's params, outputs under $W. Writes $W/summary.md.
+# No DVC: the stage CLIs in DAG order with the README's params, outputs under WORK; stage times in
+# WORK/summary.md, the results table in WORK/table.md.
 # Each VARIANT (name:key=value,key=value) is distilled and evaluated after them, from the same teacher and pairs.
 #   bash benchmarks/gpu_default.sh [WORK [VARIANT...]]   QUICK=1 shrinks every step count for a dry run on the CPU
 set -uo pipefail
