@@ -1,6 +1,6 @@
 """One table of the embedded default's results, and the cost of one DMD step split into its network passes.
 
-    python benchmarks/dmd_report.py [--metrics metrics/eval.json] [--teacher models/teacher] [--repeats 5]
+    python benchmarks/dmd_report.py [--metrics metrics/eval.json] [--teacher models/teacher] [--repeats 5 (0: no step split)]
 
 The quality rows come from `metrics/eval.json` (made by `dvc repro`); the step split is measured now,
 on this machine, with the batch sizes in params.yaml.
@@ -97,13 +97,14 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, default=Path("metrics/eval.json"))
     parser.add_argument("--teacher", type=Path, default=Path("models/teacher"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per part of the step (0: quality table only)")
     args = parser.parse_args()
     if args.metrics.is_file():
         quality_table(json.loads(args.metrics.read_text()))
     else:
         print(f"{args.metrics} not found: run `dvc repro` first for the quality rows")
-    step_table(args.teacher, args.params, args.repeats)
+    if args.repeats > 0:
+        step_table(args.teacher, args.params, args.repeats)
 
 
 if __name__ == "__main__":

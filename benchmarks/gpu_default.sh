@@ -50,23 +50,11 @@ for spec in "$@"; do
 done
 log "device: $(python3 -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch.__version__)')"
 
-# the table of every finished run so far, in $W/table.md (rewritten after each run, so a timeout keeps it)
+# the results of every finished run so far, in WORK/table.md (rewritten after each run, so a timeout keeps it)
 summarise() {
-  python3 - "$W" "${runs[@]}" <<'EOF' >"$W/table.md"
-import json, sys
-from pathlib import Path
-work = Path(sys.argv[1])
-print("\n| run | model | NFE | FID (classifier) | recall | images/s | speed-up |\n|---|---|---|---|---|---|---|")
-for run in sys.argv[2:]:
-    path = work / f"eval_{run}.json"
-    if not path.exists():
-        continue
-    metrics = json.loads(path.read_text())
-    for model in ("noise_floor", "teacher", "initial_one_step", "dmd_one_step"):
-        row = metrics[model]
-        print(f"| {run} | {model} | {row.get('nfe', '-')} | {row['fid_classifier']:.3f} | {row['recall_classifier']:.3f} "
-              f"| {row.get('images_per_s', '-')} | {metrics['speedup_dmd_vs_teacher'] if model == 'dmd_one_step' else ''} |")
-EOF
+  for run in "${runs[@]}"; do
+    [[ -f "$W/eval_$run.json" ]] && { echo "## $run"; python3 -m benchmarks.dmd_report --metrics "$W/eval_$run.json" --repeats 0; }
+  done >"$W/table.md"
 }
 
 stage prepare "$W/fp32.yaml" prepare --out "$W/prepared.parquet" --preview "$W/prepared.png" &&
