@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from tiny_project import run_stages, write_tiny_project
+from tiny_project import pipeline_params, run_stages, write_tiny_project
 
 from dmdlib.generator import load_generator
 from dmdlib.pairs import PairDataset
@@ -18,13 +18,6 @@ from stages.pairs import pair_metadata
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 TINY = dict(channels=[8, 8], depths=[1, 1], mapping_width=16)
-PARAMS = (
-    "features:\n  steps: 5\n  batch_size: 8\n"
-    "pairs:\n  count: 6\n  shard_size: 3\n  batch_size: 3\n  steps: 2\n"
-    "distill:\n  steps: 3\n  batch_size: 2\n  reg_batch_size: 2\n  regression_loss: l2\n  sample_every: 2\n  checkpoint_every: 2\n"
-    "  ema_decay: 0.9\n  mixed_precision: {precision}\n"
-    "evaluate:\n  samples: 12\n  speed_batch_size: 4\n  speed_repeats: 1\n"
-)
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +48,7 @@ def test_teacher_training_on_the_gpu_follows_the_cpu_run(tmp_path):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_stages_run_on_the_gpu(tmp_path, precision):
-    write_tiny_project(tmp_path, tiny_teacher(), PARAMS.format(precision=precision))
+    write_tiny_project(tmp_path, tiny_teacher(), pipeline_params(f"  mixed_precision: {precision}\n"))
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill", "evaluate"])
 
     teacher, _ = read_teacher(tmp_path / "teacher")

@@ -4,7 +4,7 @@ import json
 import logging
 
 import torch
-from tiny_project import run_stages, write_tiny_project
+from tiny_project import pipeline_params, run_stages, write_tiny_project
 
 from dmdlib.generator import load_generator
 from dmdlib.teachers import build_kdiffusion, kdiffusion_config
@@ -15,13 +15,7 @@ EVAL_KEYS = {"fid_classifier", "kid_classifier", "precision_classifier", "recall
 def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog):
     torch.manual_seed(0)
     teacher = build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0))
-    write_tiny_project(tmp_path, teacher, (
-        "features:\n  steps: 5\n  batch_size: 8\n"
-        "pairs:\n  count: 6\n  shard_size: 3\n  batch_size: 3\n  steps: 2\n"
-        "distill:\n  steps: 3\n  batch_size: 2\n  reg_batch_size: 2\n  regression_loss: l2\n  sample_every: 2\n"
-        "  checkpoint_every: 2\n  ema_decay: 0.9\n"
-        "evaluate:\n  samples: 12\n  speed_batch_size: 4\n  speed_repeats: 1\n"
-    ))
+    write_tiny_project(tmp_path, teacher, pipeline_params())
     with caplog.at_level(logging.INFO):
         run_stages(tmp_path, ["features", "teacher", "pairs", "distill", "evaluate"])
     assert "no Inception FID: put inception-2015-12-05.pt at evaluate.inception_path" in caplog.text

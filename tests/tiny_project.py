@@ -23,6 +23,17 @@ def write_tiny_project(folder: Path, teacher, params_text: str) -> None:
     )
 
 
+def pipeline_params(distill_extra: str = "") -> str:
+    """Params small enough to run every stage in seconds; `distill_extra` adds lines to the distill section."""
+    return (
+        "features:\n  steps: 5\n  batch_size: 8\n"
+        "pairs:\n  count: 6\n  shard_size: 3\n  batch_size: 3\n  steps: 2\n"
+        "distill:\n  steps: 3\n  batch_size: 2\n  reg_batch_size: 2\n  regression_loss: l2\n  sample_every: 2\n"
+        "  checkpoint_every: 2\n  ema_decay: 0.9\n" + distill_extra +
+        "evaluate:\n  samples: 12\n  speed_batch_size: 4\n  speed_repeats: 1\n"
+    )
+
+
 def run_stages(folder: Path, names: list[str]) -> None:
     """Invoke the named stage CLIs in order, each on the project's files; fail with the stage's output."""
     from stages.distill import app as distill_app
