@@ -11,18 +11,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 
+LADDER="distill.generator_sigmas=[80,10,2,0.5]"  # DMD2-style 4-step sigma ladder
 declare -A SET=(
   [no-regression]="distill.lambda_reg=0"                 # paper "w/o L_reg"; no pairs needed (DMD2 trains this way)
   [no-dm]="distill.dm_weight=0"                          # paper "w/o L_KL": regression only
   [two-time-scales]="distill.fake_steps=2"               # DMD2: N fake-denoiser updates per generator update
   [gan]="distill.gan_generator_weight=3e-3"              # DMD2: GAN head on the fake denoiser's bottleneck
   [gan-x10]="distill.gan_generator_weight=3e-2"          # the same, ten times DMD2's ImageNet weight
-  [four-step]="distill.generator_sigmas=[80,10,2,0.5]"   # DMD2: 4-step ladder with backward simulation
-  [four-step-gan]="distill.generator_sigmas=[80,10,2,0.5] distill.gan_generator_weight=3e-3"  # both, as DMD2 does
-  [four-step-slow]="distill.generator_sigmas=[80,10,2,0.5] distill.generator_lr=1e-4"  # the 4-step ladder at the previous lr
-  [four-step-gan-slow]="distill.generator_sigmas=[80,10,2,0.5] distill.generator_lr=1e-4 distill.gan_generator_weight=3e-3"
+  [four-step]="$LADDER"                                  # DMD2: 4-step ladder with backward simulation
+  [four-step-gan]="$LADDER distill.gan_generator_weight=3e-3"  # both, as DMD2 does
+  [four-step-slow]="$LADDER distill.generator_lr=1e-4"  # the 4-step ladder at the previous lr
+  [four-step-gan-slow]="$LADDER distill.generator_lr=1e-4 distill.gan_generator_weight=3e-3"
   # DMD2's GAN:DM weight ratio (3e-3 : 1) on top of this project's dm_weight 0.1
-  [four-step-gan-slow-dmd2-ratio]="distill.generator_sigmas=[80,10,2,0.5] distill.generator_lr=1e-4 distill.gan_generator_weight=3e-4"
+  [four-step-gan-slow-dmd2-ratio]="$LADDER distill.generator_lr=1e-4 distill.gan_generator_weight=3e-4"
   [guidance]="distill.guidance_range=[1,3]"              # the scale as an input of the generator
 )
 ORDER=(no-regression no-dm two-time-scales gan gan-x10 four-step four-step-gan four-step-slow four-step-gan-slow four-step-gan-slow-dmd2-ratio guidance)
