@@ -158,11 +158,12 @@ def distill(
             batch = Pairs(pairs.noise[index].to(device), pairs.target[index].to(device), pair_cond, pair_scale)
         warming_up = use_pairs and step < params.regression_warmup_steps  # regression alone first, if any
         dm_weight = 0.0 if warming_up else params.dm_weight
+        generator_gan = None if warming_up or step < params.gan_start_step else gan
         with processes.autocast():
             result = generator_step(
                 generator, real_denoiser, fake_denoiser, generator_optimizer, z, cond, batch, regression_loss,
                 params.lambda_reg if use_pairs else 0.0, dm_weight, fractions, rng, params.max_grad_norm,
-                processes.average_gradients, step_index, scale, None if warming_up else gan,
+                processes.average_gradients, step_index, scale, generator_gan,
             )
         metrics = {"loss_dm": result.loss_dm, "loss_reg": result.loss_reg, "dm_grad_norm": result.grad_norm_dm}
         if gan is not None:

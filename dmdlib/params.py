@@ -166,6 +166,10 @@ class DistillParams(Section):
         0.0, ge=0, description="DMD2's GAN loss for the generator (DMD2 ImageNet: 3e-3); 0: no GAN head. Needs real images."
     )
     gan_head_weight: float = Field(1e-2, gt=0, description="Weight of the GAN head's classification loss in the fake step (DMD2: 1e-2).")
+    gan_start_step: int = Field(
+        0, ge=0, description="Generator step at which the generator's GAN term starts (the head trains from the start); "
+        "DMD2's ImageNet model added the GAN to an already distilled generator.",
+    )
     generator_sigmas: Optional[list[float]] = Field(
         None, min_length=1, description="Few-step generator: its descending sigma ladder, e.g. [80, 10, 2, 0.5] (DMD2 section 4.4); "
         "null: one step at the teacher's sigma_max.",
@@ -196,6 +200,8 @@ class DistillParams(Section):
             raise ValueError("`generator_sigmas` must be positive and strictly descending, e.g. [80, 10, 2, 0.5]")
         if self.guidance_range is not None and not 0 <= self.guidance_range[0] < self.guidance_range[1]:
             raise ValueError("`guidance_range` must be [low, high] with 0 <= low < high")
+        if self.gan_start_step >= self.steps and self.gan_generator_weight > 0:
+            raise ValueError(f"`gan_start_step` {self.gan_start_step} is not below `steps` {self.steps}: the GAN term would never start")
         if self.guidance_range is not None and self.gan_generator_weight > 0:
             raise ValueError("`guidance_range` and `gan_generator_weight` cannot be combined yet: real images have no guidance scale")
         return self

@@ -104,6 +104,17 @@ def test_distill_with_gan_and_two_time_scales_trains_and_resumes_exactly(tmp_pat
         assert torch.equal(a, b), name
 
 
+def test_gan_start_step_delays_the_generators_gan_term_but_not_the_heads_training(tmp_path):
+    losses = []
+    options = params(gan_generator_weight=0.1, dm_weight=1.0, steps=3, gan_start_step=2)
+    distill(tiny_teacher(), None, None, options, tmp_path / "ck.pt", real_images=real_batch(),
+            on_step=lambda step, metrics, generator: losses.append(metrics))
+    assert [m["loss_gan_generator"] > 0 for m in losses] == [False, False, True]
+    assert all(m["loss_gan_head"] > 0 for m in losses)
+    with pytest.raises(ValueError, match="gan_start_step"):
+        params(gan_generator_weight=0.1, steps=3, gan_start_step=3)
+
+
 def test_new_networks_start_from_distill_seed_not_from_the_global_rng(tmp_path):
     fake_denoisers = []
     for global_seed in (1, 2):
