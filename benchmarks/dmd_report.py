@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from experiments_table import spread  # a sibling script: benchmarks/ is on sys.path when run as a file
 
 from dmdlib.denoisers import trainable_copy
 from dmdlib.dmd import Pairs, fake_denoiser_step, generator_step
@@ -37,13 +38,15 @@ def median_seconds(function, repeats: int) -> float:
 def quality_table(metrics: dict) -> None:
     teacher_speed = metrics["teacher"]["images_per_s"]
     extractor = metrics["feature_extractors"][0]
-    print(f"\n{metrics['samples']} samples per row; FID/KID in the `{extractor}` feature space\n")
-    print("| model | NFE | FID | KID | precision | recall | min class share ratio | images/s | speed-up |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"\n{metrics.get('sample_sets', 1)} set(s) of {metrics['samples']} samples per row (the noise floor: one); "
+          f"FID/KID in the `{extractor}` feature space\n")
+    print("| model | NFE | FID | FID / teacher's | KID | precision | recall | min class share ratio | images/s | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in ("noise_floor", "teacher", "initial_one_step", "dmd_one_step"):
         row = metrics[name]
         speed = row.get("images_per_s")
-        print(f"| {name} | {row.get('nfe', '-')} | {row[f'fid_{extractor}']:.2f} | {row[f'kid_{extractor}']:.4f} | "
+        print(f"| {name} | {row.get('nfe', '-')} | {spread(row, f'fid_{extractor}')} | {spread(row, f'fid_{extractor}_vs_teacher', 2)} | "
+              f"{row[f'kid_{extractor}']:.4f} | "
               f"{row['precision_classifier']:.3f} | {row['recall_classifier']:.3f} | {row.get('min_class_share_ratio', '-')} | "
               f"{f'{speed:,.1f}' if speed else '-'} | {f'{speed / teacher_speed:.1f}x' if speed else '-'} |")
 

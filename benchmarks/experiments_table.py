@@ -4,7 +4,8 @@
 
 Reads `dvc exp show --json` (the committed run is the baseline) and prints, for the baseline and every
 experiment, the params it changed and each generator row of its metrics: FID/KID in the pipeline's
-feature space, recall, the smallest class-share ratio, NFE, images/s and the speed-up over the teacher.
+feature space (mean ± spread over `evaluate.sample_sets` sets, and the ratio to the teacher's FID on the same
+sets), recall, the smallest class-share ratio, NFE, images/s and the speed-up over the teacher.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def runs(node, found: list) -> list:
     return found
 
 
+def spread(row: dict, key: str, digits: int = 3) -> str:
+    """`mean ± std` over the sample sets when the run measured several, else the value, or '-' when absent."""
+    if key not in row:
+        return "-"
+    std = row.get(f"{key}_std", 0)
+    return f"{row[key]:.{digits}f}" + (f" ± {std:.{digits}f}" if std else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--metrics", default="metrics/eval.json", help="The evaluate stage's metrics file.")
@@ -52,11 +61,12 @@ def main() -> None:
     if not found:
         raise SystemExit(f"no run with {args.metrics} in `dvc exp show`; run `make repro`, then scripts/experiments.sh")
     _, base_params, base_metrics = found[0]
-    extractor = next(key for key in base_metrics[args.metrics]["teacher"] if key.startswith("fid_")).removeprefix("fid_")
-    print(f"FID/KID in the `{extractor}` feature space, {base_metrics[args.metrics]['samples']} samples per row; "
+    base = base_metrics[args.metrics]
+    extractor = next(key for key in base["teacher"] if key.startswith("fid_")).removeprefix("fid_")
+    print(f"FID/KID in the `{extractor}` feature space, {base.get('sample_sets', 1)} set(s) of {base['samples']} samples per row; "
           f"baseline: the committed run ({found[0][0][:7]})\n")
-    print("| run | changed params | model | NFE | FID | KID | recall | min class share ratio | images/s | speed-up |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | changed params | model | NFE | FID | FID / teacher's | KID | recall | min class share ratio | images/s | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, params, metrics in found:
         results = metrics[args.metrics]
         changed = ", ".join(f"{k}={params[k]}" for k in params if params[k] != base_params.get(k)) or "(defaults)"
@@ -66,11 +76,11 @@ def main() -> None:
             if not (isinstance(row, dict) and model.startswith(GENERATOR_ROW)):
                 continue
             speed = row["images_per_s"]
-            print(f"| {label} | {changed} | {model} | {row['nfe']} | {row[f'fid_{extractor}']:.3f} | "
+            print(f"| {label} | {changed} | {model} | {row['nfe']} | {spread(row, f'fid_{extractor}')} | "
+                  f"{spread(row, f'fid_{extractor}_vs_teacher', 2)} | "
                   f"{row[f'kid_{extractor}']:.4f} | {row['recall_classifier']:.3f} | {row.get('min_class_share_ratio', '-')} | "
                   f"{speed:,.0f} | {speed / teacher_speed:.0f}x |")
-    print(f"\nteacher (baseline run): FID {base_metrics[args.metrics]['teacher'][f'fid_{extractor}']:.3f}, "
-          f"{base_metrics[args.metrics]['teacher']['nfe']} NFE")
+    print(f"\nteacher (baseline run): FID {spread(base['teacher'], f'fid_{extractor}')}, {base['teacher']['nfe']} NFE")
 
 
 if __name__ == "__main__":

@@ -64,3 +64,17 @@ def clip_score(model, processor, images: torch.Tensor, texts: list[str], batch_s
         text = torch.nn.functional.normalize(output.text_embeds, dim=-1)
         scores.append((100 * (image * text).sum(-1)).clamp(min=0))
     return float(torch.cat(scores).mean())
+
+
+def mean_over_sets(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Every metric averaged over disjoint sample sets, plus each FID's spread over them (`<key>_std`, sample std)."""
+    summary = {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+    for key in [key for key in rows[0] if key.startswith("fid_")]:
+        summary[f"{key}_std"] = float(np.std([row[key] for row in rows], ddof=1)) if len(rows) > 1 else 0.0
+    return summary
+
+
+def paired_ratio(values: list[float], baselines: list[float]) -> tuple[float, float]:
+    """Mean and sample std of values[i] / baselines[i]: both measured on sample set i from the same seeds."""
+    ratios = np.asarray(values, dtype=float) / np.asarray(baselines, dtype=float)
+    return float(ratios.mean()), float(ratios.std(ddof=1)) if len(ratios) > 1 else 0.0

@@ -213,7 +213,11 @@ class EvaluateParams(Section):
     samples: Optional[int] = Field(
         None, ge=2, description="Samples per model; null: the size of the held-out split, so the noise floor uses the same count."
     )
-    first_seed: int = Field(3_000_000, ge=0, description="Sample i of every model uses seed first_seed + i.")
+    sample_sets: int = Field(
+        1, ge=1, description="Disjoint sets of `samples` per model; metrics are means over the sets, FID also gets its spread "
+        "(`fid_*_std`) and, per generator, its ratio to the teacher's FID on the same set (`fid_*_vs_teacher`, mean and std).",
+    )
+    first_seed: int = Field(3_000_000, ge=0, description="Sample i of every model uses seed first_seed + i (sets follow each other).")
     batch_size: int = Field(250, ge=1, description="Batch for sampling and feature extraction.")
     inception_path: Optional[str] = Field(
         None, description=f"Local {'inception-2015-12-05.pt'} for clean-fid's Inception FID; /tmp/ (clean-fid's own place) is also searched."

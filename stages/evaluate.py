@@ -26,7 +26,7 @@ from dmdlib.evaluation import (
 from dmdlib.generator import Generator, load_generator
 from dmdlib.images import make_grid, save_grid, to_model_range, to_uint8
 from dmdlib.io import atomic_output
-from dmdlib.metrics import class_shares, fid, kid, precision_recall
+from dmdlib.metrics import class_shares, fid, kid, mean_over_sets, paired_ratio, precision_recall
 from dmdlib.pairs import seeded_inputs
 from dmdlib.params import load_params
 from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, compute_device, read_teacher, setup_logging, user_errors
@@ -77,7 +77,8 @@ def main(
             log.info("no Inception FID: put %s at evaluate.inception_path or /tmp/ (clean-fid's place) to add "
                      "fid_inception; reporting fid_classifier only", "inception-2015-12-05.pt")
 
-        inputs = [seeded_inputs(config.first_seed + i, shape, classes) for i in range(count)]
+        sets = config.sample_sets
+        inputs = [seeded_inputs(config.first_seed + i, shape, classes) for i in range(count * sets)]
         noise = torch.stack([z for z, _ in inputs])
         labels = torch.tensor([label for _, label in inputs]) if classes else None
         teacher_nfe = 2 * all_params.pairs.steps - 1 if all_params.pairs.sampler == "heun" else None
@@ -107,7 +108,7 @@ def main(
                 models[f"dmd_one_step_guidance_{name}"] = generator_rows(1, scale)
         real_features = {name: extract_features(fn, real) for name, fn in extractors.items()}
         data_shares = class_shares(torch.from_numpy(dataset.labels[dataset.subset(TRAIN)]), len(dataset.class_names))
-        results: dict = {"samples": count, "reference": f"train split ({len(real)} images)",
+        results: dict = {"samples": count, "sample_sets": sets, "reference": f"train split ({len(real)} images)",
                          "feature_extractors": list(extractors), "device": _device_name(device),
                          "machine_threads": torch.get_num_threads()}
 
@@ -115,22 +116,24 @@ def main(
             row = {}
             for name, extract in extractors.items():
                 features = extract_features(extract, samples)
-                row[f"fid_{name}"] = round(fid(real_features[name], features), 4)
-                row[f"kid_{name}"] = round(kid(real_features[name], features), 6)
+                row[f"fid_{name}"] = fid(real_features[name], features)
+                row[f"kid_{name}"] = kid(real_features[name], features)
             precision, recall = precision_recall(real_features["classifier"][:count], extract_features(extractors["classifier"], samples), config.precision_recall_k)
-            row["precision_classifier"], row["recall_classifier"] = round(precision, 4), round(recall, 4)
+            row["precision_classifier"], row["recall_classifier"] = precision, recall
             if dataset.class_names:
                 shares = class_shares(predict(feature_net, samples), len(dataset.class_names))
-                row["min_class_share_ratio"] = round(float((shares / data_shares).min()), 4)
+                row["min_class_share_ratio"] = float((shares / data_shares).min())
             return row
 
-        results["noise_floor"] = quality(heldout[:count])
+        results["noise_floor"] = _rounded(quality(heldout[:count]))
         grid_noise, grid_labels = fixed_inputs(shape, Conditions.of(real_denoiser), 8 * max(classes, 1))
-        grids = {}
+        grids, set_fids = {}, {}
         for name, (sample, nfe) in models.items():
-            log.info("evaluating %s on %d samples", name, count)
+            log.info("evaluating %s on %d x %d samples", name, sets, count)
             samples = sample(noise, labels)
-            row = quality(samples)
+            set_rows = [quality(samples[k * count : (k + 1) * count]) for k in range(sets)]
+            set_fids[name] = {key: [r[key] for r in set_rows] for key in set_rows[0] if key.startswith("fid_")}
+            row = _rounded(mean_over_sets(set_rows))
             speed_noise = noise[: config.speed_batch_size]
             speed_labels = None if labels is None else labels[: config.speed_batch_size]
             run = lambda: sample(speed_noise, speed_labels)
@@ -139,9 +142,19 @@ def main(
             results[name] = row
             grids[name] = to_uint8(sample(grid_noise, grid_labels))
             save_grid(images / f"{name}.png", grids[name], columns=8, scale=4)
+        for name in models:
+            if name.startswith("dmd_") and "guidance" not in name:  # unguided generators, paired with the teacher per set
+                for key, values in set_fids[name].items():
+                    mean, std = paired_ratio(values, set_fids["teacher"][key])
+                    results[name][f"{key}_vs_teacher"], results[name][f"{key}_vs_teacher_std"] = round(mean, 4), round(std, 4)
         results["speedup_dmd_vs_teacher"] = round(results["dmd_one_step"]["images_per_s"] / results["teacher"]["images_per_s"], 2)
         _save_comparison(images / "comparison.png", {name: grid for name, grid in grids.items() if "guidance" not in name})
         _write(metrics, results)
+
+
+def _rounded(row: dict[str, float]) -> dict[str, float]:
+    """Metrics at the precision metrics/eval.json keeps (KID is small: six places)."""
+    return {key: round(value, 6 if key.startswith("kid_") else 4) for key, value in row.items()}
 
 
 def _device_name(device: torch.device) -> str:

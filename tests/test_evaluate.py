@@ -1,10 +1,11 @@
 """Metrics: FID/KID behave, precision/recall detect collapse, Inception is chosen only when its file exists."""
 
+import pytest
 import torch
 
 from dmdlib import evaluation
 from dmdlib.evaluation import INCEPTION_FILE, find_inception, throughput
-from dmdlib.metrics import class_shares, fid, kid, precision_recall
+from dmdlib.metrics import class_shares, fid, kid, mean_over_sets, paired_ratio, precision_recall
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
@@ -27,6 +28,16 @@ def test_precision_recall_see_mode_collapse():
     precision, recall = precision_recall(real, collapsed)
     assert precision > 0.9 and recall < 0.2  # faithful samples of few modes: high precision, low recall
     assert torch.allclose(class_shares(torch.tensor([0, 0, 1, 3]), 4), torch.tensor([0.5, 0.25, 0, 0.25], dtype=torch.float64))
+
+
+def test_sample_sets_give_means_spreads_and_paired_ratios():
+    rows = [{"fid_classifier": 0.2, "recall_classifier": 0.8}, {"fid_classifier": 0.4, "recall_classifier": 0.9}]
+    summary = mean_over_sets(rows)
+    assert summary["fid_classifier"] == pytest.approx(0.3) and summary["recall_classifier"] == pytest.approx(0.85)
+    assert summary["fid_classifier_std"] == pytest.approx(0.2 / 2**0.5)  # sample std of two values 0.2 apart
+    assert "recall_classifier_std" not in summary and mean_over_sets(rows[:1])["fid_classifier_std"] == 0
+    mean, std = paired_ratio([0.3, 0.2, 0.25], [0.2, 0.2, 0.25])  # per-set ratios 1.5, 1, 1
+    assert mean == pytest.approx(7 / 6) and std == pytest.approx(((1 / 3) ** 2 + 2 * (1 / 6) ** 2) ** 0.5 / 2**0.5)
 
 
 def test_inception_file_is_used_only_when_present(tmp_path):

@@ -28,11 +28,14 @@ def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog):
     assert (tmp_path / "live" / "plots" / "metrics" / "diversity" / "spread.tsv").exists()
 
     metrics = json.loads((tmp_path / "eval.json").read_text())
-    assert metrics["samples"] == 12 and metrics["feature_extractors"] == ["classifier"]
+    assert metrics["samples"] == 12 and metrics["sample_sets"] == 2 and metrics["feature_extractors"] == ["classifier"]
     assert EVAL_KEYS <= set(metrics["noise_floor"])
     for model in ("teacher", "initial_one_step", "dmd_one_step"):
         assert EVAL_KEYS | {"images_per_s", "nfe", "peak_memory_mib"} <= set(metrics[model])
     assert metrics["teacher"]["nfe"] == 3 and metrics["dmd_one_step"]["nfe"] == 1
     assert metrics["speedup_dmd_vs_teacher"] > 0
+    assert metrics["teacher"]["fid_classifier_std"] > 0  # two sets of different seeds
+    assert "fid_classifier_vs_teacher" not in metrics["teacher"]
+    assert metrics["dmd_one_step"]["fid_classifier_vs_teacher"] > 0 and metrics["dmd_one_step"]["fid_classifier_vs_teacher_std"] >= 0
     assert sorted(x.name for x in (tmp_path / "eval").iterdir()) == [
         "comparison.png", "dmd_one_step.png", "initial_one_step.png", "teacher.png"]

@@ -30,7 +30,7 @@ def pipeline_params(distill_extra: str = "") -> str:
         "pairs:\n  count: 6\n  shard_size: 3\n  batch_size: 3\n  steps: 2\n"
         "distill:\n  steps: 3\n  batch_size: 2\n  reg_batch_size: 2\n  regression_loss: l2\n  sample_every: 2\n"
         "  checkpoint_every: 2\n  ema_decay: 0.9\n" + distill_extra +
-        "evaluate:\n  samples: 12\n  speed_batch_size: 4\n  speed_repeats: 1\n"
+        "evaluate:\n  samples: 12\n  sample_sets: 2\n  speed_batch_size: 4\n  speed_repeats: 1\n"
     )
 
 
