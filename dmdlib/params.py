@@ -215,7 +215,7 @@ class EvaluateParams(Section):
     )
     sample_sets: int = Field(
         1, ge=1, description="Disjoint sets of `samples` per model; metrics are means over the sets, FID also gets its spread "
-        "(`fid_*_std`) and, per generator, its ratio to the teacher's FID on the same set (`fid_*_vs_teacher`, mean and std).",
+        "(`fid_*_std`) and, per generator, its ratio to the teacher's FID on the same set (`fid_*_vs_teacher`, mean and std). Image teachers; text-to-image takes 1.",
     )
     first_seed: int = Field(3_000_000, ge=0, description="Sample i of every model uses seed first_seed + i (sets follow each other).")
     batch_size: int = Field(250, ge=1, description="Batch for sampling and feature extraction.")

@@ -28,6 +28,9 @@ def evaluate_text_to_image(all_params, teacher_denoiser, reference: dict, genera
     from dmdlib.denoisers import GuidedDenoiser
 
     config, pairs = all_params.evaluate, all_params.pairs
+    if config.sample_sets != 1:
+        raise ValueError(f"evaluate.sample_sets is {config.sample_sets}, but text-to-image evaluation takes one set "
+                         "(the evaluation prompts); set it to 1 and raise evaluate.samples instead")
     prompts, _ = load_prompt_set(prompts_folder)
     count = config.samples or len(prompts.eval)
     texts = [prompts.eval[i % len(prompts.eval)] for i in range(count)]

@@ -66,6 +66,10 @@ def test_prompts_to_one_step_pipeline(tmp_path):
         assert set(metrics[model]) == {"nfe", "clip_score", "images_per_s", "peak_memory_mib"}  # no reference folder: no FID, not a placeholder
         assert 0 <= metrics[model]["clip_score"] <= 100
     assert metrics["teacher"]["nfe"] == 3 and metrics["dmd_one_step"]["nfe"] == 1
+    (tmp_path / "sets.yaml").write_text((tmp_path / "params.yaml").read_text().replace("evaluate:\n", "evaluate:\n  sample_sets: 2\n"))
+    result = runner.invoke(evaluate_app, ["--params", p("sets.yaml"), "--teacher", p("teacher"), "--prompts", p("prompts"),
+                                          "--generator", p("generator"), "--metrics", p("eval2.json"), "--images", p("eval2")])
+    assert result.exit_code != 0 and "evaluate.sample_sets is 2" in result.output and not (tmp_path / "eval2.json").exists()
 
     # The exported UNet runs in a stock diffusers pipeline with a one-step DDIM schedule at t = 999,
     # and gives exactly what the generator gives.
