@@ -2,7 +2,7 @@
 # The paper's ablations and the DMD2 options on the embedded default, as DVC experiments. Each runs in a
 # temporary copy, so the workspace keeps the default run; teacher and pairs come from the cache of a
 # finished `make repro`, so only distill and evaluate run. Then print the comparison table.
-#   bash scripts/experiments.sh                 all of them, one after another (about 6.5 hours on 2 cores)
+#   bash scripts/experiments.sh                 all of them, one after another (about 7 hours on 2 cores)
 #   bash scripts/experiments.sh gan four-step   some of them
 #   JOBS=2 bash scripts/experiments.sh ...      two at a time through `dvc queue`, one thread each: on 2 cores
 #                                               about 1.9 DMD steps/s each against 3 for one run on both cores
@@ -28,9 +28,11 @@ declare -A SET=(
   # the same 4,500 steps without the GAN as the control
   [four-step-gan-late]="$LADDER distill.generator_lr=1e-4 distill.steps=4500 distill.gan_generator_weight=3e-3 distill.gan_start_step=3000"
   [four-step-slow-long]="$LADDER distill.generator_lr=1e-4 distill.steps=4500"
+  # a head loss 100 times stronger in the fake step, so D_fake's bottleneck learns to tell real from generated
+  [four-step-gan-slow-head1]="$LADDER distill.generator_lr=1e-4 distill.gan_generator_weight=3e-3 distill.gan_head_weight=1"
   [guidance]="distill.guidance_range=[1,3]"              # the scale as an input of the generator
 )
-ORDER=(no-regression no-dm two-time-scales gan gan-x10 four-step four-step-gan four-step-slow four-step-gan-slow four-step-gan-slow-dmd2-ratio four-step-gan-late four-step-slow-long guidance)
+ORDER=(no-regression no-dm two-time-scales gan gan-x10 four-step four-step-gan four-step-slow four-step-gan-slow four-step-gan-slow-dmd2-ratio four-step-gan-late four-step-slow-long four-step-gan-slow-head1 guidance)
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
 for name in "${names[@]}"; do
