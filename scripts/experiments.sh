@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 
 LADDER="distill.generator_sigmas=[80,10,2,0.5]"  # DMD2-style 4-step sigma ladder
+SLOW="$LADDER distill.generator_lr=1e-4"         # the ladder at the lr that trains it well (README, Results)
 declare -A SET=(
   [no-regression]="distill.lambda_reg=0"                 # paper "w/o L_reg"; no pairs needed (DMD2 trains this way)
   [no-dm]="distill.dm_weight=0"                          # paper "w/o L_KL": regression only
@@ -20,16 +21,16 @@ declare -A SET=(
   [gan-x10]="distill.gan_generator_weight=3e-2"          # the same, ten times DMD2's ImageNet weight
   [four-step]="$LADDER"                                  # DMD2: 4-step ladder with backward simulation
   [four-step-gan]="$LADDER distill.gan_generator_weight=3e-3"  # both, as DMD2 does
-  [four-step-slow]="$LADDER distill.generator_lr=1e-4"  # the 4-step ladder at the previous lr
-  [four-step-gan-slow]="$LADDER distill.generator_lr=1e-4 distill.gan_generator_weight=3e-3"
+  [four-step-slow]="$SLOW"                              # the 4-step ladder at the previous lr
+  [four-step-gan-slow]="$SLOW distill.gan_generator_weight=3e-3"
   # DMD2's GAN:DM weight ratio (3e-3 : 1) on top of this project's dm_weight 0.1
-  [four-step-gan-slow-dmd2-ratio]="$LADDER distill.generator_lr=1e-4 distill.gan_generator_weight=3e-4"
+  [four-step-gan-slow-dmd2-ratio]="$SLOW distill.gan_generator_weight=3e-4"
   # DMD2's ImageNet recipe in one run: plain DMD first, the generator's GAN term for the last third;
   # the same 4,500 steps without the GAN as the control
-  [four-step-gan-late]="$LADDER distill.generator_lr=1e-4 distill.steps=4500 distill.gan_generator_weight=3e-3 distill.gan_start_step=3000"
-  [four-step-slow-long]="$LADDER distill.generator_lr=1e-4 distill.steps=4500"
+  [four-step-gan-late]="$SLOW distill.steps=4500 distill.gan_generator_weight=3e-3 distill.gan_start_step=3000"
+  [four-step-slow-long]="$SLOW distill.steps=4500"
   # a head loss 100 times stronger in the fake step, so D_fake's bottleneck learns to tell real from generated
-  [four-step-gan-slow-head1]="$LADDER distill.generator_lr=1e-4 distill.gan_generator_weight=3e-3 distill.gan_head_weight=1"
+  [four-step-gan-slow-head1]="$SLOW distill.gan_generator_weight=3e-3 distill.gan_head_weight=1"
   [guidance]="distill.guidance_range=[1,3]"              # the scale as an input of the generator
 )
 ORDER=(no-regression no-dm two-time-scales gan gan-x10 four-step four-step-gan four-step-slow four-step-gan-slow four-step-gan-slow-dmd2-ratio four-step-gan-late four-step-slow-long four-step-gan-slow-head1 guidance)
