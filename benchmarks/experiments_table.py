@@ -1,8 +1,9 @@
 """The DVC experiments of `scripts/experiments.sh` next to the default run, as one table.
 
     python benchmarks/experiments_table.py [--metrics metrics/eval.json]
+    python benchmarks/experiments_table.py --files RUN.json ...   evaluate-stage metrics files, named by their stems
 
-Reads `dvc exp show --json` (the committed run is the baseline) and prints, for the baseline and every
+Reads `dvc exp show --json` (the committed run is the baseline) or the files (the first is the baseline) and prints, for the baseline and every
 experiment, the params it changed and each generator row of its metrics: FID/KID in the pipeline's
 feature space (mean ± spread over `evaluate.sample_sets` sets, and the ratio to the teacher's FID on the same
 sets), recall, the smallest class-share ratio, NFE, images/s and the speed-up over the teacher.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+from pathlib import Path
 
 GENERATOR_ROW = ("dmd_", "teacher_guidance_")  # per-model rows of metrics/eval.json besides the baseline ones
 
@@ -55,23 +57,27 @@ def spread(row: dict, key: str, digits: int = 3) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--metrics", default="metrics/eval.json", help="The evaluate stage's metrics file.")
+    parser.add_argument("--files", nargs="+", type=Path, help="Metrics files to show instead of `dvc exp show` (no params).")
     args = parser.parse_args()
-    shown = subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True).stdout
-    found = [run for run in runs(json.loads(shown), []) if run[0] != "workspace" and "teacher" in run[2].get(args.metrics, {})]
+    if args.files:
+        found = [(path.stem, {}, {args.metrics: json.loads(path.read_text())}) for path in args.files]
+    else:
+        shown = subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True).stdout
+        found = [run for run in runs(json.loads(shown), []) if run[0] != "workspace" and "teacher" in run[2].get(args.metrics, {})]
     if not found:
         raise SystemExit(f"no run with {args.metrics} in `dvc exp show`; run `make repro`, then scripts/experiments.sh")
     _, base_params, base_metrics = found[0]
     base = base_metrics[args.metrics]
     extractor = next(key for key in base["teacher"] if key.startswith("fid_")).removeprefix("fid_")
     print(f"FID/KID in the `{extractor}` feature space, {base.get('sample_sets', 1)} set(s) of {base['samples']} samples per row; "
-          f"baseline: the committed run ({found[0][0][:7]})\n")
+          f"baseline: {found[0][0] if args.files else 'the committed run ' + found[0][0][:7]}\n")
     print("| run | changed params | model | NFE | FID | FID / teacher's | KID | recall | min class share ratio | images/s | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, params, metrics in found:
         results = metrics[args.metrics]
-        changed = ", ".join(f"{k}={params[k]}" for k in params if params[k] != base_params.get(k)) or "(defaults)"
+        changed = ", ".join(f"{k}={params[k]}" for k in params if params[k] != base_params.get(k)) or ("(defaults)" if params else "-")
         teacher_speed = results["teacher"]["images_per_s"]
-        label = "baseline" if name == found[0][0] else name
+        label = "baseline" if name == found[0][0] and not args.files else name
         for model, row in results.items():
             if not (isinstance(row, dict) and model.startswith(GENERATOR_ROW)):
                 continue

@@ -2,7 +2,7 @@
 # The embedded default, every stage, on a CUDA GPU: fp32, then distill + evaluate again in bf16, with timings.
 # No DVC: the stage CLIs in DAG order with the README's params, outputs under WORK; stage times in
 # WORK/summary.md, the results table in WORK/table.md.
-# Each VARIANT (name:key=value,key=value) is distilled and evaluated after them, from the same teacher and pairs.
+# Each VARIANT (name:key=value;key=value) is distilled and evaluated after them, from the same teacher and pairs.
 #   bash benchmarks/gpu_default.sh [WORK [VARIANT...]]   QUICK=1 shrinks every step count for a dry run on the CPU
 set -uo pipefail
 W=${1:-/tmp/gpu_default}
@@ -10,22 +10,7 @@ shift || true
 mkdir -p "$W"
 log() { echo "$(date +%T) $*" | tee -a "$W/summary.md"; }
 
-# params.yaml with `section.key=value` overrides (the same dotted names as `dvc exp run -S`)
-variant() {
-  local out=$1; shift
-  python3 - "$out" "$@" <<'EOF'
-import sys, yaml
-params = yaml.safe_load(open("params.yaml"))
-for item in sys.argv[2:]:
-    key, value = item.split("=", 1)
-    *path, last = key.split(".")
-    node = params
-    for part in path:
-        node = node[part]
-    node[last] = yaml.safe_load(value)
-yaml.safe_dump(params, open(sys.argv[1], "w"))
-EOF
-}
+variant() { python3 benchmarks/params_variant.py "$@"; }  # params.yaml with `section.key=value` overrides
 
 # stage NAME PARAMS ARGS...: run one stage CLI, log its wall time, keep its output in $W/NAME.log
 stage() {
@@ -44,7 +29,7 @@ variant "$W/fp32.yaml" "${quick[@]}"
 variant "$W/bf16.yaml" "${quick[@]}" distill.mixed_precision=bf16
 runs=(fp32 bf16)
 for spec in "$@"; do
-  IFS=, read -ra overrides <<<"${spec#*:}"
+  IFS=";" read -ra overrides <<<"${spec#*:}"
   variant "$W/${spec%%:*}.yaml" "${quick[@]}" "${overrides[@]}"
   runs+=("${spec%%:*}")
 done

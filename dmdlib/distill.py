@@ -64,14 +64,19 @@ def step_rng(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + rank) * 10_000_019 + step)
 
 
+def capped_fractions(grid: torch.Tensor, fractions: tuple[float, float], sigma_max: float | None, key: str) -> tuple[float, float]:
+    """A grid range (fractions of an ascending sigma grid) whose top is capped at sigma_max when given."""
+    low, high = fractions
+    if sigma_max is not None:
+        high = min(high, int(torch.searchsorted(grid, torch.tensor(sigma_max), right=True)) / len(grid))
+    if high <= low:
+        raise ValueError(f"distill.{key} {sigma_max} leaves no noise level above the {low:.0%} point of the grid")
+    return low, high
+
+
 def dm_sigma_fractions(grid: torch.Tensor, params: DistillParams) -> tuple[float, float]:
     """The grid range for DM noise levels: params' fractions, capped at dm_sigma_max when given."""
-    low, high = params.dm_sigma_fractions
-    if params.dm_sigma_max is not None:
-        high = min(high, int(torch.searchsorted(grid, torch.tensor(params.dm_sigma_max), right=True)) / len(grid))
-    if high <= low:
-        raise ValueError(f"dm_sigma_max {params.dm_sigma_max} leaves no noise level above the {low:.0%} point of the grid")
-    return low, high
+    return capped_fractions(grid, params.dm_sigma_fractions, params.dm_sigma_max, "dm_sigma_max")
 
 
 def distill(
@@ -116,7 +121,8 @@ def distill(
     if params.gan_generator_weight > 0:
         if real_images is None:
             raise ValueError("distill.gan_generator_weight > 0 needs real images (the prepared data) for the GAN head")
-        gan = GAN(_gan_head(fake_denoiser, conditions, device), params.gan_generator_weight, params.gan_head_weight)
+        gan_fractions = capped_fractions(fake_denoiser.sigma_grid(), (0.0, 1.0), params.gan_sigma_max, "gan_sigma_max")
+        gan = GAN(_gan_head(fake_denoiser, conditions, device), params.gan_generator_weight, params.gan_head_weight, gan_fractions)
     if params.gradient_checkpointing:
         for network in (generator.denoiser, fake_denoiser):
             unet = getattr(network, "unet", None)

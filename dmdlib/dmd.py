@@ -15,6 +15,7 @@ from dmdlib.losses import (
     DM_MIN_FRACTION,
     denoising_loss,
     distribution_matching_loss,
+    grid_range,
     sample_sigmas,
     weighted_denoising_error,
 )
@@ -47,6 +48,7 @@ class GAN:
     head: GANHead
     generator_weight: float
     head_weight: float
+    sigma_fractions: tuple[float, float] = (0.0, 1.0)  # the range of the fake denoiser's grid the GAN noises at
 
 
 @dataclass
@@ -101,7 +103,7 @@ def generator_step(
         loss, loss_dm = dm_weight * dm.loss, dm.loss
         grad_norm_dm = dm.grad.flatten(1).norm(dim=1).mean()
     if gan is not None and gan.generator_weight > 0:
-        gan_sigma = sample_sigmas(fake_denoiser.sigma_grid(), len(x), generator=rng).to(x.device)
+        gan_sigma = sample_sigmas(fake_denoiser.sigma_grid(), len(x), *gan.sigma_fractions, generator=rng).to(x.device)
         gan_noise = torch.randn(x.shape, generator=rng).to(x.device)
         with without_parameter_grads(fake_denoiser, gan.head):  # the head and D_fake learn in their own step only
             _, logits = denoise_with_logits(fake_denoiser, gan.head, x + expand(gan_sigma, x) * gan_noise, gan_sigma, cond)
@@ -148,12 +150,17 @@ def fake_denoiser_step(
         loss = denoising_loss(fake_denoiser, x, sigma, noise, cond)
         _update(fake_denoiser, optimizer, loss, max_grad_norm, average_gradients)
         return float(loss.detach()), 0.0
-    real_sigma = sample_sigmas(fake_denoiser.sigma_grid(), len(real.images), generator=rng).to(x.device)
+    grid = fake_denoiser.sigma_grid()
+    real_sigma = sample_sigmas(grid, len(real.images), *gan.sigma_fractions, generator=rng).to(x.device)
     real_noise = torch.randn(real.images.shape, generator=rng).to(x.device)
     noisy = torch.cat([x + expand(sigma, x) * noise, real.images + expand(real_sigma, real.images) * real_noise])
     denoised, logits = denoise_with_logits(fake_denoiser, gan.head, noisy, torch.cat([sigma, real_sigma]), _cat_cond(cond, real.cond))
     loss_denoising = weighted_denoising_error(fake_denoiser, denoised[: len(x)], x, sigma)
-    loss_head = head_gan_loss(logits[len(x) :], logits[: len(x)])
+    fake_logits = logits[: len(x)]
+    if gan.sigma_fractions != (0.0, 1.0):  # generated samples noised outside the GAN's range (for D_fake's loss) are not negatives
+        first, last = grid_range(grid, *gan.sigma_fractions)
+        fake_logits = fake_logits[(sigma >= grid[first]) & (sigma <= grid[last - 1])]
+    loss_head = head_gan_loss(logits[len(x) :], fake_logits)
     _update(_Both(fake_denoiser, gan.head), optimizer, loss_denoising + gan.head_weight * loss_head, max_grad_norm, average_gradients)
     return float(loss_denoising.detach()), float(loss_head.detach())
 

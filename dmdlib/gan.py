@@ -43,7 +43,9 @@ def generator_gan_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 def head_gan_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Classifier loss, softplus(-logit_real) + softplus(logit_fake) (DMD2 eq. 5, discriminator side)."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    # a batch can hold no negatives when gan_sigma_max leaves out every generated sample's noise level
+    fake = F.softplus(fake_logits).mean() if len(fake_logits) else fake_logits.sum()
+    return F.softplus(-real_logits).mean() + fake
 
 
 @contextlib.contextmanager

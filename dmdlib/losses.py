@@ -12,6 +12,12 @@ from dmdlib.denoisers.base import Denoiser, expand
 DM_MIN_FRACTION, DM_MAX_FRACTION = 0.02, 0.98  # paper: T_min = 0.02 T, T_max = 0.98 T
 
 
+def grid_range(grid: torch.Tensor, low: float, high: float) -> tuple[int, int]:
+    """Indices [first, last) of an ascending grid between fractions low and high (at least one)."""
+    first = round(low * len(grid))
+    return first, max(round(high * len(grid)), first + 1)
+
+
 def sample_sigmas(
     grid: torch.Tensor,
     count: int,
@@ -20,8 +26,7 @@ def sample_sigmas(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Draw `count` sigmas uniformly over the indices of an ascending grid between fractions low and high."""
-    first = round(low * len(grid))
-    last = max(round(high * len(grid)), first + 1)
+    first, last = grid_range(grid, low, high)
     index = torch.randint(first, last, (count,), generator=generator).to(grid.device)
     return grid[index]
 

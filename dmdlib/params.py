@@ -166,6 +166,10 @@ class DistillParams(Section):
         0.0, ge=0, description="DMD2's GAN loss for the generator (DMD2 ImageNet: 3e-3); 0: no GAN head. Needs real images."
     )
     gan_head_weight: float = Field(1e-2, gt=0, description="Weight of the GAN head's classification loss in the fake step (DMD2: 1e-2).")
+    gan_sigma_max: Optional[float] = Field(
+        None, gt=0, description="Cap the GAN's noise levels (real and generated images) at this sigma; null: the fake "
+        "denoiser's whole grid, as DMD2. The fake denoiser's own denoising range is unchanged.",
+    )
     gan_start_step: int = Field(
         0, ge=0, description="Generator step at which the generator's GAN term starts (the head trains from the start); "
         "DMD2's ImageNet model added the GAN to an already distilled generator.",

@@ -31,9 +31,11 @@ declare -A SET=(
   [four-step-slow-long]="$SLOW distill.steps=4500"
   # a head loss 100 times stronger in the fake step, so D_fake's bottleneck learns to tell real from generated
   [four-step-gan-slow-head1]="$SLOW distill.gan_generator_weight=3e-3 distill.gan_head_weight=1"
+  # the GAN's noise levels capped at sigma 10, as the DM term's (above it a 16x16 digit is noise to the head)
+  [four-step-gan-slow-cap10]="$SLOW distill.gan_generator_weight=3e-3 distill.gan_sigma_max=10"
   [guidance]="distill.guidance_range=[1,3]"              # the scale as an input of the generator
 )
-ORDER=(no-regression no-dm two-time-scales gan gan-x10 four-step four-step-gan four-step-slow four-step-gan-slow four-step-gan-slow-dmd2-ratio four-step-gan-late four-step-slow-long four-step-gan-slow-head1 guidance)
+ORDER=(no-regression no-dm two-time-scales gan gan-x10 four-step four-step-gan four-step-slow four-step-gan-slow four-step-gan-slow-dmd2-ratio four-step-gan-late four-step-slow-long four-step-gan-slow-head1 four-step-gan-slow-cap10 guidance)
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
 for name in "${names[@]}"; do

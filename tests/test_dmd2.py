@@ -115,6 +115,43 @@ def test_gan_start_step_delays_the_generators_gan_term_but_not_the_heads_trainin
         params(gan_generator_weight=0.1, steps=3, gan_start_step=3)
 
 
+def test_gan_sigma_max_caps_the_gans_noise_levels_but_not_the_fake_denoisers(monkeypatch, tmp_path):
+    import dmdlib.dmd
+    from dmdlib.distill import capped_fractions
+
+    calls = []  # (sigma, logits) of every forward that reads the head
+
+    def recording(fake, head, x, sigma, cond):
+        denoised, logits = denoise_with_logits(fake, head, x, sigma, cond)
+        calls.append((sigma, logits.detach()))
+        return denoised, logits
+
+    monkeypatch.setattr(dmdlib.dmd, "denoise_with_logits", recording)
+    teacher, cap, count = tiny_teacher(), 5.0, 64
+    fractions = capped_fractions(teacher.sigma_grid(), (0.0, 1.0), cap, "gan_sigma_max")
+    assert 0.5 < fractions[1] < 1.0
+    z, cond = torch.randn(count, *SHAPE), torch.arange(count) % 3
+    real = RealBatch(torch.rand((count, *SHAPE)) * 2 - 1, torch.arange(count) % 3)
+    for sigma_fractions in ((0.0, 1.0), fractions):
+        gan = GAN(GANHead(8), generator_weight=1.0, head_weight=1.0, sigma_fractions=sigma_fractions)
+        generator, fake = Generator.from_teacher(teacher), trainable_copy(teacher)
+        optimizer = torch.optim.SGD(generator.parameters(), lr=0.0)
+        result = generator_step(generator, teacher, fake, optimizer, z, cond, None, None, 0.0, dm_weight=0.0,
+                                rng=torch.Generator().manual_seed(0), gan=gan)
+        fake_optimizer = torch.optim.SGD([*fake.parameters(), *gan.head.parameters()], lr=0.0)
+        _, head_loss = fake_denoiser_step(fake, fake_optimizer, result.x, cond, torch.Generator().manual_seed(1), gan=gan, real=real)
+        (generator_sigma, _), (step_sigma, logits) = calls[-2:]
+        generated_sigma, real_sigma = step_sigma[:count], step_sigma[count:]
+        capped = sigma_fractions != (0.0, 1.0)
+        assert (generator_sigma.max() <= cap) == capped and (real_sigma.max() <= cap) == capped
+        assert generated_sigma.max() > cap  # D_fake still denoises over its whole range
+        negatives = logits[:count][generated_sigma <= cap] if capped else logits[:count]
+        expected = torch.nn.functional.softplus(-logits[count:]).mean() + torch.nn.functional.softplus(negatives).mean()
+        assert head_loss == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="gan_sigma_max"):
+        distill(teacher, None, None, params(gan_generator_weight=0.1, gan_sigma_max=1e-4), tmp_path / "ck.pt", real_images=real_batch())
+
+
 def test_new_networks_start_from_distill_seed_not_from_the_global_rng(tmp_path):
     fake_denoisers = []
     for global_seed in (1, 2):
