@@ -156,11 +156,9 @@ def fake_denoiser_step(
     noisy = torch.cat([x + expand(sigma, x) * noise, real.images + expand(real_sigma, real.images) * real_noise])
     denoised, logits = denoise_with_logits(fake_denoiser, gan.head, noisy, torch.cat([sigma, real_sigma]), _cat_cond(cond, real.cond))
     loss_denoising = weighted_denoising_error(fake_denoiser, denoised[: len(x)], x, sigma)
-    fake_logits = logits[: len(x)]
-    if gan.sigma_fractions != (0.0, 1.0):  # generated samples noised outside the GAN's range (for D_fake's loss) are not negatives
-        first, last = grid_range(grid, *gan.sigma_fractions)
-        fake_logits = fake_logits[(sigma >= grid[first]) & (sigma <= grid[last - 1])]
-    loss_head = head_gan_loss(logits[len(x) :], fake_logits)
+    first, last = grid_range(grid, *gan.sigma_fractions)
+    in_range = (sigma >= grid[first]) & (sigma <= grid[last - 1])  # samples D_fake denoises above gan_sigma_max are not negatives
+    loss_head = head_gan_loss(logits[len(x) :], logits[: len(x)][in_range])
     _update(_Both(fake_denoiser, gan.head), optimizer, loss_denoising + gan.head_weight * loss_head, max_grad_norm, average_gradients)
     return float(loss_denoising.detach()), float(loss_head.detach())
 
