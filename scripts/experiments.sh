@@ -2,7 +2,7 @@
 # The paper's ablations and the DMD2 options on the embedded default, as DVC experiments. Each runs in a
 # temporary copy, so the workspace keeps the default run; teacher and pairs come from the cache of a
 # finished `make repro`, so only distill and evaluate run. Then print the comparison table.
-#   bash scripts/experiments.sh                 all of them, one after another (about 7 hours on 2 cores)
+#   bash scripts/experiments.sh                 all of them, one after another (about 8 hours on 2 cores)
 #   bash scripts/experiments.sh gan four-step   some of them
 #   JOBS=2 bash scripts/experiments.sh ...      two at a time through `dvc queue`, one thread each: on 2 cores
 #                                               about 1.9 DMD steps/s each against 3 for one run on both cores
