@@ -64,13 +64,18 @@ def step_rng(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + rank) * 10_000_019 + step)
 
 
-def capped_fractions(grid: torch.Tensor, fractions: tuple[float, float], sigma_max: float | None, key: str) -> tuple[float, float]:
-    """A grid range (fractions of an ascending sigma grid) whose top is capped at sigma_max when given."""
+def capped_fractions(
+    grid: torch.Tensor, fractions: tuple[float, float], sigma_max: float | None, key: str, sigma_min: float | None = None
+) -> tuple[float, float]:
+    """A grid range (fractions of an ascending sigma grid) kept within [sigma_min, sigma_max] where given."""
     low, high = fractions
+    if sigma_min is not None:
+        low = max(low, int(torch.searchsorted(grid, torch.tensor(sigma_min))) / len(grid))
     if sigma_max is not None:
         high = min(high, int(torch.searchsorted(grid, torch.tensor(sigma_max), right=True)) / len(grid))
     if high <= low:
-        raise ValueError(f"distill.{key} {sigma_max} leaves no noise level above the {low:.0%} point of the grid")
+        raise ValueError(f"distill.{key} leaves no noise level of the grid ({float(grid[0]):.3g} to {float(grid[-1]):.3g}) "
+                         f"between the {low:.0%} and {high:.0%} points")
     return low, high
 
 
@@ -121,8 +126,13 @@ def distill(
     if params.gan_generator_weight > 0:
         if real_images is None:
             raise ValueError("distill.gan_generator_weight > 0 needs real images (the prepared data) for the GAN head")
-        gan_fractions = capped_fractions(fake_denoiser.sigma_grid(), (0.0, 1.0), params.gan_sigma_max, "gan_sigma_max")
-        gan = GAN(_gan_head(fake_denoiser, conditions, device), params.gan_generator_weight, params.gan_head_weight, gan_fractions)
+        gan_fractions = capped_fractions(fake_denoiser.sigma_grid(), (0.0, 1.0), params.gan_sigma_max,
+                                         "gan_sigma_min/gan_sigma_max", params.gan_sigma_min)
+        if params.gan_class_projection and not teacher.num_classes:
+            raise ValueError("distill.gan_class_projection needs a class-conditional teacher (class labels to project)")
+        head_classes = teacher.num_classes if params.gan_class_projection else 0
+        head = make_gan_head(fake_denoiser, conditions, device, head_classes)
+        gan = GAN(head, params.gan_generator_weight, params.gan_head_weight, gan_fractions)
     if params.gradient_checkpointing:
         for network in (generator.denoiser, fake_denoiser):
             unet = getattr(network, "unet", None)
@@ -209,13 +219,13 @@ def distill(
     return final.eval().requires_grad_(False), fake_denoiser.eval()
 
 
-def _gan_head(fake_denoiser: Denoiser, conditions: Conditions | None, device) -> GANHead:
-    """A GAN head sized to the fake denoiser's bottleneck (found by one forward)."""
+def make_gan_head(fake_denoiser: Denoiser, conditions: Conditions | None, device, num_classes: int = 0) -> GANHead:
+    """A GAN head sized to the fake denoiser's bottleneck (found by one forward); num_classes > 0: class projection."""
     x = torch.zeros((1, *fake_denoiser.sample_shape), device=device)
     cond = conditions.lookup(torch.zeros(1, dtype=torch.long)).to(device) if conditions is not None else None
     with torch.no_grad():
         _, features = denoise_capturing(fake_denoiser, fake_denoiser.bottleneck(), x, fake_denoiser.sigma_max, cond)
-    return GANHead(features.shape[1]).to(device)
+    return GANHead(features.shape[1], num_classes=num_classes).to(device)
 
 
 def _save(path: Path, step, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer, gan) -> None:

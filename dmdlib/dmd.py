@@ -157,7 +157,7 @@ def fake_denoiser_step(
     denoised, logits = denoise_with_logits(fake_denoiser, gan.head, noisy, torch.cat([sigma, real_sigma]), _cat_cond(cond, real.cond))
     loss_denoising = weighted_denoising_error(fake_denoiser, denoised[: len(x)], x, sigma)
     first, last = grid_range(grid, *gan.sigma_fractions)
-    in_range = (sigma >= grid[first]) & (sigma <= grid[last - 1])  # samples D_fake denoises above gan_sigma_max are not negatives
+    in_range = (sigma >= grid[first]) & (sigma <= grid[last - 1])  # samples D_fake denoises outside the GAN's range are not negatives
     loss_head = head_gan_loss(logits[len(x) :], logits[: len(x)][in_range])
     _update(_Both(fake_denoiser, gan.head), optimizer, loss_denoising + gan.head_weight * loss_head, max_grad_norm, average_gradients)
     return float(loss_denoising.detach()), float(loss_head.detach())

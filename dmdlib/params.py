@@ -166,6 +166,14 @@ class DistillParams(Section):
         0.0, ge=0, description="DMD2's GAN loss for the generator (DMD2 ImageNet: 3e-3); 0: no GAN head. Needs real images."
     )
     gan_head_weight: float = Field(1e-2, gt=0, description="Weight of the GAN head's classification loss in the fake step (DMD2: 1e-2).")
+    gan_class_projection: bool = Field(
+        False, description="The GAN head also scores agreement with the class label (a projection discriminator, beyond "
+        "DMD2, whose head reads only the class-conditional bottleneck); class-conditional teachers only.",
+    )
+    gan_sigma_min: Optional[float] = Field(
+        None, gt=0, description="Keep the GAN's noise levels at or above this sigma, so the head cannot judge pixel-level "
+        "detail (the exact black of MNIST's background) that noise hides; null: from the grid's lowest, as DMD2.",
+    )
     gan_sigma_max: Optional[float] = Field(
         None, gt=0, description="Cap the GAN's noise levels (real and generated images) at this sigma; null: the fake "
         "denoiser's whole grid, as DMD2. The fake denoiser's own denoising range is unchanged.",
@@ -206,6 +214,8 @@ class DistillParams(Section):
             raise ValueError("`guidance_range` must be [low, high] with 0 <= low < high")
         if self.gan_start_step >= self.steps and self.gan_generator_weight > 0:
             raise ValueError(f"`gan_start_step` {self.gan_start_step} is not below `steps` {self.steps}: the GAN term would never start")
+        if self.gan_sigma_min is not None and self.gan_sigma_max is not None and self.gan_sigma_min >= self.gan_sigma_max:
+            raise ValueError(f"`gan_sigma_min` {self.gan_sigma_min} must be below `gan_sigma_max` {self.gan_sigma_max}")
         if self.guidance_range is not None and self.gan_generator_weight > 0:
             raise ValueError("`guidance_range` and `gan_generator_weight` cannot be combined yet: real images have no guidance scale")
         return self

@@ -2,7 +2,7 @@
 # The paper's ablations and the DMD2 options on the embedded default, as DVC experiments. Each runs in a
 # temporary copy, so the workspace keeps the default run; teacher and pairs come from the cache of a
 # finished `make repro`, so only distill and evaluate run. Then print the comparison table.
-#   bash scripts/experiments.sh                 all of them, one after another (about 8 hours on 2 cores)
+#   bash scripts/experiments.sh                 all of them, one after another (about 10 hours on 2 cores)
 #   bash scripts/experiments.sh gan four-step   some of them
 #   JOBS=2 bash scripts/experiments.sh ...      two at a time through `dvc queue`, one thread each: on 2 cores
 #                                               about 1.9 DMD steps/s each against 3 for one run on both cores
@@ -33,9 +33,15 @@ declare -A SET=(
   [four-step-gan-slow-head1]="$SLOW distill.gan_generator_weight=3e-3 distill.gan_head_weight=1"
   # the GAN's noise levels capped at sigma 10, as the DM term's (above it a 16x16 digit is noise to the head)
   [four-step-gan-slow-cap10]="$SLOW distill.gan_generator_weight=3e-3 distill.gan_sigma_max=10"
+  # the GAN's noise levels kept at sigma 0.2 / 1 and above, where noise hides pixel-level detail (README, Results)
+  [four-step-gan-slow-min02]="$SLOW distill.gan_generator_weight=3e-3 distill.gan_sigma_min=0.2"
+  [four-step-gan-slow-min1]="$SLOW distill.gan_generator_weight=3e-3 distill.gan_sigma_min=1"
+  # a class-aware head: projection discriminator; and the head trained with no GAN gradient for G (the cost's control)
+  [four-step-gan-slow-projection]="$SLOW distill.gan_generator_weight=3e-3 distill.gan_class_projection=true"
+  [four-step-head-only]="$SLOW distill.gan_generator_weight=1e-9"
   [guidance]="distill.guidance_range=[1,3]"              # the scale as an input of the generator
 )
-ORDER=(no-regression no-dm two-time-scales gan gan-x10 four-step four-step-gan four-step-slow four-step-gan-slow four-step-gan-slow-dmd2-ratio four-step-gan-late four-step-slow-long four-step-gan-slow-head1 four-step-gan-slow-cap10 guidance)
+ORDER=(no-regression no-dm two-time-scales gan gan-x10 four-step four-step-gan four-step-slow four-step-gan-slow four-step-gan-slow-dmd2-ratio four-step-gan-late four-step-slow-long four-step-gan-slow-head1 four-step-gan-slow-cap10 four-step-gan-slow-min02 four-step-gan-slow-min1 four-step-gan-slow-projection four-step-head-only guidance)
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
 for name in "${names[@]}"; do

@@ -80,6 +80,24 @@ def test_gan_head_gets_gradients_only_in_its_own_step():
     assert all(torch.equal(p.grad, g) for p, g in zip(generator.parameters(), generator_grads))  # samples were detached
 
 
+def test_class_projection_head_scores_the_label_starts_class_blind_and_learns_in_distill(tmp_path):
+    head, blind = GANHead(8, num_classes=3), GANHead(8)
+    blind.net.load_state_dict(head.net.state_dict())
+    features, labels = torch.randn(4, 8, 2, 2), torch.tensor([0, 1, 2, 0])
+    assert torch.equal(head(features, labels), blind(features))  # the projection starts at zero
+    torch.nn.init.normal_(head.class_embedding.weight)
+    assert not torch.allclose(head(features, labels), head(features, (labels + 1) % 3))  # the label now counts
+
+    distill(tiny_teacher(), None, None, params(gan_generator_weight=0.1, gan_class_projection=True, dm_weight=1.0),
+            tmp_path / "ck.pt", real_images=real_batch())
+    embedding = torch.load(tmp_path / "ck.pt", weights_only=True)["gan_head"]["class_embedding.weight"]
+    assert embedding.shape == (3, 64) and embedding.abs().sum() > 0  # trained in the fake step
+    config = kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 0, 0.5, 0.002, 80.0)
+    with pytest.raises(ValueError, match="gan_class_projection needs a class-conditional teacher"):
+        distill(build_kdiffusion(config), None, None, params(gan_generator_weight=0.1, gan_class_projection=True),
+                tmp_path / "u.pt", real_images=RealBatch(real_batch().images))
+
+
 def test_distill_with_gan_and_two_time_scales_trains_and_resumes_exactly(tmp_path):
     options = dict(gan_generator_weight=0.1, dm_weight=1.0, fake_steps=2, steps=3, checkpoint_every=1)
     losses = []
@@ -115,7 +133,7 @@ def test_gan_start_step_delays_the_generators_gan_term_but_not_the_heads_trainin
         params(gan_generator_weight=0.1, steps=3, gan_start_step=3)
 
 
-def test_gan_sigma_max_caps_the_gans_noise_levels_but_not_the_fake_denoisers(monkeypatch, tmp_path):
+def test_gan_sigma_min_and_max_bound_the_gans_noise_levels_but_not_the_fake_denoisers(monkeypatch, tmp_path):
     import dmdlib.dmd
     from dmdlib.distill import capped_fractions
 
@@ -127,9 +145,9 @@ def test_gan_sigma_max_caps_the_gans_noise_levels_but_not_the_fake_denoisers(mon
         return denoised, logits
 
     monkeypatch.setattr(dmdlib.dmd, "denoise_with_logits", recording)
-    teacher, cap, count = tiny_teacher(), 5.0, 64
-    fractions = capped_fractions(teacher.sigma_grid(), (0.0, 1.0), cap, "gan_sigma_max")
-    assert 0.5 < fractions[1] < 1.0
+    teacher, low, cap, count = tiny_teacher(), 0.2, 5.0, 64
+    fractions = capped_fractions(teacher.sigma_grid(), (0.0, 1.0), cap, "gan_sigma_max", sigma_min=low)
+    assert 0.0 < fractions[0] < fractions[1] < 1.0
     z, cond = torch.randn(count, *SHAPE), torch.arange(count) % 3
     real = RealBatch(torch.rand((count, *SHAPE)) * 2 - 1, torch.arange(count) % 3)
     for sigma_fractions in ((0.0, 1.0), fractions):
@@ -142,14 +160,20 @@ def test_gan_sigma_max_caps_the_gans_noise_levels_but_not_the_fake_denoisers(mon
         _, head_loss = fake_denoiser_step(fake, fake_optimizer, result.x, cond, torch.Generator().manual_seed(1), gan=gan, real=real)
         (generator_sigma, _), (step_sigma, logits) = calls[-2:]
         generated_sigma, real_sigma = step_sigma[:count], step_sigma[count:]
-        capped = sigma_fractions != (0.0, 1.0)
-        assert (generator_sigma.max() <= cap) == capped and (real_sigma.max() <= cap) == capped
-        assert generated_sigma.max() > cap  # D_fake still denoises over its whole range
-        negatives = logits[:count][generated_sigma <= cap] if capped else logits[:count]
+        bounded = sigma_fractions != (0.0, 1.0)
+        for sigma in (generator_sigma, real_sigma):
+            assert (low <= sigma.min() and sigma.max() <= cap) == bounded
+        assert generated_sigma.min() < low and generated_sigma.max() > cap  # D_fake still denoises over its whole range
+        in_range = (generated_sigma >= low) & (generated_sigma <= cap)
+        negatives = logits[:count][in_range] if bounded else logits[:count]
         expected = torch.nn.functional.softplus(-logits[count:]).mean() + torch.nn.functional.softplus(negatives).mean()
         assert head_loss == pytest.approx(float(expected), rel=1e-5)
-    with pytest.raises(ValueError, match="gan_sigma_max"):
+    with pytest.raises(ValueError, match="gan_sigma_min/gan_sigma_max"):
         distill(teacher, None, None, params(gan_generator_weight=0.1, gan_sigma_max=1e-4), tmp_path / "ck.pt", real_images=real_batch())
+    with pytest.raises(ValueError, match="gan_sigma_min/gan_sigma_max"):
+        distill(teacher, None, None, params(gan_generator_weight=0.1, gan_sigma_min=1e4), tmp_path / "ck.pt", real_images=real_batch())
+    with pytest.raises(ValueError, match="`gan_sigma_min` 5.0 must be below `gan_sigma_max` 1.0"):
+        params(gan_generator_weight=0.1, gan_sigma_min=5.0, gan_sigma_max=1.0)
 
 
 def test_new_networks_start_from_distill_seed_not_from_the_global_rng(tmp_path):
