@@ -64,8 +64,8 @@ def step_rng(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + rank) * 10_000_019 + step)
 
 
-def capped_fractions(
-    grid: torch.Tensor, fractions: tuple[float, float], sigma_max: float | None, key: str, sigma_min: float | None = None
+def bounded_fractions(
+    grid: torch.Tensor, fractions: tuple[float, float], key: str, sigma_min: float | None = None, sigma_max: float | None = None
 ) -> tuple[float, float]:
     """A grid range (fractions of an ascending sigma grid) kept within [sigma_min, sigma_max] where given."""
     low, high = fractions
@@ -81,7 +81,7 @@ def capped_fractions(
 
 def dm_sigma_fractions(grid: torch.Tensor, params: DistillParams) -> tuple[float, float]:
     """The grid range for DM noise levels: params' fractions, capped at dm_sigma_max when given."""
-    return capped_fractions(grid, params.dm_sigma_fractions, params.dm_sigma_max, "dm_sigma_max")
+    return bounded_fractions(grid, params.dm_sigma_fractions, "dm_sigma_max", sigma_max=params.dm_sigma_max)
 
 
 def distill(
@@ -126,8 +126,8 @@ def distill(
     if params.gan_generator_weight > 0:
         if real_images is None:
             raise ValueError("distill.gan_generator_weight > 0 needs real images (the prepared data) for the GAN head")
-        gan_fractions = capped_fractions(fake_denoiser.sigma_grid(), (0.0, 1.0), params.gan_sigma_max,
-                                         "gan_sigma_min/gan_sigma_max", params.gan_sigma_min)
+        gan_fractions = bounded_fractions(fake_denoiser.sigma_grid(), (0.0, 1.0), "gan_sigma_min/gan_sigma_max",
+                                          params.gan_sigma_min, params.gan_sigma_max)
         if params.gan_class_projection and not teacher.num_classes:
             raise ValueError("distill.gan_class_projection needs a class-conditional teacher (class labels to project)")
         head_classes = teacher.num_classes if params.gan_class_projection else 0

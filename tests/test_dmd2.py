@@ -135,7 +135,7 @@ def test_gan_start_step_delays_the_generators_gan_term_but_not_the_heads_trainin
 
 def test_gan_sigma_min_and_max_bound_the_gans_noise_levels_but_not_the_fake_denoisers(monkeypatch, tmp_path):
     import dmdlib.dmd
-    from dmdlib.distill import capped_fractions
+    from dmdlib.distill import bounded_fractions
 
     calls = []  # (sigma, logits) of every forward that reads the head
 
@@ -146,7 +146,7 @@ def test_gan_sigma_min_and_max_bound_the_gans_noise_levels_but_not_the_fake_deno
 
     monkeypatch.setattr(dmdlib.dmd, "denoise_with_logits", recording)
     teacher, low, cap, count = tiny_teacher(), 0.2, 5.0, 64
-    fractions = capped_fractions(teacher.sigma_grid(), (0.0, 1.0), cap, "gan_sigma_max", sigma_min=low)
+    fractions = bounded_fractions(teacher.sigma_grid(), (0.0, 1.0), "gan_sigma_max", low, cap)
     assert 0.0 < fractions[0] < fractions[1] < 1.0
     z, cond = torch.randn(count, *SHAPE), torch.arange(count) % 3
     real = RealBatch(torch.rand((count, *SHAPE)) * 2 - 1, torch.arange(count) % 3)
