@@ -146,7 +146,7 @@ def test_gan_sigma_min_and_max_bound_the_gans_noise_levels_but_not_the_fake_deno
 
     monkeypatch.setattr(dmdlib.dmd, "denoise_with_logits", recording)
     teacher, low, cap, count = tiny_teacher(), 0.2, 5.0, 64
-    fractions = bounded_fractions(teacher.sigma_grid(), (0.0, 1.0), "gan_sigma_max", low, cap)
+    fractions = bounded_fractions(teacher.sigma_grid(), (0.0, 1.0), "gan_sigma_min/gan_sigma_max", low, cap)
     assert 0.0 < fractions[0] < fractions[1] < 1.0
     z, cond = torch.randn(count, *SHAPE), torch.arange(count) % 3
     real = RealBatch(torch.rand((count, *SHAPE)) * 2 - 1, torch.arange(count) % 3)
