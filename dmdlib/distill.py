@@ -132,7 +132,7 @@ def distill(
             raise ValueError("distill.gan_class_projection needs a class-conditional teacher (class labels to project)")
         head_classes = teacher.num_classes if params.gan_class_projection else 0
         head = make_gan_head(fake_denoiser, conditions, device, head_classes)
-        gan = GAN(head, params.gan_generator_weight, params.gan_head_weight, gan_fractions)
+        gan = GAN(head, params.gan_generator_weight, params.gan_head_weight, gan_fractions, params.gan_head_detached)
     if params.gradient_checkpointing:
         for network in (generator.denoiser, fake_denoiser):
             unet = getattr(network, "unet", None)
@@ -140,9 +140,12 @@ def distill(
                 raise ValueError("distill.gradient_checkpointing needs a diffusers teacher (a UNet with enable_gradient_checkpointing)")
             unet.enable_gradient_checkpointing()
     ema = copy.deepcopy(generator).requires_grad_(False) if params.ema_decay is not None else None
-    generator_optimizer = torch.optim.AdamW(generator.parameters(), params.generator_lr, params.betas, weight_decay=params.weight_decay)
-    fake_parameters = [*fake_denoiser.parameters(), *(gan.head.parameters() if gan else [])]
-    fake_optimizer = torch.optim.AdamW(fake_parameters, params.fake_lr, params.betas, weight_decay=params.weight_decay)
+    generator_groups = [{"params": list(generator.parameters()), "base_lr": params.generator_lr}]  # base_lr: before warm-up
+    generator_optimizer = torch.optim.AdamW(generator_groups, params.generator_lr, params.betas, weight_decay=params.weight_decay)
+    fake_groups = [{"params": list(fake_denoiser.parameters()), "base_lr": params.fake_lr}]
+    if gan is not None:
+        fake_groups.append({"params": list(gan.head.parameters()), "base_lr": params.gan_head_lr or params.fake_lr})
+    fake_optimizer = torch.optim.AdamW(fake_groups, params.fake_lr, params.betas, weight_decay=params.weight_decay)
     start = _resume(checkpoint, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer, gan)
     fractions = dm_sigma_fractions(real_denoiser.sigma_grid(), params)
     use_pairs = pairs is not None and params.lambda_reg > 0
@@ -152,9 +155,9 @@ def distill(
                     disable=processes.rank != 0, mininterval=1.0)
     for step in progress:
         rng = step_rng(params.seed, processes.rank, step)
-        for optimizer, lr in ((generator_optimizer, params.generator_lr), (fake_optimizer, params.fake_lr)):
+        for optimizer in (generator_optimizer, fake_optimizer):
             for group in optimizer.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / max(1, params.warmup_steps))
+                group["lr"] = group["base_lr"] * min(1.0, (step + 1) / max(1, params.warmup_steps))
         z = torch.randn((params.batch_size, *shape), generator=rng).to(device)
         cond = None
         if conditions is not None:

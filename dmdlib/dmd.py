@@ -49,6 +49,7 @@ class GAN:
     generator_weight: float
     head_weight: float
     sigma_fractions: tuple[float, float] = (0.0, 1.0)  # the range of the fake denoiser's grid the GAN noises at
+    head_detached: bool = False  # the head's loss trains the head only; D_fake learns denoising alone
 
 
 @dataclass
@@ -140,7 +141,8 @@ def fake_denoiser_step(
     """Algorithm 1 lines 11-14: denoising loss of the fake denoiser on detached generator samples.
 
     With DMD2's GAN term the same forward also classifies the noisy samples, and real images noised
-    at their own random sigmas join the batch as positives; D_fake and the head step together.
+    at their own random sigmas join the batch as positives; D_fake and the head step together (the
+    head's loss reaches D_fake's weights too, as in DMD2, unless `gan.head_detached`).
     Returns (denoising loss, head loss).
     """
     x = x.detach()
@@ -154,7 +156,8 @@ def fake_denoiser_step(
     real_sigma = sample_sigmas(grid, len(real.images), *gan.sigma_fractions, generator=rng).to(x.device)
     real_noise = torch.randn(real.images.shape, generator=rng).to(x.device)
     noisy = torch.cat([x + expand(sigma, x) * noise, real.images + expand(real_sigma, real.images) * real_noise])
-    denoised, logits = denoise_with_logits(fake_denoiser, gan.head, noisy, torch.cat([sigma, real_sigma]), _cat_cond(cond, real.cond))
+    denoised, logits = denoise_with_logits(fake_denoiser, gan.head, noisy, torch.cat([sigma, real_sigma]), _cat_cond(cond, real.cond),
+                                           gan.head_detached)
     loss_denoising = weighted_denoising_error(fake_denoiser, denoised[: len(x)], x, sigma)
     first, last = grid_range(grid, *gan.sigma_fractions)
     in_range = (sigma >= grid[first]) & (sigma <= grid[last - 1])  # samples D_fake denoises outside the GAN's range are not negatives

@@ -40,10 +40,15 @@ class GANHead(nn.Module):
 
 
 def denoise_with_logits(
-    fake_denoiser: Denoiser, head: GANHead, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None
+    fake_denoiser: Denoiser, head: GANHead, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None,
+    detach_features: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(D_fake(x, sigma), head logit) from one forward of the fake denoiser: the head reads its bottleneck."""
+    """(D_fake(x, sigma), head logit) from one forward of the fake denoiser: the head reads its bottleneck.
+
+    `detach_features`: the head's loss then reaches the head alone, not the fake denoiser's weights.
+    """
     denoised, features = denoise_capturing(fake_denoiser, fake_denoiser.bottleneck(), x, sigma, cond)
+    features = features.detach() if detach_features else features
     return denoised, head(features, cond if head.class_embedding is not None else None)
 
 

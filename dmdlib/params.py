@@ -166,9 +166,17 @@ class DistillParams(Section):
         0.0, ge=0, description="DMD2's GAN loss for the generator (DMD2 ImageNet: 3e-3); 0: no GAN head. Needs real images."
     )
     gan_head_weight: float = Field(1e-2, gt=0, description="Weight of the GAN head's classification loss in the fake step (DMD2: 1e-2).")
+    gan_head_lr: Optional[float] = Field(
+        None, gt=0, description="The GAN head's own learning rate; null: fake_lr (DMD2: one optimizer for D_fake and head).",
+    )
     gan_class_projection: bool = Field(
         False, description="The GAN head also scores agreement with the class label (a projection discriminator, beyond "
         "DMD2, whose head reads only the class-conditional bottleneck); class-conditional teachers only.",
+    )
+    gan_head_detached: bool = Field(
+        False, description="The GAN head reads the fake denoiser's bottleneck with gradients stopped, so the head's loss "
+        "trains the head alone and the fake denoiser learns only to denoise (DMD2 trains its encoder on the head's loss "
+        "too). The generator's GAN gradient still passes through the fake denoiser.",
     )
     gan_sigma_min: Optional[float] = Field(
         None, gt=0, description="Keep the GAN's noise levels at or above this sigma, so the head cannot judge pixel-level "

@@ -122,6 +122,40 @@ def test_distill_with_gan_and_two_time_scales_trains_and_resumes_exactly(tmp_pat
         assert torch.equal(a, b), name
 
 
+def test_detached_head_trains_the_head_alone_and_leaves_the_fake_denoiser_to_denoising(tmp_path):
+    def after_one_step(detached, head_weight):
+        options = params(gan_generator_weight=0.1, gan_head_weight=head_weight, gan_head_detached=detached, dm_weight=1.0,
+                         steps=1, max_grad_norm=None)  # no joint clipping, so the head's weight reaches D_fake only through its loss
+        _, fake = distill(tiny_teacher(), None, None, options, tmp_path / f"{detached}{head_weight}.pt", real_images=real_batch())
+        return fake.state_dict()
+
+    fake_a, fake_b = after_one_step(True, 1e-2), after_one_step(True, 1.0)
+    assert all(torch.equal(fake_a[name], fake_b[name]) for name in fake_a)  # the head's loss never reached D_fake
+    fake_a, fake_b = after_one_step(False, 1e-2), after_one_step(False, 1.0)
+    assert any(not torch.equal(fake_a[name], fake_b[name]) for name in fake_a)  # DMD2's way: it does
+
+    teacher = tiny_teacher()
+    gan = GAN(GANHead(8), generator_weight=1.0, head_weight=1.0, head_detached=True)
+    fake = trainable_copy(teacher)
+    optimizer = torch.optim.SGD([*fake.parameters(), *gan.head.parameters()], lr=0.1)
+    fake_denoiser_step(fake, optimizer, torch.randn(2, *SHAPE), torch.tensor([0, 1]), torch.Generator().manual_seed(1),
+                       gan=gan, real=RealBatch(real_batch(2).images, torch.tensor([2, 0])))
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gan.head.parameters())  # the head still learns
+
+
+def test_gan_head_lr_sets_the_heads_step_size_and_not_the_fake_denoisers(tmp_path):
+    def after_one_step(head_lr):
+        options = params(gan_generator_weight=0.1, gan_head_lr=head_lr, dm_weight=1.0, steps=1, fake_lr=1e-4)
+        _, fake = distill(tiny_teacher(), None, None, options, tmp_path / f"{head_lr}.pt", real_images=real_batch())
+        return fake.state_dict(), torch.load(tmp_path / f"{head_lr}.pt", weights_only=True)["gan_head"]
+
+    (fake_start, head_start), (fake_own, head_own), (fake_shared, head_shared) = map(after_one_step, (1e-12, 1e-3, None))
+    assert all(torch.equal(fake_own[name], fake_shared[name]) for name in fake_own)  # D_fake keeps fake_lr
+    step_own = max(float((head_own[name] - head_start[name]).abs().max()) for name in head_own)
+    step_shared = max(float((head_shared[name] - head_start[name]).abs().max()) for name in head_own)
+    assert step_own / step_shared == pytest.approx(10.0, rel=0.05)  # Adam's first step is about lr per weight
+
+
 def test_gan_start_step_delays_the_generators_gan_term_but_not_the_heads_training(tmp_path):
     losses = []
     options = params(gan_generator_weight=0.1, dm_weight=1.0, steps=3, gan_start_step=2)
@@ -139,8 +173,8 @@ def test_gan_sigma_min_and_max_bound_the_gans_noise_levels_but_not_the_fake_deno
 
     calls = []  # (sigma, logits) of every forward that reads the head
 
-    def recording(fake, head, x, sigma, cond):
-        denoised, logits = denoise_with_logits(fake, head, x, sigma, cond)
+    def recording(fake, head, x, sigma, cond, detach_features=False):
+        denoised, logits = denoise_with_logits(fake, head, x, sigma, cond, detach_features)
         calls.append((sigma, logits.detach()))
         return denoised, logits
 
