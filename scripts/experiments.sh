@@ -2,7 +2,7 @@
 # The paper's ablations and the DMD2 options on the embedded default, as DVC experiments. Each runs in a
 # temporary copy, so the workspace keeps the default run; teacher and pairs come from the cache of a
 # finished `make repro`, so only distill and evaluate run. Then print the comparison table.
-#   bash scripts/experiments.sh                 all of them, one after another (about 11 hours on 2 cores)
+#   bash scripts/experiments.sh                 all of them, one after another (about 12 hours on 2 cores)
 #   bash scripts/experiments.sh gan four-step   some of them
 #   JOBS=2 bash scripts/experiments.sh ...      two at a time through `dvc queue`, one thread each: on 2 cores
 #                                               about 1.9 DMD steps/s each against 3 for one run on both cores
@@ -42,9 +42,12 @@ declare -A SET=(
   # the head's loss kept out of D_fake's weights, with and without the generator's GAN gradient
   [four-step-gan-slow-detached]="$SLOW distill.gan_generator_weight=3e-3 distill.gan_head_detached=true"
   [four-step-head-only-detached]="$SLOW distill.gan_generator_weight=1e-9 distill.gan_head_detached=true"
+  # a ten times faster head kept at sigma 0.2 and above (where it stays at chance at fake_lr), with and without the detach
+  [four-step-gan-slow-min02-head-lr]="$SLOW distill.gan_generator_weight=3e-3 distill.gan_sigma_min=0.2 distill.gan_head_lr=1e-3"
+  [four-step-gan-slow-min02-head-lr-detached]="$SLOW distill.gan_generator_weight=3e-3 distill.gan_sigma_min=0.2 distill.gan_head_lr=1e-3 distill.gan_head_detached=true"
   [guidance]="distill.guidance_range=[1,3]"              # the scale as an input of the generator
 )
-ORDER=(no-regression no-dm two-time-scales gan gan-x10 four-step four-step-gan four-step-slow four-step-gan-slow four-step-gan-slow-dmd2-ratio four-step-gan-late four-step-slow-long four-step-gan-slow-head1 four-step-gan-slow-cap10 four-step-gan-slow-min02 four-step-gan-slow-min1 four-step-gan-slow-projection four-step-head-only four-step-gan-slow-detached four-step-head-only-detached guidance)
+ORDER=(no-regression no-dm two-time-scales gan gan-x10 four-step four-step-gan four-step-slow four-step-gan-slow four-step-gan-slow-dmd2-ratio four-step-gan-late four-step-slow-long four-step-gan-slow-head1 four-step-gan-slow-cap10 four-step-gan-slow-min02 four-step-gan-slow-min1 four-step-gan-slow-projection four-step-head-only four-step-gan-slow-detached four-step-head-only-detached four-step-gan-slow-min02-head-lr four-step-gan-slow-min02-head-lr-detached guidance)
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
 for name in "${names[@]}"; do

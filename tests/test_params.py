@@ -53,3 +53,22 @@ def test_missing_and_malformed_files(tmp_path):
         load_params(write(tmp_path, "prepare: [unclosed\n"))
     with pytest.raises(ParamsError, match="mapping of sections"):
         load_params(write(tmp_path, "- a list\n"))
+
+
+def test_every_experiment_in_the_script_sets_valid_params(repo_root, tmp_path):
+    """Each `-S` setting of scripts/experiments.sh names a key of params.yaml and a value it accepts."""
+    import re
+    import subprocess
+    import sys
+
+    script = (repo_root / "scripts" / "experiments.sh").read_text()
+    variables = dict(re.findall(r'^(\w+)="([^"]*)"', script, re.MULTILINE))
+    experiments = dict(re.findall(r'^\s+\[([\w-]+)\]="([^"]*)"', script, re.MULTILINE))
+    order = re.search(r"^ORDER=\((.*)\)", script, re.MULTILINE).group(1).split()
+    assert sorted(order) == sorted(experiments) and len(experiments) > 20
+    for name, settings in experiments.items():
+        for _ in range(2):  # SLOW refers to LADDER
+            settings = re.sub(r"\$(\w+)", lambda match: variables[match.group(1)], settings)
+        out = tmp_path / f"{name}.yaml"
+        subprocess.run([sys.executable, "benchmarks/params_variant.py", str(out), *settings.split()], cwd=repo_root, check=True)
+        load_params(out)
