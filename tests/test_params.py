@@ -1,5 +1,9 @@
 """params.yaml validation: every bad input names the file, the key path, the value and what is expected."""
 
+import re
+import subprocess
+import sys
+
 import pytest
 
 from dmdlib.params import Params, ParamsError, load_params
@@ -57,10 +61,6 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_every_experiment_in_the_script_sets_valid_params(repo_root, tmp_path):
     """Each `-S` setting of scripts/experiments.sh names a key of params.yaml and a value it accepts."""
-    import re
-    import subprocess
-    import sys
-
     script = (repo_root / "scripts" / "experiments.sh").read_text()
     variables = dict(re.findall(r'^(\w+)="([^"]*)"', script, re.MULTILINE))
     experiments = dict(re.findall(r'^\s+\[([\w-]+)\]="([^"]*)"', script, re.MULTILINE))
