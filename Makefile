@@ -1,4 +1,4 @@
-# Set-up and the two jobs: `make repro` (the embedded default pipeline) and `make test`.
+# Set-up and the two jobs: `make repro` (the embedded default pipeline) and `make test` (lint, then the tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
@@ -19,4 +19,5 @@ repro: $(STAMP)
 	PATH="$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest

@@ -17,12 +17,12 @@ import torch
 from experiments_table import spread  # a sibling script: benchmarks/ is on sys.path when run as a file
 
 from dmdlib.denoisers import trainable_copy
-from dmdlib.dmd import Pairs, fake_denoiser_step, generator_step
+from dmdlib.dmd import GeneratorBatch, GeneratorObjective, Pairs, Update, fake_denoiser_step, generator_step
 from dmdlib.generator import Generator
 from dmdlib.losses import sample_sigmas
 from dmdlib.params import load_params
 from dmdlib.regression import make_regression_loss
-from stages.common import read_teacher
+from stages.teacher_reference import read_teacher
 
 
 def median_seconds(function, repeats: int) -> float:
@@ -56,8 +56,8 @@ def step_table(teacher_folder: Path, params_file: Path, repeats: int) -> None:
     teacher, _ = read_teacher(teacher_folder)
     generator = Generator.from_teacher(teacher)
     fake = trainable_copy(teacher)
-    g_opt = torch.optim.AdamW(generator.parameters(), 1e-6)
-    f_opt = torch.optim.AdamW(fake.parameters(), 1e-6)
+    g_update = Update(torch.optim.AdamW(generator.parameters(), 1e-6))
+    f_update = Update(torch.optim.AdamW(fake.parameters(), 1e-6))
     regression = make_regression_loss(params.regression_loss, params.lpips_net, params.lpips_fallback)
     shape, batch, reg_batch = teacher.sample_shape, params.batch_size, params.reg_batch_size
     rng = torch.Generator().manual_seed(0)
@@ -75,15 +75,17 @@ def step_table(teacher_folder: Path, params_file: Path, repeats: int) -> None:
         "generator forward + backward (DM + pairs batch)": generator_pass,
         "real denoiser forward": lambda: torch.no_grad()(teacher)(x_detached + sigma[:, None, None, None] * noise, sigma, cond),
         "fake denoiser forward": lambda: torch.no_grad()(fake)(x_detached + sigma[:, None, None, None] * noise, sigma, cond),
-        "fake denoiser update (forward, backward, AdamW)": lambda: fake_denoiser_step(fake, f_opt, x_detached, cond, rng),
+        "fake denoiser update (forward, backward, AdamW)": lambda: fake_denoiser_step(fake, f_update, x_detached, cond, rng),
         f"regression loss ({params.regression_loss}, forward + backward)": (
             lambda: regression(pairs.target.clone().requires_grad_(True), pairs.target.flip(0)).sum().backward()),
     }
     timings = {name: median_seconds(fn, repeats) for name, fn in passes.items()}
 
+    objective = GeneratorObjective(teacher, fake, lambda_reg=params.lambda_reg, regression_loss=regression)
+
     def whole_step():
-        result = generator_step(generator, teacher, fake, g_opt, z, cond, pairs, regression, params.lambda_reg, rng=rng)
-        fake_denoiser_step(fake, f_opt, result.x, cond, rng)
+        result = generator_step(generator, g_update, GeneratorBatch(z, cond, pairs=pairs), rng, objective=objective)
+        fake_denoiser_step(fake, f_update, result.x, cond, rng)
 
     total = median_seconds(whole_step, repeats)
     print(f"\nOne DMD step (batch {batch} + {reg_batch} pairs, {torch.get_num_threads()} threads), median of {repeats}\n")

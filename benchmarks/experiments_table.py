@@ -1,10 +1,10 @@
-"""The DVC experiments of `scripts/experiments.sh` next to the default run, as one table.
+"""The DVC experiments of `scripts/experiments.sh` (listed in scripts/experiments.yaml) next to the default run, as one table.
 
     python benchmarks/experiments_table.py [--metrics metrics/eval.json]
     python benchmarks/experiments_table.py --files RUN.json ...   evaluate-stage metrics files, named by their stems
 
-Reads `dvc exp show --json` (the committed run is the baseline) or the files (the first is the baseline) and prints, for the baseline and every
-experiment, the params it changed and each generator row of its metrics: FID/KID in the pipeline's
+Reads `dvc exp show --json` (the committed run is the baseline) or the files (the first is the baseline) and
+prints, for the baseline and every experiment, the params it changed and each generator row of its metrics: FID/KID in the pipeline's
 feature space (mean ± spread over `evaluate.sample_sets` sets, and the ratio to the teacher's FID on the same
 sets), recall, the smallest class-share ratio, NFE, images/s and the speed-up over the teacher.
 """

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import torch
 
+from dmdlib.conditions import Conditions
 from dmdlib.data import read_image_parquet
 from dmdlib.denoisers import trainable_copy
-from dmdlib.distill import Conditions, make_gan_head
+from dmdlib.distill import make_gan_head
 from dmdlib.gan import denoise_with_logits
 from dmdlib.generator import Generator
 from dmdlib.images import to_model_range
 from dmdlib.params import load_params
-from stages.common import read_teacher
+from stages.teacher_reference import read_teacher
 
 SIGMAS = [0.002, 0.01, 0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 80.0]
 
@@ -50,7 +51,7 @@ def main() -> None:
     conditions = Conditions.of(teacher)
     fake_denoiser = trainable_copy(teacher)
     fake_denoiser.load_state_dict(state["fake_denoiser"])
-    head = make_gan_head(fake_denoiser, conditions, "cpu", teacher.num_classes if config.gan_class_projection else 0)
+    head = make_gan_head(fake_denoiser, conditions, "cpu")
     head.load_state_dict(state["gan_head"])
     generator = Generator.from_teacher(teacher, config.generator_sigmas)
     generator.load_state_dict(state["generator"])
@@ -68,8 +69,10 @@ def main() -> None:
         generated = generator.sample(z, cond, rng=rng)
         for sigma in SIGMAS:
             sigmas = torch.full((len(real),), sigma)
-            _, real_logits = denoise_with_logits(fake_denoiser, head, real + sigma * torch.randn(real.shape, generator=rng), sigmas, real_cond)
-            _, fake_logits = denoise_with_logits(fake_denoiser, head, generated + sigma * torch.randn(real.shape, generator=rng), sigmas, cond)
+            noisy_real = real + sigma * torch.randn(real.shape, generator=rng)
+            noisy_generated = generated + sigma * torch.randn(real.shape, generator=rng)
+            _, real_logits = denoise_with_logits(fake_denoiser, head, noisy_real, sigmas, real_cond)
+            _, fake_logits = denoise_with_logits(fake_denoiser, head, noisy_generated, sigmas, cond)
             print(f"| {sigma:g} | {real_logits.mean():+.3f} | {fake_logits.mean():+.3f} | {auc(real_logits, fake_logits):.3f} |")
 
 

@@ -13,7 +13,7 @@ import torch
 
 from dmdlib.pairs import seeded_inputs
 from dmdlib.sampling import heun_sample
-from stages.common import read_teacher
+from stages.teacher_reference import read_teacher
 
 
 def timed(function, repeats: int) -> float:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from dmdlib.io import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +70,12 @@ def predict(model: FeatureClassifier, images: torch.Tensor, batch_size: int = 50
 
 def save_classifier(path, model: FeatureClassifier) -> None:
     """Weights as safetensors, the constructor arguments in its metadata."""
-    import json
-
-    from safetensors.torch import save_file
-
-    from dmdlib.io import atomic_output
-
     with atomic_output(path) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata={"config": json.dumps(model.config)})
 
 
 def load_classifier(path) -> FeatureClassifier:
     """Inverse of `save_classifier`; the model comes back frozen in eval mode."""
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     with safe_open(str(path), "pt") as handle:
         config = json.loads(handle.metadata()["config"])
     model = FeatureClassifier(**config)

@@ -7,17 +7,15 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
+from dmdlib.errors import DataError
 from dmdlib.io import atomic_output, read_tagged_parquet
-
-if TYPE_CHECKING:
-    from dmdlib.params import PrepareParams
+from dmdlib.params import PrepareParams
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +23,6 @@ FORMAT = "dmd-images/1"
 METADATA_KEY = b"dmd"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 TRAIN, HELDOUT = "train", "heldout"
-
-
-class DataError(ValueError):
-    """A data file or folder that cannot be used; the message names it and what is expected."""
 
 
 @dataclass

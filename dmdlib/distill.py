@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from k_diffusion.utils import ema_update
 from tqdm.auto import tqdm
 
+from dmdlib.conditions import Conditions
 from dmdlib.denoisers import Denoiser, GuidedDenoiser, ScaleConditionedDenoiser, denoise_capturing, trainable_copy
-from dmdlib.dmd import GAN, Pairs, RealBatch, RegressionLoss, fake_denoiser_step, generator_step
+from dmdlib.dmd import (
+    GAN,
+    GeneratorBatch,
+    GeneratorObjective,
+    Pairs,
+    RealBatch,
+    RegressionLoss,
+    Update,
+    fake_denoiser_step,
+    generator_step,
+)
+from dmdlib.errors import DivergedError, ParamsError, TeacherError
 from dmdlib.gan import GANHead
 from dmdlib.generator import Generator
 from dmdlib.io import atomic_output
@@ -47,16 +60,35 @@ class Processes:
 
 
 @dataclass
-class Conditions:
-    """What `cond` can be: `count` conditions (classes, or training prompts), `lookup` turns ids into `cond`."""
+class DistillInputs:
+    """What distillation uses besides the teacher; every field is optional.
 
-    count: int
-    lookup: Callable[[torch.Tensor], torch.Tensor] = lambda ids: ids  # class labels are their own cond
+    `real_denoiser`: the teacher itself unless given (e.g. a `GuidedDenoiser` for classifier-free
+    guidance, needed for params.guidance_range). `conditions`: how to draw `cond` (default: the
+    teacher's classes). `real_images` (all of them, class labels as cond) feed the GAN head;
+    `pair_guidance` is the scale the pairs were made with.
+    """
 
-    @classmethod
-    def of(cls, denoiser: Denoiser) -> "Conditions | None":
-        """The class labels of a class-conditional teacher, else None (unconditional)."""
-        return cls(denoiser.num_classes) if denoiser.num_classes else None
+    pairs: PairDataset | None = None
+    regression_loss: RegressionLoss | None = None
+    real_denoiser: Denoiser | None = None
+    conditions: Conditions | None = None
+    real_images: RealBatch | None = None
+    pair_guidance: float = 1.0
+
+
+@dataclass
+class _Run:
+    """The networks and optimizers of one distillation, as checkpointed."""
+
+    generator: Generator
+    fake_denoiser: Denoiser
+    ema: Generator | None
+    generator_update: Update
+    fake_update: Update
+    gan: GAN | None
+    objective: GeneratorObjective  # at full weights; warm-up steps switch terms off
+    conditions: Conditions | None  # what `cond` the generator is trained on
 
 
 def step_rng(seed: int, rank: int, step: int) -> torch.Generator:
@@ -64,198 +96,192 @@ def step_rng(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + rank) * 10_000_019 + step)
 
 
-def bounded_fractions(
-    grid: torch.Tensor, fractions: tuple[float, float], key: str, sigma_min: float | None = None, sigma_max: float | None = None
-) -> tuple[float, float]:
-    """A grid range (fractions of an ascending sigma grid) kept within [sigma_min, sigma_max] where given."""
-    low, high = fractions
-    if sigma_min is not None:
-        low = max(low, int(torch.searchsorted(grid, torch.tensor(sigma_min))) / len(grid))
-    if sigma_max is not None:
-        high = min(high, int(torch.searchsorted(grid, torch.tensor(sigma_max), right=True)) / len(grid))
+def dm_sigma_fractions(grid: torch.Tensor, params: DistillParams) -> tuple[float, float]:
+    """The grid range for DM noise levels: params' fractions, capped at dm_sigma_max when given."""
+    low, high = params.dm_sigma_fractions
+    if params.dm_sigma_max is not None:
+        high = min(high, int(torch.searchsorted(grid, torch.tensor(params.dm_sigma_max), right=True)) / len(grid))
     if high <= low:
-        raise ValueError(f"distill.{key} leaves no noise level of the grid ({float(grid[0]):.3g} to {float(grid[-1]):.3g}) "
-                         f"between the {low:.0%} and {high:.0%} points")
+        raise ParamsError(f"distill.dm_sigma_max leaves no noise level of the grid ({float(grid[0]):.3g} to "
+                          f"{float(grid[-1]):.3g}) between the {low:.0%} and {high:.0%} points")
     return low, high
 
 
-def dm_sigma_fractions(grid: torch.Tensor, params: DistillParams) -> tuple[float, float]:
-    """The grid range for DM noise levels: params' fractions, capped at dm_sigma_max when given."""
-    return bounded_fractions(grid, params.dm_sigma_fractions, "dm_sigma_max", sigma_max=params.dm_sigma_max)
-
-
 def distill(
-    teacher: Denoiser,
-    pairs: PairDataset | None,
-    regression_loss: RegressionLoss | None,
-    params: DistillParams,
-    checkpoint: str | os.PathLike,
-    fingerprint: str = "",
-    processes: Processes | None = None,
-    on_step: StepCallback | None = None,
-    real_denoiser: Denoiser | None = None,
-    conditions: Conditions | None = None,
-    real_images: RealBatch | None = None,
-    pair_guidance: float = 1.0,
+    teacher: Denoiser, params: DistillParams, checkpoint: str | os.PathLike, inputs: DistillInputs | None = None, *,
+    fingerprint: str = "", processes: Processes | None = None, on_step: StepCallback | None = None,
 ) -> tuple[Generator, Denoiser]:
-    """Train a generator from `teacher`; return (generator or its EMA, fake denoiser).
+    """Train a generator from `teacher` (Algorithm 1); return (generator or its EMA, fake denoiser).
 
-    Generator and fake denoiser start as copies of the (unguided) teacher; the real denoiser is the
-    teacher itself unless given (e.g. with classifier-free guidance: a `GuidedDenoiser`, needed for
-    params.guidance_range). `conditions` says how to draw `cond` (default: the teacher's classes).
-    `real_images` (all of them, with class labels as cond) feed the GAN head; `pair_guidance` is the
-    scale the pairs were made with. Resumes from `checkpoint` when its fingerprint matches.
-    A non-finite loss stops the run, keeping the last good checkpoint.
+    Generator and fake denoiser start as copies of the (unguided) teacher. Resumes from `checkpoint`
+    when its fingerprint matches. A non-finite loss stops the run, keeping the last good checkpoint.
     """
-    processes = processes or Processes()
-    device, checkpoint = processes.device, Path(checkpoint)
+    processes, inputs, checkpoint = processes or Processes(), inputs or DistillInputs(), Path(checkpoint)
+    run = _build(teacher, params, inputs, processes)
+    start = _resume(checkpoint, fingerprint, run)
+    progress = tqdm(range(start, params.steps), initial=start, total=params.steps, desc="distill", unit="step",
+                    disable=processes.rank != 0, mininterval=1.0)
+    for step in progress:
+        rng = step_rng(params.seed, processes.rank, step)
+        for update in (run.generator_update, run.fake_update):  # linear learning-rate warm-up
+            for group in update.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * min(1.0, (step + 1) / max(1, params.warmup_steps))
+        batch = _draw_batch(run, params, inputs, rng, processes.device)  # lines 3-4: z, cond and pairs
+        with processes.autocast():  # lines 5-10: generator update
+            result = generator_step(run.generator, run.generator_update, batch, rng, objective=_objective_at(step, run, params, batch))
+        metrics = {"loss_dm": result.loss_dm, "loss_reg": result.loss_reg, "dm_grad_norm": result.grad_norm_dm}
+        if run.gan is not None:
+            metrics["loss_gan_generator"] = result.loss_gan
+        if params.dm_weight > 0 or run.gan is not None:  # lines 11-14: fake-score update(s)
+            metrics.update(_fake_steps(run, params.fake_steps, result.x, batch.cond, rng, processes))
+        _stop_if_diverged(metrics, step, checkpoint, params.checkpoint_every)
+        if run.ema is not None:
+            ema_update(run.generator, run.ema, params.ema_decay)
+        done = step + 1
+        progress.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
+        if processes.rank == 0 and (done % params.checkpoint_every == 0 or done == params.steps):
+            _save(checkpoint, done, fingerprint, run)
+        if on_step is not None:
+            on_step(done, metrics, run.ema if run.ema is not None else run.generator)
+    final = run.ema if run.ema is not None else run.generator
+    return final.eval().requires_grad_(False), run.fake_denoiser.eval()
+
+
+def _build(teacher: Denoiser, params: DistillParams, inputs: DistillInputs, processes: Processes) -> _Run:
+    """Generator, fake denoiser, EMA, GAN head and optimizers, each checked against the teacher and params."""
+    device = processes.device
     teacher = teacher.to(device)
-    real_denoiser = (real_denoiser or teacher).to(device)
-    conditions = conditions or Conditions.of(teacher)
+    real_denoiser = (inputs.real_denoiser or teacher).to(device)
     if params.guidance_range is not None and not isinstance(real_denoiser, GuidedDenoiser):
-        raise ValueError("distill.guidance_range needs a teacher that serves classifier-free guidance "
-                         "(the default teacher: teacher.train.label_dropout > 0)")
+        raise ParamsError("distill.guidance_range needs a teacher that serves classifier-free guidance "
+                          "(the default teacher: teacher.train.label_dropout > 0)")
+    conditions = inputs.conditions or Conditions.of(teacher)
     torch.manual_seed(params.seed)  # initial weights of the guidance embeddings and the GAN head
     generator = Generator.from_teacher(teacher, params.generator_sigmas, params.guidance_range).to(device)
     if generator.sigma > teacher.sigma_max:
-        raise ValueError(f"distill.generator_sigmas starts at {generator.sigma}, above the teacher's sigma_max {teacher.sigma_max}")
+        raise ParamsError(f"distill.generator_sigmas starts at {generator.sigma}, above the teacher's sigma_max {teacher.sigma_max}")
     fake_denoiser = trainable_copy(teacher)
     if params.guidance_range is not None:  # D_fake must model G's distribution at each scale, not their mixture
         fake_denoiser = ScaleConditionedDenoiser(fake_denoiser, *params.guidance_range)
     gan = None
     if params.gan_generator_weight > 0:
-        if real_images is None:
-            raise ValueError("distill.gan_generator_weight > 0 needs real images (the prepared data) for the GAN head")
-        gan_fractions = bounded_fractions(fake_denoiser.sigma_grid(), (0.0, 1.0), "gan_sigma_min/gan_sigma_max",
-                                          params.gan_sigma_min, params.gan_sigma_max)
-        if params.gan_class_projection and not teacher.num_classes:
-            raise ValueError("distill.gan_class_projection needs a class-conditional teacher (class labels to project)")
-        head_classes = teacher.num_classes if params.gan_class_projection else 0
-        head = make_gan_head(fake_denoiser, conditions, device, head_classes)
-        gan = GAN(head, params.gan_generator_weight, params.gan_head_weight, gan_fractions, params.gan_head_detached)
+        if inputs.real_images is None:
+            raise ParamsError("distill.gan_generator_weight > 0 needs real images (the prepared data) for the GAN head")
+        head = make_gan_head(fake_denoiser, conditions, device)
+        gan = GAN(head, params.gan_generator_weight, params.gan_head_weight, inputs.real_images)
     if params.gradient_checkpointing:
         for network in (generator.denoiser, fake_denoiser):
             unet = getattr(network, "unet", None)
             if unet is None or not hasattr(unet, "enable_gradient_checkpointing"):
-                raise ValueError("distill.gradient_checkpointing needs a diffusers teacher (a UNet with enable_gradient_checkpointing)")
+                raise TeacherError("distill.gradient_checkpointing needs a diffusers teacher (a UNet with enable_gradient_checkpointing)")
             unet.enable_gradient_checkpointing()
-    ema = copy.deepcopy(generator).requires_grad_(False) if params.ema_decay is not None else None
-    generator_groups = [{"params": list(generator.parameters()), "base_lr": params.generator_lr}]  # base_lr: before warm-up
-    generator_optimizer = torch.optim.AdamW(generator_groups, params.generator_lr, params.betas, weight_decay=params.weight_decay)
-    fake_groups = [{"params": list(fake_denoiser.parameters()), "base_lr": params.fake_lr}]
-    if gan is not None:
-        fake_groups.append({"params": list(gan.head.parameters()), "base_lr": params.gan_head_lr or params.fake_lr})
-    fake_optimizer = torch.optim.AdamW(fake_groups, params.fake_lr, params.betas, weight_decay=params.weight_decay)
-    start = _resume(checkpoint, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer, gan)
-    fractions = dm_sigma_fractions(real_denoiser.sigma_grid(), params)
-    use_pairs = pairs is not None and params.lambda_reg > 0
-    shape = teacher.sample_shape
+    fake_parameters = [*fake_denoiser.parameters(), *(gan.head.parameters() if gan is not None else [])]
+    objective = GeneratorObjective(real_denoiser, fake_denoiser, params.dm_weight, dm_sigma_fractions(real_denoiser.sigma_grid(), params),
+                                   params.lambda_reg if inputs.pairs is not None else 0.0, inputs.regression_loss, gan)
+    return _Run(
+        generator, fake_denoiser, copy.deepcopy(generator).requires_grad_(False) if params.ema_decay is not None else None,
+        _adamw(list(generator.parameters()), params.generator_lr, params, processes),
+        _adamw(fake_parameters, params.fake_lr, params, processes), gan, objective, conditions,
+    )
 
-    progress = tqdm(range(start, params.steps), initial=start, total=params.steps, desc="distill", unit="step",
-                    disable=processes.rank != 0, mininterval=1.0)
-    for step in progress:
-        rng = step_rng(params.seed, processes.rank, step)
-        for optimizer in (generator_optimizer, fake_optimizer):
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * min(1.0, (step + 1) / max(1, params.warmup_steps))
-        z = torch.randn((params.batch_size, *shape), generator=rng).to(device)
-        cond = None
-        if conditions is not None:
-            cond = conditions.lookup(torch.randint(0, conditions.count, (params.batch_size,), generator=rng)).to(device)
-        # Draws below happen only when their option is on, so the default's random stream is unchanged.
-        step_index = int(torch.randint(0, len(generator.sigmas), (), generator=rng)) if len(generator.sigmas) > 1 else 0
-        scale = None
-        if params.guidance_range is not None:
-            low, high = params.guidance_range
-            scale = (low + (high - low) * torch.rand(params.batch_size, generator=rng)).to(device)
-            real_denoiser.scale = fake_denoiser.scale = scale
-        batch = None
-        if use_pairs:
-            index = torch.randint(0, len(pairs), (params.reg_batch_size,), generator=rng)
-            pair_cond = conditions.lookup(pairs.labels[index]).to(device) if conditions is not None else None
-            pair_scale = torch.full((len(index),), pair_guidance, device=device) if scale is not None else None
-            batch = Pairs(pairs.noise[index].to(device), pairs.target[index].to(device), pair_cond, pair_scale)
-        warming_up = use_pairs and step < params.regression_warmup_steps  # regression alone first, if any
-        dm_weight = 0.0 if warming_up else params.dm_weight
-        generator_gan = None if warming_up or step < params.gan_start_step else gan
+
+def _adamw(parameters: list[torch.nn.Parameter], lr: float, params: DistillParams, processes: Processes) -> Update:
+    """AdamW (paper: weight decay 0.01) with clipping; `base_lr` is the rate after warm-up."""
+    optimizer = torch.optim.AdamW([{"params": parameters, "base_lr": lr}], lr, params.betas, weight_decay=params.weight_decay)
+    return Update(optimizer, params.max_grad_norm, processes.average_gradients)
+
+
+def _draw_batch(run: _Run, params: DistillParams, inputs: DistillInputs, rng: torch.Generator, device) -> GeneratorBatch:
+    """This step's noise, cond, ladder step, guidance scales and pairs, in that order from `rng`.
+
+    Draws happen only when their option is on, so the default's random stream is unchanged.
+    """
+    conditions = run.conditions
+    z = torch.randn((params.batch_size, *run.generator.denoiser.sample_shape), generator=rng).to(device)
+    cond = None
+    if conditions is not None:
+        cond = conditions.lookup(torch.randint(0, conditions.count, (params.batch_size,), generator=rng)).to(device)
+    ladder = run.generator.sigmas
+    step_index = int(torch.randint(0, len(ladder), (), generator=rng)) if len(ladder) > 1 else 0
+    scale = None
+    if params.guidance_range is not None:
+        low, high = params.guidance_range
+        scale = (low + (high - low) * torch.rand(params.batch_size, generator=rng)).to(device)
+        run.objective.real_denoiser.scale = run.fake_denoiser.scale = scale
+    pairs = None
+    if inputs.pairs is not None and params.lambda_reg > 0:
+        index = torch.randint(0, len(inputs.pairs), (params.reg_batch_size,), generator=rng)
+        pair_cond = conditions.lookup(inputs.pairs.labels[index]).to(device) if conditions is not None else None
+        pair_scale = torch.full((len(index),), inputs.pair_guidance, device=device) if scale is not None else None
+        pairs = Pairs(inputs.pairs.noise[index].to(device), inputs.pairs.target[index].to(device), pair_cond, pair_scale)
+    return GeneratorBatch(z, cond, step_index, scale, pairs)
+
+
+def _objective_at(step: int, run: _Run, params: DistillParams, batch: GeneratorBatch) -> GeneratorObjective:
+    """The generator's objective at `step`: regression alone during its warm-up, the GAN term from gan_start_step."""
+    warming_up = batch.pairs is not None and step < params.regression_warmup_steps
+    gan = None if warming_up or step < params.gan_start_step else run.gan
+    return dataclasses.replace(run.objective, dm_weight=0.0 if warming_up else params.dm_weight, gan=gan)
+
+
+def _fake_steps(run: _Run, count: int, x: torch.Tensor, cond, rng: torch.Generator, processes: Processes) -> dict[str, float]:
+    """`count` fake-denoiser updates on the same generator samples (DMD2's two time-scales); their mean losses."""
+    fake_losses, head_losses = [], []
+    for _ in range(count):
         with processes.autocast():
-            result = generator_step(
-                generator, real_denoiser, fake_denoiser, generator_optimizer, z, cond, batch, regression_loss,
-                params.lambda_reg if use_pairs else 0.0, dm_weight, fractions, rng, params.max_grad_norm,
-                processes.average_gradients, step_index, scale, generator_gan,
+            fake_loss, head_loss = fake_denoiser_step(run.fake_denoiser, run.fake_update, x, cond, rng, gan=run.gan)
+        fake_losses.append(fake_loss)
+        head_losses.append(head_loss)
+    metrics = {"loss_fake": sum(fake_losses) / count}
+    if run.gan is not None:
+        metrics["loss_gan_head"] = sum(head_losses) / count
+    return metrics
+
+
+def _stop_if_diverged(metrics: dict[str, float], step: int, checkpoint: Path, checkpoint_every: int) -> None:
+    for name, value in metrics.items():
+        if not torch.isfinite(torch.tensor(value)):
+            kept = f"step {step // checkpoint_every * checkpoint_every}" if checkpoint.exists() else "none"
+            raise DivergedError(
+                f"distill: {name} is {value} at step {step + 1}; stopped (last good checkpoint: {kept}). "
+                "Lower distill.generator_lr / fake_lr or raise distill.regression_warmup_steps."
             )
-        metrics = {"loss_dm": result.loss_dm, "loss_reg": result.loss_reg, "dm_grad_norm": result.grad_norm_dm}
-        if gan is not None:
-            metrics["loss_gan_generator"] = result.loss_gan
-        if params.dm_weight > 0 or gan is not None:
-            fake_losses, head_losses = [], []
-            for _ in range(params.fake_steps):
-                real = None
-                if gan is not None:
-                    index = torch.randint(0, len(real_images.images), (params.batch_size,), generator=rng)
-                    real_cond = real_images.cond[index].to(device) if real_images.cond is not None else None
-                    real = RealBatch(real_images.images[index].to(device), real_cond)
-                with processes.autocast():
-                    fake_loss, head_loss = fake_denoiser_step(fake_denoiser, fake_optimizer, result.x, cond, rng,
-                                                              params.max_grad_norm, processes.average_gradients, gan, real)
-                fake_losses.append(fake_loss)
-                head_losses.append(head_loss)
-            metrics["loss_fake"] = sum(fake_losses) / len(fake_losses)
-            if gan is not None:
-                metrics["loss_gan_head"] = sum(head_losses) / len(head_losses)
-        for name, value in metrics.items():
-            if not torch.isfinite(torch.tensor(value)):
-                kept = f"step {step // params.checkpoint_every * params.checkpoint_every}" if checkpoint.exists() else "none"
-                raise FloatingPointError(
-                    f"distill: {name} is {value} at step {step + 1}; stopped (last good checkpoint: {kept}). "
-                    "Lower distill.generator_lr / fake_lr or raise distill.regression_warmup_steps."
-                )
-        if ema is not None:
-            ema_update(generator, ema, params.ema_decay)
-        done = step + 1
-        progress.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
-        if processes.rank == 0 and (done % params.checkpoint_every == 0 or done == params.steps):
-            _save(checkpoint, done, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer, gan)
-        if on_step is not None:
-            on_step(done, metrics, ema if ema is not None else generator)
-    final = ema if ema is not None else generator
-    return final.eval().requires_grad_(False), fake_denoiser.eval()
 
 
-def make_gan_head(fake_denoiser: Denoiser, conditions: Conditions | None, device, num_classes: int = 0) -> GANHead:
-    """A GAN head sized to the fake denoiser's bottleneck (found by one forward); num_classes > 0: class projection."""
+def make_gan_head(fake_denoiser: Denoiser, conditions: Conditions | None, device) -> GANHead:
+    """A GAN head sized to the fake denoiser's bottleneck (found by one forward)."""
     x = torch.zeros((1, *fake_denoiser.sample_shape), device=device)
     cond = conditions.lookup(torch.zeros(1, dtype=torch.long)).to(device) if conditions is not None else None
     with torch.no_grad():
         _, features = denoise_capturing(fake_denoiser, fake_denoiser.bottleneck(), x, fake_denoiser.sigma_max, cond)
-    return GANHead(features.shape[1], num_classes=num_classes).to(device)
+    return GANHead(features.shape[1]).to(device)
 
 
-def _save(path: Path, step, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer, gan) -> None:
+def _save(path: Path, step: int, fingerprint: str, run: _Run) -> None:
     state = {
-        "step": step, "fingerprint": fingerprint, "generator": generator.state_dict(),
-        "fake_denoiser": fake_denoiser.state_dict(), "generator_optimizer": generator_optimizer.state_dict(),
-        "fake_optimizer": fake_optimizer.state_dict(), "ema": ema.state_dict() if ema is not None else {},
-        "gan_head": gan.head.state_dict() if gan is not None else {},
+        "step": step, "fingerprint": fingerprint, "generator": run.generator.state_dict(),
+        "fake_denoiser": run.fake_denoiser.state_dict(), "generator_optimizer": run.generator_update.optimizer.state_dict(),
+        "fake_optimizer": run.fake_update.optimizer.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else {},
+        "gan_head": run.gan.head.state_dict() if run.gan is not None else {},
     }
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
 
 
-def _resume(path: Path, fingerprint, generator, fake_denoiser, ema, generator_optimizer, fake_optimizer, gan) -> int:
+def _resume(path: Path, fingerprint: str, run: _Run) -> int:
     if not path.is_file():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("fingerprint") != fingerprint:
         log.info("ignoring checkpoint %s: it was made with other params, teacher or pairs", path)
         return 0
-    generator.load_state_dict(state["generator"])
-    fake_denoiser.load_state_dict(state["fake_denoiser"])
-    generator_optimizer.load_state_dict(state["generator_optimizer"])
-    fake_optimizer.load_state_dict(state["fake_optimizer"])
-    if ema is not None:
-        ema.load_state_dict(state["ema"])
-    if gan is not None:
-        gan.head.load_state_dict(state["gan_head"])
+    run.generator.load_state_dict(state["generator"])
+    run.fake_denoiser.load_state_dict(state["fake_denoiser"])
+    run.generator_update.optimizer.load_state_dict(state["generator_optimizer"])
+    run.fake_update.optimizer.load_state_dict(state["fake_optimizer"])
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
+    if run.gan is not None:
+        run.gan.head.load_state_dict(state["gan_head"])
     log.info("resuming distillation from %s at step %d", path, state["step"])
     return int(state["step"])

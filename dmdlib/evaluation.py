@@ -6,13 +6,17 @@ import logging
 import os
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from dmdlib.classifier import FeatureClassifier
+from dmdlib.classifier import FeatureClassifier, predict
+from dmdlib.errors import ParamsError
+from dmdlib.images import to_uint8
+from dmdlib.metrics import class_shares, fid, kid, mean_over_sets, precision_recall
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ def inception_extractor(weights: Path, device: torch.device) -> Extractor:
     from cleanfid.resize import build_resizer
 
     if weights.name != INCEPTION_FILE:
-        raise ValueError(f"{weights}: clean-fid loads its Inception weights only under the name {INCEPTION_FILE}")
+        raise ParamsError(f"evaluate.inception_path {weights}: clean-fid loads its Inception weights only under the name {INCEPTION_FILE}")
     model = InceptionV3W(str(weights.parent), download=False).to(device).eval()
     resize = build_resizer("clean")
 
@@ -104,3 +108,67 @@ def peak_tensor_memory_mib(run: Callable[[], object]) -> float:
         current += change
         peak = max(peak, current)
     return peak / 2**20
+
+
+Sampler = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # (noise, labels) -> images in [-1, 1]
+
+
+@dataclass
+class ReferenceSet:
+    """The real images every model is compared with, in each feature extractor's space, and the data's class shares."""
+
+    extractors: dict[str, Extractor]
+    features: dict[str, torch.Tensor]
+    classifier: FeatureClassifier
+    data_shares: torch.Tensor | None  # None for unlabelled data
+    precision_recall_k: int = 3
+
+    @classmethod
+    def of(cls, images: torch.Tensor, extractors: dict[str, Extractor], classifier: FeatureClassifier,
+           data_shares: torch.Tensor | None, precision_recall_k: int = 3) -> "ReferenceSet":
+        features = {name: extract_features(extract, images) for name, extract in extractors.items()}
+        return cls(extractors, features, classifier, data_shares, precision_recall_k)
+
+    def quality(self, samples: torch.Tensor) -> dict[str, float]:
+        """FID and KID per extractor, precision and recall (classifier space), and the smallest class-share ratio."""
+        row = {}
+        for name, extract in self.extractors.items():
+            features = extract_features(extract, samples)
+            row[f"fid_{name}"] = fid(self.features[name], features)
+            row[f"kid_{name}"] = kid(self.features[name], features)
+        real = self.features["classifier"][: len(samples)]
+        precision, recall = precision_recall(real, extract_features(self.extractors["classifier"], samples), self.precision_recall_k)
+        row["precision_classifier"], row["recall_classifier"] = precision, recall
+        if self.data_shares is not None:
+            shares = class_shares(predict(self.classifier, samples), len(self.data_shares))
+            row["min_class_share_ratio"] = float((shares / self.data_shares).min())
+        return row
+
+
+@dataclass
+class Measurement:
+    """One model's metrics row (means over sample sets, speed, memory, NFE), its FIDs per set, and its grid."""
+
+    row: dict[str, float]
+    set_fids: dict[str, list[float]]
+    grid: np.ndarray
+
+
+def measure_model(sample: Sampler, nfe: int | None, noise: torch.Tensor, labels: torch.Tensor | None, sets: int,
+                  reference: ReferenceSet, *, speed_batch: int, speed_repeats: int,
+                  grid_inputs: tuple[torch.Tensor, torch.Tensor | None]) -> Measurement:
+    """Quality on `sets` disjoint sets of len(noise) / sets samples, speed at `speed_batch`, and a grid of fixed inputs."""
+    samples, count = sample(noise, labels), len(noise) // sets
+    set_rows = [reference.quality(samples[k * count : (k + 1) * count]) for k in range(sets)]
+    set_fids = {key: [row[key] for row in set_rows] for key in set_rows[0] if key.startswith("fid_")}
+    row = rounded(mean_over_sets(set_rows))
+    speed_noise, speed_labels = noise[:speed_batch], None if labels is None else labels[:speed_batch]
+    run = lambda: sample(speed_noise, speed_labels)  # noqa: E731
+    row["images_per_s"] = round(throughput(run, len(speed_noise), speed_repeats), 2)
+    row["peak_memory_mib"], row["nfe"] = round(peak_tensor_memory_mib(run), 1), nfe
+    return Measurement(row, set_fids, to_uint8(sample(*grid_inputs)))
+
+
+def rounded(row: dict[str, float]) -> dict[str, float]:
+    """Metrics at the precision metrics JSON keeps (KID is small: six places)."""
+    return {key: round(value, 6 if key.startswith("kid_") else 4) for key, value in row.items()}

@@ -7,10 +7,14 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_model, save_model
 from torch import nn
 
 from dmdlib.denoisers.base import Denoiser, trainable_copy
 from dmdlib.denoisers.guidance import GuidanceEmbedding
+from dmdlib.errors import DataError
+from dmdlib.io import atomic_output
+from dmdlib.teachers import load_teacher, save_kdiffusion
 
 
 class Generator(nn.Module):
@@ -77,6 +81,20 @@ class Generator(nn.Module):
         return self.denoise(self.noisy_input(z, cond, steps - 1, scale, rng), self.sigmas[steps - 1], cond, scale)
 
 
+@torch.no_grad()
+def generate(generator: Generator, noise: torch.Tensor, cond: torch.Tensor | None, batch: int = 250,
+             steps: int | None = None, scale: float | None = None) -> torch.Tensor:
+    """`steps` generator evaluations per sample (default: its whole ladder), in batches on the generator's device;
+    re-noising seeded per batch; samples come back on the CPU."""
+    device = next(generator.parameters()).device
+    outputs = []
+    for start in range(0, len(noise), batch):
+        part = None if cond is None else cond[start : start + batch].to(device)
+        rng = torch.Generator().manual_seed(start)
+        outputs.append(generator.sample(noise[start : start + batch].to(device), part, steps, scale, rng).float().cpu())
+    return torch.cat(outputs)
+
+
 GENERATOR_FILE, WEIGHTS_FILE, GUIDANCE_FILE = "generator.json", "generator.safetensors", "guidance.safetensors"
 
 
@@ -87,11 +105,6 @@ def save_generator(folder: str | os.PathLike, generator: Generator, teacher_refe
     Stable Diffusion generator's UNet is saved in diffusers layout under `unet/`, so diffusers loads it
     directly; other kinds rebuild the architecture from the teacher reference and load the weights.
     """
-    from safetensors.torch import save_model
-
-    from dmdlib.io import atomic_output
-    from dmdlib.teachers import save_kdiffusion
-
     with atomic_output(folder) as tmp:
         tmp.mkdir()
         description = {"sigmas": generator.sigmas}
@@ -122,14 +135,11 @@ def load_generator(folder: str | os.PathLike) -> Generator:
         images = generator.sample(z, cond, steps=2)           # a K-step generator, 2 of its K steps
         images = generator(z, cond, scale=2.0)                # a guidance-conditioned generator at scale 2
     """
-    from safetensors.torch import load_model
-
-    from dmdlib.teachers import load_teacher
-
     folder = Path(folder)
     description_file = folder / GENERATOR_FILE
     if not description_file.is_file():
-        raise FileNotFoundError(f"{description_file}: not found; expected a generator folder written by the `distill` stage")
+        raise DataError(f"{description_file}: not found; expected a generator folder written by the `distill` stage "
+                        "(`dvc repro distill`)")
     description = json.loads(description_file.read_text())
     reference = dict(description["teacher"])
     if reference.get("path") and not Path(reference["path"]).is_absolute():

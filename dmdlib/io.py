@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
 
 
 @contextlib.contextmanager
@@ -23,7 +28,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         if not tmp.exists():
-            raise FileNotFoundError(f"nothing was written to the temporary output {tmp} for {final}")
+            raise RuntimeError(f"nothing was written to the temporary output {tmp} for {final}")  # a bug, not a user error
         if tmp.is_dir() and final.exists():
             # os.replace cannot swap a directory onto an existing one; move the old one aside first.
             old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
@@ -45,8 +50,6 @@ def _remove(path: Path) -> None:
 
 def resumable_step(checkpoint: str | os.PathLike, fingerprint: str) -> int:
     """The step a training run would resume from: its checkpoint's if present and made with `fingerprint`, else 0."""
-    import torch
-
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         return 0
@@ -57,11 +60,6 @@ def resumable_step(checkpoint: str | os.PathLike, fingerprint: str) -> int:
 def read_tagged_parquet(path: str | os.PathLike, metadata_key: bytes, columns: tuple[str, ...],
                         error: type[Exception], stage: str):
     """A Parquet file one of the stages wrote: (table, its JSON metadata), or `error` naming the file and the fault."""
-    import json
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         table = pq.read_table(path)
     except FileNotFoundError:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from dmdlib.errors import TeacherError
+
 VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
 
 
@@ -19,10 +21,10 @@ def load_vae(folder: str | os.PathLike, subfolder: str = "vae"):
     path = Path(folder).expanduser() / subfolder if subfolder else Path(folder).expanduser()
     config = path / "config.json"
     if not config.is_file():
-        raise FileNotFoundError(f"{path}: no VAE (config.json); expected a diffusers {' or '.join(VAE_CLASSES)} folder")
+        raise TeacherError(f"{path}: no VAE (config.json); expected a diffusers {' or '.join(VAE_CLASSES)} folder")
     class_name = json.loads(config.read_text()).get("_class_name")
     if class_name not in VAE_CLASSES:
-        raise FileNotFoundError(f"{config}: _class_name {class_name!r}, expected one of {VAE_CLASSES}")
+        raise TeacherError(f"{config}: _class_name {class_name!r}, expected one of {VAE_CLASSES}")
     return getattr(diffusers, class_name).from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
 
 

@@ -1,4 +1,4 @@
-"""The DMD losses as pure functions over explicit arguments (paper Algorithm 1; DESIGN.md section 1)."""
+"""The DMD losses as pure functions over explicit arguments (paper Algorithm 1; docs/method.md)."""
 
 from __future__ import annotations
 

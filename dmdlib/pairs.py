@@ -6,12 +6,13 @@ A pair depends only on its seed: the noise and the class label come from one RNG
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,7 +20,13 @@ import torch
 from torch.utils.data import Dataset
 
 from dmdlib import tensor_codec
+from dmdlib.conditions import Conditions
+from dmdlib.denoisers import Denoiser
+from dmdlib.errors import PairsError, ParamsError
 from dmdlib.io import atomic_output, read_tagged_parquet
+from dmdlib.params import PairsParams
+from dmdlib.sampling import heun_sample, make_scheduler, scheduler_sample
+from dmdlib.teachers import teacher_digest
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +35,7 @@ METADATA_KEY = b"dmd-pairs"
 COLUMNS = ("seed", "noise", "target", "label", "prompt")
 
 
-class PairsError(ValueError):
-    """A pair shard that cannot be used with this teacher; the message names the file and the mismatch."""
+GRID_SEED = 2_000_000  # fixed noise of every sample grid: seeds GRID_SEED + i
 
 
 def seeded_inputs(seed: int, shape: tuple[int, ...], num_conditions: int) -> tuple[torch.Tensor, int]:
@@ -38,6 +44,40 @@ def seeded_inputs(seed: int, shape: tuple[int, ...], num_conditions: int) -> tup
     noise = torch.randn(shape, generator=rng)
     label = int(torch.randint(0, num_conditions, (1,), generator=rng)) if num_conditions else -1
     return noise, label
+
+
+def fixed_inputs(shape, conditions: Conditions | None, count: int, first_seed: int = GRID_SEED):
+    """Seeded noise and cond (condition ids cycling 0..K-1) shared by every grid, so pictures compare sample by sample."""
+    noise = torch.stack([seeded_inputs(first_seed + i, shape, 0)[0] for i in range(count)])
+    cond = conditions.lookup(torch.arange(count) % conditions.count) if conditions is not None else None
+    return noise, cond
+
+
+def pair_metadata(teacher: Denoiser, params: PairsParams, prompts: list[str] | None = None) -> dict:
+    """What a pair shard must agree on with the teacher, prompts and settings that read it."""
+    conditions = hashlib.sha256(json.dumps(prompts).encode()).hexdigest() if prompts else teacher.num_classes
+    return {
+        "teacher": teacher_digest(teacher), "sampler": params.sampler, "steps": params.steps,
+        "guidance": params.guidance, "shape": list(teacher.sample_shape), "dtype": params.dtype, "conditions": conditions,
+    }
+
+
+def make_sampler(real_denoiser: Denoiser, params: PairsParams, conditions: Conditions | None = None,
+                 device: torch.device | None = None):
+    """The ODE solver named in params, as sample(noise, condition ids) -> image (or latent) on the CPU.
+
+    The solver runs on `device` (the real denoiser must be there already); inputs may come from the CPU.
+    """
+    device = device or torch.device("cpu")
+    lookup = (lambda ids: None) if conditions is None else (lambda ids: conditions.lookup(ids.cpu()).to(device))
+    if params.sampler == "heun":
+        solve = lambda noise, cond: heun_sample(real_denoiser, noise, params.steps, cond)  # noqa: E731
+    elif real_denoiser.scheduler_config is None:
+        raise ParamsError(f"pairs.sampler {params.sampler!r} needs a discrete-time (diffusers) teacher; use 'heun' for this one")
+    else:
+        scheduler = make_scheduler(params.sampler, real_denoiser.scheduler_config)
+        solve = lambda noise, cond: scheduler_sample(real_denoiser, noise, scheduler, params.steps, cond)  # noqa: E731
+    return lambda noise, ids: solve(noise.to(device), lookup(ids)).cpu()
 
 
 @dataclass(frozen=True)

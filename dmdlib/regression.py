@@ -5,21 +5,21 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmdlib.errors import MissingWeightsError, ParamsError
+from dmdlib.latents import decode
+
 log = logging.getLogger(__name__)
 
 RegressionKind = Literal["lpips", "l2", "pseudo_huber"]
 LPIPS_SIZE = 224  # LPIPS backbones were trained on 224x224 ImageNet crops
-
-
-class MissingWeightsError(FileNotFoundError):
-    """A pretrained weights file that must be downloaded beforehand is not on disk."""
 
 
 def lpips_backbone_file(net: str) -> Path:
@@ -28,7 +28,7 @@ def lpips_backbone_file(net: str) -> Path:
 
     weights = {"alex": models.AlexNet_Weights, "vgg": models.VGG16_Weights, "squeeze": models.SqueezeNet1_1_Weights}
     if net not in weights:
-        raise ValueError(f"LPIPS net {net!r}: expected one of {sorted(weights)}")
+        raise ParamsError(f"distill.lpips_net {net!r}: expected one of {sorted(weights)}")
     url = weights[net].IMAGENET1K_V1.url
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
@@ -90,7 +90,7 @@ def make_regression_loss(
     if kind == "pseudo_huber":
         return pseudo_huber_loss
     if kind != "lpips":
-        raise ValueError(f"regression loss {kind!r}: expected 'lpips', 'l2' or 'pseudo_huber'")
+        raise ParamsError(f"distill.regression_loss {kind!r}: expected 'lpips', 'l2' or 'pseudo_huber'")
     try:
         return LPIPSLoss(lpips_net)
     except MissingWeightsError as err:
@@ -98,3 +98,14 @@ def make_regression_loss(
             raise
         log.warning("LPIPS unavailable, using the '%s' regression loss instead as params allow: %s", fallback, err)
         return make_regression_loss(fallback)
+
+
+def decoded_regression(regression: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], vae) -> Callable:
+    """The regression loss on VAE-decoded images (the paper's LPIPS on pixels); gradients flow through the decoder."""
+
+    def loss(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target_images = decode(vae, target)
+        return regression(decode(vae, x), target_images)
+
+    return loss

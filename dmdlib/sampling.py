@@ -6,6 +6,7 @@ import torch
 from k_diffusion.sampling import get_sigmas_karras, sample_heun
 
 from dmdlib.denoisers.base import Denoiser
+from dmdlib.errors import ParamsError
 
 
 def karras_sigmas(denoiser: Denoiser, steps: int, rho: float = 7.0) -> torch.Tensor:
@@ -52,5 +53,5 @@ def make_scheduler(name: str, config: dict):
 
     scheduler_class = getattr(diffusers, name, None)
     if scheduler_class is None or not name.endswith("Scheduler"):
-        raise ValueError(f"sampler {name!r}: expected 'heun' or a diffusers scheduler class such as 'PNDMScheduler'")
+        raise ParamsError(f"pairs.sampler {name!r}: expected 'heun' or a diffusers scheduler class such as 'PNDMScheduler'")
     return scheduler_class.from_config({**config, "prediction_type": "epsilon"})

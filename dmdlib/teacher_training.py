@@ -6,14 +6,15 @@ import copy
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from k_diffusion.utils import ema_update
 from tqdm.auto import tqdm
 
 from dmdlib.denoisers import KarrasDenoiser
+from dmdlib.errors import DivergedError
 from dmdlib.io import atomic_output
 from dmdlib.losses import denoising_loss
 from dmdlib.params import TeacherTrainParams
@@ -91,7 +92,7 @@ def train_teacher(
             cond = torch.where(dropped, UNCOND_CLASS, cond)
         loss = denoising_loss(denoiser, images[index], sigma, noise, cond)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"teacher loss is {loss.item()} at step {step + 1}; lower teacher.train.lr")
+            raise DivergedError(f"teacher loss is {loss.item()} at step {step + 1}; lower teacher.train.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

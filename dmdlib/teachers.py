@@ -14,15 +14,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from k_diffusion import config as kconfig
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dmdlib.denoisers import (
-    Denoiser,
-    KarrasDenoiser,
-    LatentDenoiser,
-    frozen,
-)
-from dmdlib.denoisers.loading import TeacherFolderError, load_diffusers_ddpm
+from dmdlib.denoisers import Denoiser, KarrasDenoiser, LatentDenoiser, frozen
+from dmdlib.denoisers.loading import load_diffusers_ddpm
+from dmdlib.errors import TeacherError
+from dmdlib.io import atomic_output
 
 KDIFFUSION_KEYS = ("model_ema", "model")  # k-diffusion's train.py checkpoint keys, EMA first
 
@@ -68,8 +68,6 @@ def kdiffusion_config(channels: int, resolution: int, widths: list[int], depths:
 
 def build_kdiffusion(config: dict[str, Any]) -> KarrasDenoiser:
     """A `KarrasDenoiser` around the model that k-diffusion's `config.make_model` builds from `config`."""
-    from k_diffusion import config as kconfig
-
     config = kconfig.load_config(config)
     inner = kconfig.make_model(config)
     model_config, num_classes = config["model"], config["dataset"]["num_classes"]
@@ -95,10 +93,6 @@ def build_kdiffusion(config: dict[str, Any]) -> KarrasDenoiser:
 
 def save_kdiffusion(path: str | os.PathLike, denoiser: KarrasDenoiser, config: dict[str, Any]) -> None:
     """Weights as safetensors with the config in the file metadata (the layout k-diffusion reads back)."""
-    from safetensors.torch import save_file
-
-    from dmdlib.io import atomic_output
-
     state = {name: tensor.detach().contiguous() for name, tensor in denoiser.inner_model.state_dict().items()}
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata={"config": json.dumps(config)})
@@ -108,14 +102,11 @@ def load_kdiffusion(checkpoint: str | os.PathLike, config: str | os.PathLike | N
     """A k-diffusion checkpoint: .safetensors (config in its metadata or given) or a train.py .pth + config JSON."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
-        raise TeacherFolderError(
+        raise TeacherError(
             f"{checkpoint}: k-diffusion checkpoint not found; expected a .safetensors file (config in its metadata) "
             "or a .pth from k-diffusion's train.py plus `config` (its JSON); download it beforehand"
         )
     if checkpoint.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         with safe_open(str(checkpoint), "pt") as handle:
             embedded = (handle.metadata() or {}).get("config")
         state = load_file(str(checkpoint))
@@ -129,12 +120,12 @@ def load_kdiffusion(checkpoint: str | os.PathLike, config: str | os.PathLike | N
     elif embedded is not None:
         config_dict = json.loads(embedded)
     else:
-        raise TeacherFolderError(f"{checkpoint}: no config in the file; give the k-diffusion config JSON as `config`")
+        raise TeacherError(f"{checkpoint}: no config in the file; give the k-diffusion config JSON as `config`")
     denoiser = build_kdiffusion(config_dict)
     try:
         denoiser.inner_model.load_state_dict(state)
     except RuntimeError as err:
-        raise TeacherFolderError(f"{checkpoint}: weights do not match the config ({str(err).splitlines()[0]})") from None
+        raise TeacherError(f"{checkpoint}: weights do not match the config ({str(err).splitlines()[0]})") from None
     return denoiser
 
 
@@ -147,12 +138,12 @@ def load_stable_diffusion_unet(folder: str | os.PathLike) -> LatentDenoiser:
                 "vae/, text_encoder/, tokenizer/); download it beforehand, e.g. with `huggingface-cli download`")
     for required in ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json"):
         if not (folder / required).is_file():
-            raise TeacherFolderError(f"{folder}: missing {required}; {expected}")
+            raise TeacherError(f"{folder}: missing {required}; {expected}")
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
         scheduler = PNDMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
     except (OSError, ValueError) as err:
-        raise TeacherFolderError(f"{folder}: could not load the Stable Diffusion UNet ({err}); {expected}") from None
+        raise TeacherError(f"{folder}: could not load the Stable Diffusion UNet ({err}); {expected}") from None
     denoiser = LatentDenoiser(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, dict(scheduler.config))
     size = unet.config.sample_size
     denoiser.sample_shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
@@ -178,10 +169,7 @@ def load_teacher(reference: dict[str, Any]) -> Denoiser:
         denoiser = load_diffusers_ddpm(reference["path"])
     elif kind == "stable_diffusion":
         denoiser = load_stable_diffusion_unet(reference["path"])
-    elif kind == "gmm2d":
-        from dmdlib.toy import toy_teacher
-
-        denoiser = toy_teacher()
     else:
-        raise ValueError(f"teacher reference kind {kind!r}: expected kdiffusion, diffusers_ddpm, stable_diffusion or gmm2d")
+        raise TeacherError(f"teacher reference kind {kind!r}: expected kdiffusion, diffusers_ddpm or stable_diffusion; "
+                           "re-run the `teacher` stage")
     return frozen(denoiser)

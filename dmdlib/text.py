@@ -7,9 +7,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from dmdlib.data import DataError
+from dmdlib.errors import DataError, TeacherError
+from dmdlib.io import atomic_output
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
@@ -18,8 +22,6 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: prompt file not found; expected a .txt (one prompt per line) or a .parquet with a 'prompt' column")
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         table = pq.read_table(path)
         if "prompt" not in table.column_names:
             raise DataError(f"{path}: no 'prompt' column (columns: {table.column_names})")
@@ -38,7 +40,7 @@ def load_text_encoder(folder: str | os.PathLike):
     folder = Path(folder)
     for sub in ("tokenizer", "text_encoder"):
         if not (folder / sub).is_dir():
-            raise FileNotFoundError(f"{folder}: missing {sub}/; expected a StableDiffusionPipeline folder in diffusers layout")
+            raise TeacherError(f"{folder}: missing {sub}/; expected a StableDiffusionPipeline folder in diffusers layout")
     tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
     text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True)
     return tokenizer, text_encoder.eval().requires_grad_(False)
@@ -77,10 +79,6 @@ def split_prompts(prompts: list[str], eval_fraction: float, seed: int) -> tuple[
 
 def save_prompt_set(folder: str | os.PathLike, prompts: PromptSet, metadata: dict) -> None:
     """Write texts and embeddings atomically (safetensors, texts and `metadata` as JSON in its metadata)."""
-    from safetensors.torch import save_file
-
-    from dmdlib.io import atomic_output
-
     tensors = {"train": prompts.train_embeddings.contiguous(), "eval": prompts.eval_embeddings.contiguous(),
                "uncond": prompts.uncond.contiguous()}
     info = {"train": prompts.train, "eval": prompts.eval, **metadata}
@@ -91,12 +89,9 @@ def save_prompt_set(folder: str | os.PathLike, prompts: PromptSet, metadata: dic
 
 def load_prompt_set(folder: str | os.PathLike) -> tuple[PromptSet, dict]:
     """Inverse of `save_prompt_set`: the prompts and the metadata they were made with."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(folder) / "prompts.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no prompt embeddings; run the `prompts` stage first")
+        raise DataError(f"{path}: no prompt embeddings; run the `prompts` stage first (`dvc repro pipelines/sd/dvc.yaml`)")
     with safe_open(str(path), "pt") as handle:
         info = json.loads(handle.metadata()["dmd"])
     tensors = load_file(str(path))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dmdlib.denoisers import GaussianMixtureDenoiser, KarrasDenoiser, trainable_copy
-from dmdlib.dmd import Pairs, fake_denoiser_step, generator_step
+from dmdlib.dmd import GeneratorBatch, GeneratorObjective, Pairs, Update, fake_denoiser_step, generator_step
 from dmdlib.generator import Generator
 from dmdlib.losses import denoising_loss, sample_sigmas
 from dmdlib.regression import l2_loss
@@ -71,7 +71,7 @@ def distill_toy(
     steps: int,
     use_dm: bool = True,
     lambda_reg: float = 0.5,
-    batch: int = 256,
+    batch_size: int = 256,
     lr: float = 1e-3,
     fake_steps: int = 5,
     seed: int = 0,
@@ -81,19 +81,17 @@ def distill_toy(
     real_denoiser = toy_teacher()
     generator = Generator.from_teacher(run.teacher_network)
     fake_denoiser = trainable_copy(run.teacher_network)
-    generator_optimizer = torch.optim.AdamW(generator.parameters(), lr=lr, weight_decay=0.01)
-    fake_optimizer = torch.optim.AdamW(fake_denoiser.parameters(), lr=lr, weight_decay=0.01)
+    generator_update = Update(torch.optim.AdamW(generator.parameters(), lr=lr, weight_decay=0.01))
+    fake_update = Update(torch.optim.AdamW(fake_denoiser.parameters(), lr=lr, weight_decay=0.01))
+    objective = GeneratorObjective(real_denoiser, fake_denoiser, 1.0 if use_dm else 0.0, lambda_reg=lambda_reg, regression_loss=l2_loss)
     # Linear decay to zero: the stochastic DM gradient otherwise leaves the small MLP jittering around the target.
-    decay = torch.optim.lr_scheduler.LambdaLR(generator_optimizer, lambda step: 1 - step / steps)
+    decay = torch.optim.lr_scheduler.LambdaLR(generator_update.optimizer, lambda step: 1 - step / steps)
     for _ in range(steps):
-        z = torch.randn(batch, 2, generator=rng)
-        result = generator_step(
-            generator, real_denoiser, fake_denoiser, generator_optimizer, z, None,
-            run.pairs, l2_loss, lambda_reg, dm_weight=1.0 if use_dm else 0.0, rng=rng,
-        )
+        batch = GeneratorBatch(torch.randn(batch_size, 2, generator=rng), pairs=run.pairs)
+        result = generator_step(generator, generator_update, batch, rng, objective=objective)
         if use_dm:
             for _ in range(fake_steps):
-                fake_denoiser_step(fake_denoiser, fake_optimizer, result.x, None, rng=rng)
+                fake_denoiser_step(fake_denoiser, fake_update, result.x, None, rng)
         decay.step()
     return generator.requires_grad_(False)
 

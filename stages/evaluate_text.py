@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
 import torch
 
+from dmdlib.conditions import Conditions
 from dmdlib.data import load_image_folder
-from dmdlib.distill import Conditions
+from dmdlib.denoisers import GuidedDenoiser
+from dmdlib.errors import ParamsError
 from dmdlib.evaluation import extract_features, find_inception, inception_extractor, peak_tensor_memory_mib, throughput
-from dmdlib.generator import load_generator
+from dmdlib.generator import generate, load_generator
 from dmdlib.images import save_grid, to_model_range, to_uint8
 from dmdlib.latents import decode, load_vae
 from dmdlib.metrics import clip_score, fid, kid
-from dmdlib.pairs import seeded_inputs
+from dmdlib.pairs import make_sampler, seeded_inputs
 from dmdlib.text import load_prompt_set
-from stages.distill import generate
-from stages.pairs import make_sampler
 
 log = logging.getLogger("evaluate")
 
@@ -25,11 +26,9 @@ log = logging.getLogger("evaluate")
 def evaluate_text_to_image(all_params, teacher_denoiser, reference: dict, generator_folder: Path, prompts_folder: Path,
                            images: Path) -> dict:
     """Metrics of the guided teacher (pairs sampler) and the one-step generator on the evaluation prompts."""
-    from dmdlib.denoisers import GuidedDenoiser
-
     config, pairs = all_params.evaluate, all_params.pairs
     if config.sample_sets != 1:
-        raise ValueError(f"evaluate.sample_sets is {config.sample_sets}, but text-to-image evaluation takes one set "
+        raise ParamsError(f"evaluate.sample_sets is {config.sample_sets}, but text-to-image evaluation takes one set "
                          "(the evaluation prompts); set it to 1 and raise evaluate.samples instead")
     prompts, _ = load_prompt_set(prompts_folder)
     count = config.samples or len(prompts.eval)
@@ -82,7 +81,7 @@ def evaluate_text_to_image(all_params, teacher_denoiser, reference: dict, genera
             row["fid_inception"] = round(fid(reference_features, features), 4)
             row["kid_inception"] = round(kid(reference_features, features), 6)
         speed_ids = ids[: config.speed_batch_size]
-        run = lambda: sample(noise[speed_ids], speed_ids)
+        run = functools.partial(sample, noise[speed_ids], speed_ids)
         row["images_per_s"] = round(throughput(run, len(speed_ids), config.speed_repeats), 3)
         row["peak_memory_mib"] = round(peak_tensor_memory_mib(run), 1)
         results[name] = row

@@ -10,7 +10,8 @@ import torch
 import typer
 
 from dmdlib.classifier import predict, save_classifier, train_classifier
-from dmdlib.data import HELDOUT, TRAIN, DataError, read_image_parquet
+from dmdlib.data import HELDOUT, TRAIN, read_image_parquet
+from dmdlib.errors import DataError
 from dmdlib.images import to_model_range
 from dmdlib.io import atomic_output
 from dmdlib.params import load_params

@@ -6,49 +6,19 @@ Runs in one process, or in several with `torchrun --nproc_per_node N -m stages.p
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
-import torch
 import typer
 from tqdm.auto import tqdm
 
-from dmdlib.pairs import ShardPlan, generate_pairs
-from dmdlib.params import PairsParams, load_params
-from dmdlib.sampling import heun_sample, make_scheduler, scheduler_sample
-from dmdlib.teachers import teacher_digest
-from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, conditioning, read_teacher, setup_logging, user_errors
+from dmdlib.pairs import ShardPlan, generate_pairs, make_sampler, pair_metadata
+from dmdlib.params import load_params
+from stages.common import PARAMS_OPTION, setup_logging, user_errors
+from stages.teacher_reference import PROMPTS_OPTION, TEACHER_OPTION, conditioning, read_teacher
 
 log = logging.getLogger("pairs")
 app = typer.Typer(add_completion=False, help=__doc__)
-
-
-def pair_metadata(teacher, params: PairsParams, prompts: list[str] | None = None) -> dict:
-    """What a pair shard must agree on with the teacher, prompts and settings that read it."""
-    conditions = hashlib.sha256(json.dumps(prompts).encode()).hexdigest() if prompts else teacher.num_classes
-    return {
-        "teacher": teacher_digest(teacher), "sampler": params.sampler, "steps": params.steps,
-        "guidance": params.guidance, "shape": list(teacher.sample_shape), "dtype": params.dtype, "conditions": conditions,
-    }
-
-
-def make_sampler(real_denoiser, params: PairsParams, conditions=None, device: torch.device | None = None):
-    """The ODE solver named in params, as sample(noise, condition ids) -> image (or latent) on the CPU.
-
-    The solver runs on `device` (the real denoiser must be there already); inputs may come from the CPU.
-    """
-    device = device or torch.device("cpu")
-    lookup = (lambda ids: None) if conditions is None else (lambda ids: conditions.lookup(ids.cpu()).to(device))
-    if params.sampler == "heun":
-        solve = lambda noise, cond: heun_sample(real_denoiser, noise, params.steps, cond)  # noqa: E731
-    elif real_denoiser.scheduler_config is None:
-        raise ValueError(f"sampler {params.sampler!r} needs a discrete-time (diffusers) teacher; use 'heun' for this one")
-    else:
-        scheduler = make_scheduler(params.sampler, real_denoiser.scheduler_config)
-        solve = lambda noise, cond: scheduler_sample(real_denoiser, noise, scheduler, params.steps, cond)  # noqa: E731
-    return lambda noise, ids: solve(noise.to(device), lookup(ids)).cpu()
 
 
 @app.command()

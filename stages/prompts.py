@@ -8,11 +8,12 @@ from pathlib import Path
 
 import typer
 
-from dmdlib.data import DataError
+from dmdlib.errors import DataError
 from dmdlib.params import load_params
 from dmdlib.teachers import teacher_digest
 from dmdlib.text import PromptSet, encode_prompts, load_text_encoder, read_prompts, save_prompt_set, split_prompts
-from stages.common import PARAMS_OPTION, TEACHER_OPTION, read_teacher, setup_logging, user_errors
+from stages.common import PARAMS_OPTION, setup_logging, user_errors
+from stages.teacher_reference import TEACHER_OPTION, read_teacher
 
 log = logging.getLogger("prompts")
 app = typer.Typer(add_completion=False, help=__doc__)

@@ -18,7 +18,8 @@ from dmdlib.params import load_params
 from dmdlib.sampling import heun_sample
 from dmdlib.teacher_training import train_teacher
 from dmdlib.teachers import build_kdiffusion, kdiffusion_config, load_teacher, save_kdiffusion
-from stages.common import PARAMS_OPTION, REFERENCE_FILE, compute_device, read_teacher, setup_logging, user_errors
+from stages.common import PARAMS_OPTION, compute_device, setup_logging, user_errors
+from stages.teacher_reference import REFERENCE_FILE, read_teacher
 
 log = logging.getLogger("teacher")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -96,8 +97,8 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
 
 
 def _write_samples(teacher, reference: dict, steps: int, path: Path) -> None:
-    if reference["kind"] == "gmm2d" or reference["kind"] == "stable_diffusion":
-        log.info("no sample grid for a %s teacher (not a pixel-space image model)", reference["kind"])
+    if reference["kind"] == "stable_diffusion":
+        log.info("no sample grid for a %s teacher (a latent-space model)", reference["kind"])
         return
     shape, classes, device = teacher.sample_shape, teacher.num_classes, compute_device()
     generator = torch.Generator().manual_seed(0)

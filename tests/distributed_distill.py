@@ -17,6 +17,6 @@ if __name__ == "__main__":
     torch.manual_seed(0)  # the same teacher on every rank
     teacher = build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0)).requires_grad_(False)
     params = DistillParams(steps=3, batch_size=2, reg_batch_size=0, lambda_reg=0.0, warmup_steps=1, checkpoint_every=10)
-    generator, _ = distill(teacher, None, None, params, out / "ck.pt", processes=Processes(rank, world))
+    generator, _ = distill(teacher, params, out / "ck.pt", processes=Processes(rank, world))
     torch.save(generator.state_dict(), out / f"rank{rank}.pt")
     dist.destroy_process_group()

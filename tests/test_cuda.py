@@ -7,13 +7,12 @@ import torch
 from tiny_project import pipeline_params, run_stages, write_tiny_project
 
 from dmdlib.generator import load_generator
-from dmdlib.pairs import PairDataset
+from dmdlib.pairs import PairDataset, pair_metadata
 from dmdlib.params import PairsParams, TeacherTrainParams
 from dmdlib.sampling import heun_sample
 from dmdlib.teacher_training import train_teacher
 from dmdlib.teachers import build_kdiffusion, kdiffusion_config
-from stages.common import read_teacher
-from stages.pairs import pair_metadata
+from stages.teacher_reference import read_teacher
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -11,7 +11,6 @@ from PIL import Image
 from dmdlib.data import (
     HELDOUT,
     TRAIN,
-    DataError,
     ImageSet,
     load_image_folder,
     load_mnist_digits,
@@ -20,6 +19,7 @@ from dmdlib.data import (
     split_train_heldout,
     write_image_parquet,
 )
+from dmdlib.errors import DataError
 
 
 def make_folder(root, classes=("cat", "dog"), per_class=3, size=(40, 30)):

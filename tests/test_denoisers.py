@@ -13,7 +13,8 @@ from dmdlib.denoisers import (
     LatentDenoiser,
     frozen,
 )
-from dmdlib.denoisers.loading import TeacherFolderError, load_diffusers_ddpm
+from dmdlib.denoisers.loading import load_diffusers_ddpm
+from dmdlib.errors import TeacherError
 from dmdlib.losses import denoising_loss
 
 torch.manual_seed(0)
@@ -129,13 +130,13 @@ def test_ddpm_pipeline_layout_and_bad_folders(tmp_path):
 
     DDPMPipeline(unet=tiny_unet2d(), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "pipe")
     assert load_diffusers_ddpm(tmp_path / "pipe").sigma_grid().shape == (1000,)
-    with pytest.raises(TeacherFolderError, match="missing config.json.*download the weights beforehand"):
+    with pytest.raises(TeacherError, match="missing config.json.*download the weights beforehand"):
         load_diffusers_ddpm(tmp_path / "absent")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     (broken / "scheduler_config.json").write_text("{}")
-    with pytest.raises(TeacherFolderError, match="broken: could not load"):
+    with pytest.raises(TeacherError, match="broken: could not load"):
         load_diffusers_ddpm(broken)
 
 

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from dmdlib.distill import distill
+from dmdlib.distill import DistillInputs, distill
+from dmdlib.errors import DivergedError
 from dmdlib.pairs import PairDataset, ShardPlan, generate_pairs
 from dmdlib.params import DistillParams
 from dmdlib.regression import l2_loss
@@ -39,7 +40,7 @@ def params(**overrides):
 def test_one_step_changes_generator_and_fake_but_not_the_teacher(tmp_path, pairs):
     teacher = tiny_teacher()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    generator, fake = distill(teacher, pairs, l2_loss, params(steps=1), tmp_path / "ck.pt")
+    generator, fake = distill(teacher, params(steps=1), tmp_path / "ck.pt", DistillInputs(pairs, l2_loss))
     start = tiny_teacher()
     for name, value in teacher.state_dict().items():
         assert torch.equal(value, before[name]), name
@@ -49,7 +50,7 @@ def test_one_step_changes_generator_and_fake_but_not_the_teacher(tmp_path, pairs
 
 
 def test_resume_after_kill_repeats_the_uninterrupted_run(tmp_path, pairs):
-    whole, _ = distill(tiny_teacher(), pairs, l2_loss, params(steps=4, checkpoint_every=2), tmp_path / "a.pt")
+    whole, _ = distill(tiny_teacher(), params(steps=4, checkpoint_every=2), tmp_path / "a.pt", DistillInputs(pairs, l2_loss))
 
     class Killed(Exception):
         pass
@@ -59,9 +60,9 @@ def test_resume_after_kill_repeats_the_uninterrupted_run(tmp_path, pairs):
             raise Killed
 
     with pytest.raises(Killed):
-        distill(tiny_teacher(), pairs, l2_loss, params(steps=4, checkpoint_every=2), tmp_path / "b.pt", on_step=kill)
+        distill(tiny_teacher(), params(steps=4, checkpoint_every=2), tmp_path / "b.pt", DistillInputs(pairs, l2_loss), on_step=kill)
     steps = []
-    resumed, _ = distill(tiny_teacher(), pairs, l2_loss, params(steps=4, checkpoint_every=2), tmp_path / "b.pt",
+    resumed, _ = distill(tiny_teacher(), params(steps=4, checkpoint_every=2), tmp_path / "b.pt", DistillInputs(pairs, l2_loss),
                          on_step=lambda step, metrics, generator: steps.append(step))
     assert steps == [3, 4]
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
@@ -71,8 +72,8 @@ def test_resume_after_kill_repeats_the_uninterrupted_run(tmp_path, pairs):
 def test_nan_stops_with_the_loss_and_step_named(tmp_path, pairs):
     pairs.target[0] = float("nan")
     try:
-        with pytest.raises(FloatingPointError, match=r"loss_reg is nan at step 1; stopped \(last good checkpoint: none\)"):
-            distill(tiny_teacher(), pairs, l2_loss, params(steps=2, reg_batch_size=8), tmp_path / "ck.pt")
+        with pytest.raises(DivergedError, match=r"loss_reg is nan at step 1; stopped \(last good checkpoint: none\)"):
+            distill(tiny_teacher(), params(steps=2, reg_batch_size=8), tmp_path / "ck.pt", DistillInputs(pairs, l2_loss))
     finally:
         pairs.target[0] = 0.0
     assert not (tmp_path / "ck.pt").exists()
@@ -94,6 +95,5 @@ def test_two_gloo_processes_hold_identical_generators(tmp_path, repo_root):
 
 def test_dm_only_ignores_the_regression_warm_up(tmp_path):
     teacher = tiny_teacher()
-    generator, _ = distill(teacher, None, None, params(steps=2, lambda_reg=0.0, reg_batch_size=0,
-                                                        regression_warmup_steps=5), tmp_path / "ck.pt")
+    generator, _ = distill(teacher, params(steps=2, lambda_reg=0.0, reg_batch_size=0, regression_warmup_steps=5), tmp_path / "ck.pt")
     assert any(not torch.equal(a, b) for a, b in zip(generator.denoiser.state_dict().values(), teacher.state_dict().values()))

@@ -7,8 +7,8 @@ import torch
 from tiny_project import run_stages, write_tiny_project
 
 from dmdlib.denoisers import GuidedDenoiser, ScaleConditionedDenoiser, trainable_copy
-from dmdlib.distill import distill
-from dmdlib.dmd import GAN, RealBatch, fake_denoiser_step, generator_step
+from dmdlib.distill import DistillInputs, distill
+from dmdlib.dmd import GAN, GeneratorBatch, GeneratorObjective, RealBatch, Update, fake_denoiser_step, generator_step
 from dmdlib.gan import GANHead, denoise_with_logits
 from dmdlib.generator import Generator, load_generator, save_generator
 from dmdlib.params import DistillParams, ParamsError, load_params
@@ -63,45 +63,27 @@ def test_gan_head_gets_gradients_only_in_its_own_step():
     assert logits.shape == (3,)
 
     before = [p.clone() for p in generator.parameters()]
-    optimizer = torch.optim.SGD(generator.parameters(), lr=0.1)
-    result = generator_step(generator, teacher, fake, optimizer, z, cond, None, None, 0.0, dm_weight=0.0,
-                            rng=torch.Generator().manual_seed(0), gan=gan)
+    update = Update(torch.optim.SGD(generator.parameters(), lr=0.1))
+    objective = GeneratorObjective(teacher, fake, dm_weight=0.0, gan=gan)
+    result = generator_step(generator, update, GeneratorBatch(z, cond), torch.Generator().manual_seed(0), objective=objective)
     assert result.loss_gan > 0
     assert all(p.grad is None for p in [*head.parameters(), *fake.parameters()])  # none in the generator's step
     assert all(p.requires_grad for p in [*head.parameters(), *fake.parameters()])  # and switched back on
     assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))  # G learned from the GAN alone
 
     generator_grads = [p.grad.clone() for p in generator.parameters()]
-    fake_optimizer = torch.optim.SGD([*fake.parameters(), *head.parameters()], lr=0.1)
-    fake_loss, head_loss = fake_denoiser_step(fake, fake_optimizer, result.x, cond, torch.Generator().manual_seed(1),
-                                              gan=gan, real=RealBatch(real_batch(2).images, torch.tensor([2, 0])))
+    fake_update = Update(torch.optim.SGD([*fake.parameters(), *head.parameters()], lr=0.1))
+    gan.real_images = RealBatch(real_batch(2).images, torch.tensor([2, 0]))
+    fake_loss, head_loss = fake_denoiser_step(fake, fake_update, result.x, cond, torch.Generator().manual_seed(1), gan=gan)
     assert fake_loss > 0 and head_loss > 0
     assert all(p.grad is not None for p in head.parameters()) and any(p.grad.abs().sum() > 0 for p in head.parameters())
     assert all(torch.equal(p.grad, g) for p, g in zip(generator.parameters(), generator_grads))  # samples were detached
 
 
-def test_class_projection_head_scores_the_label_starts_class_blind_and_learns_in_distill(tmp_path):
-    head, blind = GANHead(8, num_classes=3), GANHead(8)
-    blind.net.load_state_dict(head.net.state_dict())
-    features, labels = torch.randn(4, 8, 2, 2), torch.tensor([0, 1, 2, 0])
-    assert torch.equal(head(features, labels), blind(features))  # the projection starts at zero
-    torch.nn.init.normal_(head.class_embedding.weight)
-    assert not torch.allclose(head(features, labels), head(features, (labels + 1) % 3))  # the label now counts
-
-    distill(tiny_teacher(), None, None, params(gan_generator_weight=0.1, gan_class_projection=True, dm_weight=1.0),
-            tmp_path / "ck.pt", real_images=real_batch())
-    embedding = torch.load(tmp_path / "ck.pt", weights_only=True)["gan_head"]["class_embedding.weight"]
-    assert embedding.shape == (3, 64) and embedding.abs().sum() > 0  # trained in the fake step
-    config = kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 0, 0.5, 0.002, 80.0)
-    with pytest.raises(ValueError, match="gan_class_projection needs a class-conditional teacher"):
-        distill(build_kdiffusion(config), None, None, params(gan_generator_weight=0.1, gan_class_projection=True),
-                tmp_path / "u.pt", real_images=RealBatch(real_batch().images))
-
-
 def test_distill_with_gan_and_two_time_scales_trains_and_resumes_exactly(tmp_path):
     options = dict(gan_generator_weight=0.1, dm_weight=1.0, fake_steps=2, steps=3, checkpoint_every=1)
     losses = []
-    whole, _ = distill(tiny_teacher(), None, None, params(**options), tmp_path / "a.pt", real_images=real_batch(),
+    whole, _ = distill(tiny_teacher(), params(**options), tmp_path / "a.pt", DistillInputs(real_images=real_batch()),
                        on_step=lambda step, metrics, generator: losses.append(metrics))
     assert {"loss_gan_generator", "loss_gan_head", "loss_fake"} <= set(losses[0])
     assert all(m["loss_gan_head"] > 0 for m in losses)
@@ -116,98 +98,21 @@ def test_distill_with_gan_and_two_time_scales_trains_and_resumes_exactly(tmp_pat
             raise Killed
 
     with pytest.raises(Killed):
-        distill(tiny_teacher(), None, None, params(**options), tmp_path / "b.pt", real_images=real_batch(), on_step=kill)
-    resumed, _ = distill(tiny_teacher(), None, None, params(**options), tmp_path / "b.pt", real_images=real_batch())
+        distill(tiny_teacher(), params(**options), tmp_path / "b.pt", DistillInputs(real_images=real_batch()), on_step=kill)
+    resumed, _ = distill(tiny_teacher(), params(**options), tmp_path / "b.pt", DistillInputs(real_images=real_batch()))
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
-
-
-def test_detached_head_trains_the_head_alone_and_leaves_the_fake_denoiser_to_denoising(tmp_path):
-    def after_one_step(detached, head_weight):
-        options = params(gan_generator_weight=0.1, gan_head_weight=head_weight, gan_head_detached=detached, dm_weight=1.0,
-                         steps=1, max_grad_norm=None)  # no joint clipping, so the head's weight reaches D_fake only through its loss
-        _, fake = distill(tiny_teacher(), None, None, options, tmp_path / f"{detached}{head_weight}.pt", real_images=real_batch())
-        return fake.state_dict()
-
-    fake_a, fake_b = after_one_step(True, 1e-2), after_one_step(True, 1.0)
-    assert all(torch.equal(fake_a[name], fake_b[name]) for name in fake_a)  # the head's loss never reached D_fake
-    fake_a, fake_b = after_one_step(False, 1e-2), after_one_step(False, 1.0)
-    assert any(not torch.equal(fake_a[name], fake_b[name]) for name in fake_a)  # DMD2's way: it does
-
-    teacher = tiny_teacher()
-    gan = GAN(GANHead(8), generator_weight=1.0, head_weight=1.0, head_detached=True)
-    fake = trainable_copy(teacher)
-    optimizer = torch.optim.SGD([*fake.parameters(), *gan.head.parameters()], lr=0.1)
-    fake_denoiser_step(fake, optimizer, torch.randn(2, *SHAPE), torch.tensor([0, 1]), torch.Generator().manual_seed(1),
-                       gan=gan, real=RealBatch(real_batch(2).images, torch.tensor([2, 0])))
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gan.head.parameters())  # the head still learns
-
-
-def test_gan_head_lr_sets_the_heads_step_size_and_not_the_fake_denoisers(tmp_path):
-    def after_one_step(head_lr):
-        options = params(gan_generator_weight=0.1, gan_head_lr=head_lr, dm_weight=1.0, steps=1, fake_lr=1e-4)
-        _, fake = distill(tiny_teacher(), None, None, options, tmp_path / f"{head_lr}.pt", real_images=real_batch())
-        return fake.state_dict(), torch.load(tmp_path / f"{head_lr}.pt", weights_only=True)["gan_head"]
-
-    (fake_start, head_start), (fake_own, head_own), (fake_shared, head_shared) = map(after_one_step, (1e-12, 1e-3, None))
-    assert all(torch.equal(fake_own[name], fake_shared[name]) for name in fake_own)  # D_fake keeps fake_lr
-    step_own = max(float((head_own[name] - head_start[name]).abs().max()) for name in head_own)
-    step_shared = max(float((head_shared[name] - head_start[name]).abs().max()) for name in head_own)
-    assert step_own / step_shared == pytest.approx(10.0, rel=0.05)  # Adam's first step is about lr per weight
 
 
 def test_gan_start_step_delays_the_generators_gan_term_but_not_the_heads_training(tmp_path):
     losses = []
     options = params(gan_generator_weight=0.1, dm_weight=1.0, steps=3, gan_start_step=2)
-    distill(tiny_teacher(), None, None, options, tmp_path / "ck.pt", real_images=real_batch(),
+    distill(tiny_teacher(), options, tmp_path / "ck.pt", DistillInputs(real_images=real_batch()),
             on_step=lambda step, metrics, generator: losses.append(metrics))
     assert [m["loss_gan_generator"] > 0 for m in losses] == [False, False, True]
     assert all(m["loss_gan_head"] > 0 for m in losses)
     with pytest.raises(ValueError, match="gan_start_step"):
         params(gan_generator_weight=0.1, steps=3, gan_start_step=3)
-
-
-def test_gan_sigma_min_and_max_bound_the_gans_noise_levels_but_not_the_fake_denoisers(monkeypatch, tmp_path):
-    import dmdlib.dmd
-    from dmdlib.distill import bounded_fractions
-
-    calls = []  # (sigma, logits) of every forward that reads the head
-
-    def recording(fake, head, x, sigma, cond, detach_features=False):
-        denoised, logits = denoise_with_logits(fake, head, x, sigma, cond, detach_features)
-        calls.append((sigma, logits.detach()))
-        return denoised, logits
-
-    monkeypatch.setattr(dmdlib.dmd, "denoise_with_logits", recording)
-    teacher, low, cap, count = tiny_teacher(), 0.2, 5.0, 64
-    fractions = bounded_fractions(teacher.sigma_grid(), (0.0, 1.0), "gan_sigma_min/gan_sigma_max", low, cap)
-    assert 0.0 < fractions[0] < fractions[1] < 1.0
-    z, cond = torch.randn(count, *SHAPE), torch.arange(count) % 3
-    real = RealBatch(torch.rand((count, *SHAPE)) * 2 - 1, torch.arange(count) % 3)
-    for sigma_fractions in ((0.0, 1.0), fractions):
-        gan = GAN(GANHead(8), generator_weight=1.0, head_weight=1.0, sigma_fractions=sigma_fractions)
-        generator, fake = Generator.from_teacher(teacher), trainable_copy(teacher)
-        optimizer = torch.optim.SGD(generator.parameters(), lr=0.0)
-        result = generator_step(generator, teacher, fake, optimizer, z, cond, None, None, 0.0, dm_weight=0.0,
-                                rng=torch.Generator().manual_seed(0), gan=gan)
-        fake_optimizer = torch.optim.SGD([*fake.parameters(), *gan.head.parameters()], lr=0.0)
-        _, head_loss = fake_denoiser_step(fake, fake_optimizer, result.x, cond, torch.Generator().manual_seed(1), gan=gan, real=real)
-        (generator_sigma, _), (step_sigma, logits) = calls[-2:]
-        generated_sigma, real_sigma = step_sigma[:count], step_sigma[count:]
-        bounded = sigma_fractions != (0.0, 1.0)
-        for sigma in (generator_sigma, real_sigma):
-            assert (low <= sigma.min() and sigma.max() <= cap) == bounded
-        assert generated_sigma.min() < low and generated_sigma.max() > cap  # D_fake still denoises over its whole range
-        in_range = (generated_sigma >= low) & (generated_sigma <= cap)
-        negatives = logits[:count][in_range] if bounded else logits[:count]
-        expected = torch.nn.functional.softplus(-logits[count:]).mean() + torch.nn.functional.softplus(negatives).mean()
-        assert head_loss == pytest.approx(float(expected), rel=1e-5)
-    with pytest.raises(ValueError, match="gan_sigma_min/gan_sigma_max"):
-        distill(teacher, None, None, params(gan_generator_weight=0.1, gan_sigma_max=1e-4), tmp_path / "ck.pt", real_images=real_batch())
-    with pytest.raises(ValueError, match="gan_sigma_min/gan_sigma_max"):
-        distill(teacher, None, None, params(gan_generator_weight=0.1, gan_sigma_min=1e4), tmp_path / "ck.pt", real_images=real_batch())
-    with pytest.raises(ValueError, match="`gan_sigma_min` 5.0 must be below `gan_sigma_max` 1.0"):
-        params(gan_generator_weight=0.1, gan_sigma_min=5.0, gan_sigma_max=1.0)
 
 
 def test_new_networks_start_from_distill_seed_not_from_the_global_rng(tmp_path):
@@ -216,15 +121,15 @@ def test_new_networks_start_from_distill_seed_not_from_the_global_rng(tmp_path):
         teacher = tiny_teacher()
         torch.manual_seed(global_seed)  # a fresh process starts the global RNG at a random seed
         options = params(gan_generator_weight=0.1, dm_weight=1.0, steps=1)
-        _, fake = distill(teacher, None, None, options, tmp_path / f"{global_seed}.pt", real_images=real_batch())
+        _, fake = distill(teacher, options, tmp_path / f"{global_seed}.pt", DistillInputs(real_images=real_batch()))
         fake_denoisers.append(fake.state_dict())
     for name, value in fake_denoisers[0].items():  # the GAN head's first step reaches D_fake's weights
         assert torch.equal(value, fake_denoisers[1][name]), name
 
 
 def test_gan_without_real_images_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="needs real images"):
-        distill(tiny_teacher(), None, None, params(gan_generator_weight=0.1), tmp_path / "ck.pt")
+    with pytest.raises(ParamsError, match="needs real images"):
+        distill(tiny_teacher(), params(gan_generator_weight=0.1), tmp_path / "ck.pt")
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3])
@@ -252,15 +157,15 @@ def test_one_step_of_a_ladder_is_the_plain_generator_and_backward_simulation_has
 def test_few_step_distill_trains_every_ladder_step_and_saves_the_ladder(tmp_path):
     teacher = tiny_teacher()
     ladder = [80.0, 5.0, 0.5]
-    generator, _ = distill(teacher, None, None, params(generator_sigmas=ladder, steps=6), tmp_path / "ck.pt")
+    generator, _ = distill(teacher, params(generator_sigmas=ladder, steps=6), tmp_path / "ck.pt")
     save_generator(tmp_path / "g", generator, {"kind": "kdiffusion"})
     loaded = load_generator(tmp_path / "g")
     assert loaded.sigmas == ladder
     z, cond = torch.randn(2, *SHAPE), torch.tensor([0, 1])
     assert torch.allclose(loaded.sample(z, cond, 3, rng=torch.Generator().manual_seed(0)),
                           generator.sample(z, cond, 3, rng=torch.Generator().manual_seed(0)), atol=1e-6)
-    with pytest.raises(ValueError, match="above the teacher's sigma_max"):
-        distill(teacher, None, None, params(generator_sigmas=[100.0, 1.0]), tmp_path / "x.pt")
+    with pytest.raises(ParamsError, match="above the teacher's sigma_max"):
+        distill(teacher, params(generator_sigmas=[100.0, 1.0]), tmp_path / "x.pt")
 
 
 def test_guidance_input_starts_neutral_then_changes_the_output(tmp_path):
@@ -271,8 +176,8 @@ def test_guidance_input_starts_neutral_then_changes_the_output(tmp_path):
     assert torch.equal(generator(z, cond, 1.0), plain) and torch.equal(generator(z, cond, 3.0), plain)  # zero-initialised
 
     real = GuidedDenoiser(teacher, teacher.uncond, 1.0)
-    trained, fake = distill(teacher, None, None, params(guidance_range=(1.0, 3.0), steps=3, generator_lr=1e-2, fake_lr=1e-2),
-                            tmp_path / "ck.pt", real_denoiser=real)
+    trained, fake = distill(teacher, params(guidance_range=(1.0, 3.0), steps=3, generator_lr=1e-2, fake_lr=1e-2),
+                            tmp_path / "ck.pt", DistillInputs(real_denoiser=real))
     low, high = trained(z, cond, 1.0), trained(z, cond, 3.0)
     assert not torch.allclose(low, high)  # one model, two scales, two outputs
     # the fake denoiser models G's samples at each scale, so it takes the scale as well
@@ -291,8 +196,8 @@ def test_guidance_input_starts_neutral_then_changes_the_output(tmp_path):
 
 
 def test_guidance_range_needs_a_guided_real_denoiser(tmp_path):
-    with pytest.raises(ValueError, match="label_dropout"):
-        distill(tiny_teacher(), None, None, params(guidance_range=(1.0, 3.0)), tmp_path / "ck.pt")
+    with pytest.raises(ParamsError, match="label_dropout"):
+        distill(tiny_teacher(), params(guidance_range=(1.0, 3.0)), tmp_path / "ck.pt")
 
 
 def test_bad_dmd2_params_name_the_key(tmp_path):

@@ -41,6 +41,6 @@ def test_directory_output_replaces_old_directory(tmp_path):
 
 
 def test_nothing_written_is_an_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing was written"):
+    with pytest.raises(RuntimeError, match="nothing was written"):
         with atomic_output(tmp_path / "out"):
             pass

@@ -7,11 +7,11 @@ import torch
 
 from dmdlib.denoisers import GaussianMixtureDenoiser, trainable_copy
 from dmdlib.denoisers.base import GRID_STEPS
+from dmdlib.errors import MissingWeightsError
 from dmdlib.generator import Generator
 from dmdlib.losses import distribution_matching_loss, sample_sigmas
 from dmdlib.regression import (
     LPIPSLoss,
-    MissingWeightsError,
     l2_loss,
     lpips_backbone_file,
     make_regression_loss,

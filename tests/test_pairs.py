@@ -10,12 +10,13 @@ from tiny_models import save_tiny_ddpm
 from typer.testing import CliRunner
 
 from dmdlib.denoisers.loading import load_diffusers_ddpm
-from dmdlib.pairs import PairDataset, PairsError, ShardPlan, generate_pairs, seeded_inputs
+from dmdlib.errors import PairsError
+from dmdlib.pairs import PairDataset, ShardPlan, generate_pairs, make_sampler, pair_metadata, seeded_inputs
 from dmdlib.sampling import heun_sample, make_scheduler, scheduler_sample
 from dmdlib.teachers import build_kdiffusion, kdiffusion_config, save_kdiffusion
-from stages.common import read_teacher
-from stages.pairs import app, make_sampler, pair_metadata
+from stages.pairs import app
 from stages.teacher import app as teacher_app
+from stages.teacher_reference import read_teacher
 
 PARAMS = "pairs:\n  count: 10\n  shard_size: 4\n  batch_size: {batch}\n  steps: 3\n"
 
@@ -150,7 +151,7 @@ def test_diffusers_scheduler_sampling_matches_the_diffusers_pipeline(tmp_path):
 
 
 def test_sampler_passes_the_condition(teacher_folder):
-    from dmdlib.distill import Conditions
+    from dmdlib.conditions import Conditions
     from dmdlib.params import PairsParams
 
     teacher, _ = read_teacher(teacher_folder)

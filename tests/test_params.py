@@ -1,10 +1,10 @@
 """params.yaml validation: every bad input names the file, the key path, the value and what is expected."""
 
-import re
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from dmdlib.params import Params, ParamsError, load_params
 
@@ -59,16 +59,29 @@ def test_missing_and_malformed_files(tmp_path):
         load_params(write(tmp_path, "- a list\n"))
 
 
-def test_every_experiment_in_the_script_sets_valid_params(repo_root, tmp_path):
-    """Each `-S` setting of scripts/experiments.sh names a key of params.yaml and a value it accepts."""
-    script = (repo_root / "scripts" / "experiments.sh").read_text()
-    variables = dict(re.findall(r'^(\w+)="([^"]*)"', script, re.MULTILINE))
-    experiments = dict(re.findall(r'^\s+\[([\w-]+)\]="([^"]*)"', script, re.MULTILINE))
-    order = re.search(r"^ORDER=\((.*)\)", script, re.MULTILINE).group(1).split()
-    assert sorted(order) == sorted(experiments) and len(experiments) > 20
-    for name, settings in experiments.items():
-        for _ in range(2):  # SLOW refers to LADDER
-            settings = re.sub(r"\$(\w+)", lambda match: variables[match.group(1)], settings)
+def flat(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def test_params_yaml_states_every_key_at_the_models_default(repo_root):
+    """One source of defaults: params.yaml lists every key of every section, each at the pydantic model's default."""
+    stated = flat(yaml.safe_load((repo_root / "params.yaml").read_text()))
+    defaults = flat(Params().model_dump(mode="json"))
+    assert sorted(stated) == sorted(defaults), "keys missing from params.yaml or from the models"
+    differing = {key: (stated[key], defaults[key]) for key in defaults if stated[key] != defaults[key]}
+    assert not differing, f"params.yaml value vs model default: {differing}"
+
+
+def test_every_experiment_sets_valid_params(repo_root, tmp_path):
+    """Each setting of scripts/experiments.yaml names a key of params.yaml and a value it accepts."""
+    experiments = yaml.safe_load((repo_root / "scripts" / "experiments.yaml").read_text())
+    assert len(experiments) >= 5
+    for name, experiment in experiments.items():
+        assert experiment["what"] and experiment["settings"], name
         out = tmp_path / f"{name}.yaml"
-        subprocess.run([sys.executable, "benchmarks/params_variant.py", str(out), *settings.split()], cwd=repo_root, check=True)
-        load_params(out)
+        subprocess.run([sys.executable, "benchmarks/params_variant.py", str(out), *experiment["settings"]], cwd=repo_root, check=True)
+        assert load_params(out) != load_params(repo_root / "params.yaml"), f"{name} changes nothing"

@@ -11,8 +11,8 @@ from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
 from dmdlib.params import TeacherTrainParams
 from dmdlib.teacher_training import train_teacher
 from dmdlib.teachers import build_kdiffusion, kdiffusion_config, load_kdiffusion, save_kdiffusion
-from stages.common import read_teacher
 from stages.teacher import app
+from stages.teacher_reference import read_teacher
 
 TINY = dict(channels=[8, 8], depths=[1, 1], mapping_width=16)
 
@@ -53,7 +53,7 @@ def test_checkpoint_of_other_params_is_ignored(tmp_path):
     params = TeacherTrainParams(**TINY, steps=2, checkpoint_every=1, batch_size=4)
     train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "c.pt", "old")
     seen = []
-    train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "c.pt", "new", on_step=lambda s, l: seen.append(s))
+    train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "c.pt", "new", on_step=lambda step, _loss: seen.append(step))
     assert seen == [1, 2]
 
 
@@ -85,19 +85,17 @@ def run_stage(tmp_path, params_text, *extra):
     return result, out
 
 
-@pytest.mark.parametrize("kind", ["diffusers_ddpm", "stable_diffusion", "kdiffusion", "gmm2d"])
+@pytest.mark.parametrize("kind", ["diffusers_ddpm", "stable_diffusion", "kdiffusion"])
 def test_each_import_kind_loads_from_its_real_layout(tmp_path, kind):
     if kind == "diffusers_ddpm":
         path = save_tiny_ddpm(tmp_path / "ddpm")
     elif kind == "stable_diffusion":
         path = save_tiny_stable_diffusion(tmp_path / "sd")
-    elif kind == "kdiffusion":
+    else:
         denoiser, config = tiny_teacher()
         path = tmp_path / "k.safetensors"
         save_kdiffusion(path, denoiser, config)
-    else:
-        path = None
-    text = f"teacher:\n  kind: {kind}\n  path: {path or 'null'}\n  train:\n    sample_steps: 2\n"
+    text = f"teacher:\n  kind: {kind}\n  path: {path}\n  train:\n    sample_steps: 2\n"
     result, out = run_stage(tmp_path, text)
     assert result.exit_code == 0, result.output
     teacher, reference = read_teacher(out)

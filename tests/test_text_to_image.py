@@ -8,15 +8,14 @@ from tiny_models import save_tiny_clip, save_tiny_stable_diffusion
 from typer.testing import CliRunner
 
 from dmdlib.generator import load_generator
-from dmdlib.pairs import PairDataset
+from dmdlib.pairs import PairDataset, pair_metadata
 from dmdlib.text import encode_prompts, load_prompt_set, load_text_encoder
-from stages.common import read_teacher
 from stages.distill import app as distill_app
 from stages.evaluate import app as evaluate_app
 from stages.pairs import app as pairs_app
-from stages.pairs import pair_metadata
 from stages.prompts import app as prompts_app
 from stages.teacher import app as teacher_app
+from stages.teacher_reference import read_teacher
 
 
 def test_prompts_to_one_step_pipeline(tmp_path):
@@ -32,7 +31,8 @@ def test_prompts_to_one_step_pipeline(tmp_path):
         "pairs:\n  count: 4\n  shard_size: 2\n  batch_size: 2\n  sampler: PNDMScheduler\n  steps: 3\n  guidance: 3.0\n"
         "distill:\n  steps: 2\n  batch_size: 2\n  reg_batch_size: 2\n  regression_loss: l2\n  sample_every: 2\n"
         f"  gradient_checkpointing: true\n  preview_vae: {tmp_path / 'taesd'}\n  regression_space: decoded\n"
-        f"evaluate:\n  samples: 3\n  speed_batch_size: 2\n  speed_repeats: 1\n  clip_model: {save_tiny_clip(tmp_path / 'clip')}\n"
+        "evaluate:\n  samples: 3\n  sample_sets: 1\n  speed_batch_size: 2\n  speed_repeats: 1\n"
+        f"  clip_model: {save_tiny_clip(tmp_path / 'clip')}\n"
     )
     p = lambda name: str(tmp_path / name)
     runner = CliRunner()
@@ -63,10 +63,11 @@ def test_prompts_to_one_step_pipeline(tmp_path):
     assert (tmp_path / "grids" / "final.png").exists()  # decoded through the tiny preview VAE
     metrics = json.loads((tmp_path / "eval.json").read_text())
     for model in ("teacher", "dmd_one_step"):
-        assert set(metrics[model]) == {"nfe", "clip_score", "images_per_s", "peak_memory_mib"}  # no reference folder: no FID, not a placeholder
+        # no reference folder: no FID, not a placeholder
+        assert set(metrics[model]) == {"nfe", "clip_score", "images_per_s", "peak_memory_mib"}
         assert 0 <= metrics[model]["clip_score"] <= 100
     assert metrics["teacher"]["nfe"] == 3 and metrics["dmd_one_step"]["nfe"] == 1
-    (tmp_path / "sets.yaml").write_text((tmp_path / "params.yaml").read_text().replace("evaluate:\n", "evaluate:\n  sample_sets: 2\n"))
+    (tmp_path / "sets.yaml").write_text((tmp_path / "params.yaml").read_text().replace("sample_sets: 1", "sample_sets: 2"))
     result = runner.invoke(evaluate_app, ["--params", p("sets.yaml"), "--teacher", p("teacher"), "--prompts", p("prompts"),
                                           "--generator", p("generator"), "--metrics", p("eval2.json"), "--images", p("eval2")])
     assert result.exit_code != 0 and "evaluate.sample_sets is 2" in result.output and not (tmp_path / "eval2.json").exists()

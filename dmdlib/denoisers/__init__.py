@@ -1,4 +1,4 @@
-"""One interface, D(x, sigma, cond) -> denoised, for every teacher (DESIGN.md section 1)."""
+"""One interface, D(x, sigma, cond) -> denoised, for every teacher (docs/method.md)."""
 
 from dmdlib.denoisers.base import Denoiser, denoise_capturing, frozen, trainable_copy
 from dmdlib.denoisers.discrete import DDPMDenoiser, DiscreteDenoiser, LatentDenoiser

@@ -1,9 +1,9 @@
-"""Classifier-free guidance for the real denoiser (DESIGN.md section 1), and the guidance scale as a network input."""
+"""Classifier-free guidance for the real denoiser (Ho & Salimans 2022; docs/method.md), and the guidance scale as a network input."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

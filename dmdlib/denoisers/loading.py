@@ -6,10 +6,7 @@ import os
 from pathlib import Path
 
 from dmdlib.denoisers.discrete import DDPMDenoiser
-
-
-class TeacherFolderError(FileNotFoundError):
-    """A teacher folder that is missing or not in the expected layout."""
+from dmdlib.errors import TeacherError
 
 
 def _model_folder(folder: Path, subfolder: str) -> Path:
@@ -30,12 +27,12 @@ def load_diffusers_ddpm(folder: str | os.PathLike) -> DDPMDenoiser:
     )
     for required in (unet_dir / "config.json", scheduler_dir / "scheduler_config.json"):
         if not required.is_file():
-            raise TeacherFolderError(f"{folder}: missing {required.relative_to(folder) if folder in required.parents else required}; {expected}")
+            raise TeacherError(f"{folder}: missing {required.relative_to(folder) if folder in required.parents else required}; {expected}")
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
         scheduler = DDPMScheduler.from_pretrained(scheduler_dir, local_files_only=True)
-    except (OSError, ValueError, EnvironmentError) as err:
-        raise TeacherFolderError(f"{folder}: could not load the DDPM teacher ({err}); {expected}") from None
+    except (OSError, ValueError) as err:
+        raise TeacherError(f"{folder}: could not load the DDPM teacher ({err}); {expected}") from None
     denoiser = DDPMDenoiser(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, dict(scheduler.config))
     size = unet.config.sample_size
     denoiser.sample_shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))

@@ -1,0 +1,54 @@
+"""The teacher folder every stage after `teacher` reads: its reference file, the frozen teacher, and its conditioning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from dmdlib.conditions import Conditions
+from dmdlib.denoisers import Denoiser, GuidedDenoiser
+from dmdlib.errors import ParamsError, TeacherError
+from dmdlib.teachers import load_teacher
+from dmdlib.text import load_prompt_set
+
+TEACHER_OPTION = typer.Option(Path("models/teacher"), "--teacher", help="Teacher folder written by the `teacher` stage.")
+PROMPTS_OPTION = typer.Option(
+    Path("data/prompts"), "--prompts", help="Prompt embeddings from the `prompts` stage (text-to-image teachers only)."
+)
+REFERENCE_FILE = "teacher.json"
+
+
+def read_teacher(folder: Path) -> tuple[Denoiser, dict]:
+    """The frozen teacher written by the `teacher` stage, and its reference (paths resolved against `folder`)."""
+    reference_file = folder / REFERENCE_FILE
+    if not reference_file.is_file():
+        raise TeacherError(f"{reference_file}: no teacher reference; run the `teacher` stage first (`dvc repro teacher`)")
+    reference = json.loads(reference_file.read_text())
+    for key in ("path", "config"):
+        if reference.get(key) and not Path(reference[key]).is_absolute():
+            reference[key] = str(folder / reference[key])
+    return load_teacher(reference), reference
+
+
+def conditioning(teacher: Denoiser, reference: dict, guidance: float, prompts_folder: Path,
+                 guidance_range: tuple[float, float] | None = None):
+    """(real denoiser, Conditions or None, prompt texts or None) for a teacher.
+
+    Text-to-image teachers draw `cond` from the cached training-prompt embeddings, others use their
+    class labels. When guidance is not 1 (or a guidance-conditioned generator is trained), the real
+    denoiser applies classifier-free guidance, with the empty prompt or the 'no class' label.
+    """
+    if reference["kind"] != "stable_diffusion":
+        conditions, texts, uncond = Conditions.of(teacher), None, teacher.uncond
+    else:
+        prompts, _ = load_prompt_set(prompts_folder)
+        embeddings = prompts.train_embeddings
+        conditions, texts, uncond = Conditions(len(prompts.train), lambda ids: embeddings[ids]), prompts.train, prompts.uncond
+    if guidance == 1 and guidance_range is None:
+        return teacher, conditions, texts
+    if uncond is None:
+        raise ParamsError("classifier-free guidance (pairs.guidance != 1 or distill.guidance_range) needs a teacher that serves "
+                         "'no condition': a text-to-image teacher, or the default teacher trained with teacher.train.label_dropout > 0")
+    return GuidedDenoiser(teacher, uncond, guidance), conditions, texts

@@ -1,0 +1,73 @@
+"""The codebase's shape: no import cycles, imports at module top, stages independent of each other, DVC deps
+complete, and the loop and step functions small enough to read against Algorithm 1."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+from import_graph import ROOT, closure, cycles, graph, imports_of, module_file, project_files
+
+# Libraries that cost seconds to import and that only some paths need: imported where used.
+HEAVY_OPTIONAL = ("accelerate", "cleanfid", "diffusers", "dvclive", "lpips", "mlxtend", "torch.profiler", "torchvision", "transformers")
+PIPELINES = {"dvc.yaml": ROOT / "dvc.yaml", "pipelines/sd/dvc.template.yaml": ROOT / "pipelines" / "sd" / "dvc.template.yaml"}
+
+
+def stage_modules(pipeline: Path) -> dict[str, str]:
+    """stage name -> the file its `python -m` command runs."""
+    stages = yaml.safe_load(pipeline.read_text())["stages"]
+    return {name: module_file(spec["cmd"].split("python -m ", 1)[1].split()[0]) for name, spec in stages.items()}
+
+
+def test_no_import_cycles_counting_imports_inside_functions():
+    assert cycles(graph(own_packages=False)) == []
+
+
+def test_project_modules_are_imported_at_module_top_and_only_heavy_libraries_inside_functions():
+    inner = [f"{i.source}:{i.line} imports {i.target}" for path in project_files() for i in imports_of(path) if not i.top_level]
+    assert inner == []
+    for path in (ROOT / "dmdlib").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top:
+                names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
+                for name in names:
+                    heavy = any(name == lib or name.startswith(f"{lib}.") for lib in HEAVY_OPTIONAL)
+                    assert heavy, f"{path.relative_to(ROOT)}:{node.lineno} imports {name} inside a function"
+
+
+def test_stages_never_import_each_other():
+    stage_files = {file for pipeline in PIPELINES.values() for file in stage_modules(pipeline).values()}
+    edges = graph()
+    for stage in stage_files:
+        assert not edges[stage] & (stage_files - {stage}), f"{stage} imports another stage"
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_dvc_deps_cover_every_project_file_each_stage_imports(pipeline):
+    """Editing any file a stage runs must make `dvc status` report that stage as changed."""
+    stages = yaml.safe_load(PIPELINES[pipeline].read_text())["stages"]
+    edges = graph()
+    for name, module in stage_modules(PIPELINES[pipeline]).items():
+        deps = [str(dep) for dep in stages[name].get("deps", [])]
+        missing = sorted(path for path in closure(module, edges)
+                         if not any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps))
+        assert not missing, f"{pipeline}: stage {name!r} imports files its deps miss: {missing}"
+
+
+def function(path: str, name: str) -> ast.FunctionDef:
+    tree = ast.parse((ROOT / path).read_text())
+    return next(node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name == name)
+
+
+def test_stage_mains_distill_and_step_functions_stay_small():
+    for path in sorted(set(stage_modules(PIPELINES["dvc.yaml"]).values()) | {"stages/prompts.py"}):
+        main = function(path, "main")
+        assert main.end_lineno - main.lineno + 1 <= 50, f"{path}: main() has {main.end_lineno - main.lineno + 1} lines"
+    loop = function("dmdlib/distill.py", "distill")
+    assert loop.end_lineno - loop.lineno + 1 <= 60
+    for name in ("generator_step", "fake_denoiser_step"):
+        arguments = function("dmdlib/dmd.py", name).args
+        assert len(arguments.args) + len(arguments.kwonlyargs) <= 6, name
+        assert arguments.kwonlyargs, f"{name}: its options are keyword-only"
