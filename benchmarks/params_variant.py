@@ -11,6 +11,8 @@ import yaml
 
 
 def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
+        raise SystemExit(__doc__)
     out, *overrides = sys.argv[1:]
     params = yaml.safe_load(open("params.yaml"))
     for item in overrides:

@@ -9,6 +9,8 @@ import torch
 from k_diffusion.sampling import get_sigmas_karras
 from torch import nn
 
+from dmdlib.errors import TeacherError
+
 GRID_STEPS = 1000
 
 
@@ -54,11 +56,11 @@ class Denoiser(nn.Module, abc.ABC):
 
     def bottleneck(self) -> nn.Module:
         """The module whose output is the network's lowest-resolution features (DMD2's GAN head reads them)."""
-        raise ValueError(f"{type(self).__name__} has no UNet bottleneck: the GAN loss needs a UNet teacher")
+        raise TeacherError(f"{type(self).__name__} has no UNet bottleneck: the GAN loss needs a UNet teacher")
 
     def time_embedding(self) -> tuple[nn.Module, int]:
         """The module whose [batch, width] output embeds the noise level, and that width (guidance input adds to it)."""
-        raise ValueError(f"{type(self).__name__} has no noise-level embedding: guidance conditioning needs a UNet teacher")
+        raise TeacherError(f"{type(self).__name__} has no noise-level embedding: guidance conditioning needs a UNet teacher")
 
 
 def per_sample(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:

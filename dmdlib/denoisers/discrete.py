@@ -10,6 +10,7 @@ from k_diffusion.external import DiscreteSchedule
 from torch import nn
 
 from dmdlib.denoisers.base import Denoiser, expand
+from dmdlib.errors import TeacherError
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
@@ -31,7 +32,7 @@ class DiscreteDenoiser(Denoiser):
     ):
         super().__init__()
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"prediction_type {prediction_type!r}: expected 'epsilon', 'v_prediction' or 'sample'")
+            raise TeacherError(f"prediction_type {prediction_type!r}: expected 'epsilon', 'v_prediction' or 'sample'")
         self.unet = unet
         alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         self.schedule = DiscreteSchedule(((1 - alphas_cumprod) / alphas_cumprod).sqrt().float(), quantize=False)

@@ -7,6 +7,7 @@ from k_diffusion.layers import Denoiser as KarrasPreconditioner
 from torch import nn
 
 from dmdlib.denoisers.base import Denoiser
+from dmdlib.errors import TeacherError
 
 
 class KarrasDenoiser(Denoiser):
@@ -40,7 +41,7 @@ class KarrasDenoiser(Denoiser):
     def _image_v1(self) -> nn.Module:
         model = getattr(self.inner_model, "inner_model", self.inner_model)  # under OneHotClasses, if any
         if not hasattr(model, "u_net") or not hasattr(model, "timestep_embed"):
-            raise ValueError(f"{type(model).__name__}: bottleneck and noise embedding are known for k-diffusion image_v1 models only")
+            raise TeacherError(f"{type(model).__name__}: bottleneck and noise embedding are known for k-diffusion image_v1 models only")
         return model
 
     def bottleneck(self) -> nn.Module:
