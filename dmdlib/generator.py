@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -16,11 +17,35 @@ from dmdlib.errors import DataError
 from dmdlib.io import atomic_output
 from dmdlib.teachers import load_teacher, save_kdiffusion
 
+# c_out of Stable Diffusion v1.5's epsilon UNet at its last timestep (sigma 14.61), where DMD2 starts its generator
+MAX_START_OUTPUT_SCALE = 14.615
+
+
+def start_sigma(denoiser: Denoiser) -> float:
+    """Where a one-step generator starts: the teacher's sigma_max, unless its raw output enters D there with a scale
+    c_out = loss_weight^-1/2 (EDM Table 1) above MAX_START_OUTPUT_SCALE; then the sigma where c_out equals it.
+
+    An epsilon teacher has c_out = sigma (x0 = x - sigma eps), so at a pixel DDPM's sigma_max of 157 its small
+    epsilon error becomes speckle 157 times larger; EDM-preconditioned teachers (c_out <= sigma_data) and SD v1.5
+    keep sigma_max.
+    """
+    def c_out(sigma: float) -> float:
+        return float(denoiser.loss_weight(torch.tensor(sigma, dtype=torch.float64)) ** -0.5)
+
+    if c_out(denoiser.sigma_max) <= MAX_START_OUTPUT_SCALE:
+        return denoiser.sigma_max
+    low, high = math.log(denoiser.sigma_min), math.log(denoiser.sigma_max)  # c_out grows with sigma: bisect
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if c_out(math.exp(middle)) <= MAX_START_OUTPUT_SCALE else (low, middle)
+    return math.exp(low)
+
 
 class Generator(nn.Module):
     """G: a trainable copy of the teacher, run on a fixed descending sigma ladder.
 
-    One step (the paper, section 3: G(z) = mu_base(z, T-1)) is `forward(z)` = D_G(sigma_0 z, sigma_0);
+    One step (the paper, section 3: G(z) = mu_base(z, T-1)) is `forward(z)` = D_G(sigma_0 z, sigma_0), sigma_0 the
+    teacher's sigma_max unless its output is ill-conditioned there (`start_sigma`);
     K steps (DMD2 section 4.4) denoise at sigma_k and re-noise with fresh noise to sigma_{k+1}.
     For discrete-time teachers the noise is scaled by sqrt(sigma_0^2 + 1) instead, so z is exactly
     the x_T a diffusers pipeline starts from (`Denoiser.prior_scale`). With a `GuidanceEmbedding`,
@@ -30,7 +55,7 @@ class Generator(nn.Module):
     def __init__(self, denoiser: Denoiser, sigmas: list[float] | None = None, guidance: GuidanceEmbedding | None = None):
         super().__init__()
         self.denoiser = denoiser
-        self.sigmas = [float(s) for s in (sigmas or [denoiser.sigma_max])]
+        self.sigmas = [float(s) for s in (sigmas or [start_sigma(denoiser)])]
         if any(a <= b for a, b in zip(self.sigmas, self.sigmas[1:])) or self.sigmas[-1] <= 0:
             raise ValueError(f"generator sigmas {self.sigmas}: expected positive values in descending order")
         self.guidance = guidance

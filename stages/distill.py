@@ -73,10 +73,12 @@ def main(
         save_samples = _grid_writer(samples, teacher_denoiser, conditions, _preview_vae(config, reference))
         monitor = None
         if accelerator.is_main_process:
-            save_samples("initial.png", Generator.from_teacher(teacher_denoiser))
+            initial = Generator.from_teacher(teacher_denoiser, (config.generator_sigmas or [])[:1])  # where G starts
+            save_samples("initial.png", initial)
             diversity = {} if reference["kind"] == "stable_diffusion" else _diversity_inputs(data, classifier, teacher_denoiser, conditions)
             monitor = DistillMonitor(live, resumable_step(checkpoint, fingerprint) > 0, config.sample_every,
                                      config.steps, save_samples, **diversity)
+            monitor.measure_start(initial)
         generator, _ = distill(teacher_denoiser, config, checkpoint, inputs, fingerprint=fingerprint, processes=processes,
                                on_step=monitor)
         if accelerator.is_main_process:

@@ -106,7 +106,8 @@ def _models(all_params, real_denoiser, distilled: Generator, device) -> dict:
     ladder and guidance scales, when it has them)."""
     config, batch = all_params.evaluate, all_params.evaluate.batch_size
     teacher_nfe = 2 * all_params.pairs.steps - 1 if all_params.pairs.sampler == "heun" else None
-    initial = Generator.from_teacher(real_denoiser).eval().requires_grad_(False)  # on the teacher's device
+    # the teacher at the distilled generator's first noise level: where distillation started (on the teacher's device)
+    initial = Generator.from_teacher(real_denoiser, distilled.sigmas[:1]).eval().requires_grad_(False)
 
     def teacher_rows(scale: float = 1.0):
         denoiser = real_denoiser if scale == 1 else GuidedDenoiser(real_denoiser, real_denoiser.uncond, scale).to(device)

@@ -1,0 +1,114 @@
+"""Discrete-time (DDPM) teachers distil like EDM ones: the same analytic mixture behind an epsilon-prediction DDPM
+parameterisation (sigma_max about 157) and behind EDM's, each with a trainable residual that starts at zero."""
+
+import math
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from torch import nn
+
+from dmdlib.denoisers import Denoiser, DiscreteDenoiser, GaussianMixtureDenoiser
+from dmdlib.denoisers.base import expand
+from dmdlib.distill import DistillInputs, distill
+from dmdlib.generator import MAX_START_OUTPUT_SCALE, Generator, start_sigma
+from dmdlib.params import DistillParams
+from dmdlib.regression import l2_loss
+from dmdlib.sampling import heun_sample
+
+MIXTURE = GaussianMixtureDenoiser.ring(modes=8, radius=2.0, std=0.1, sigma_data=math.sqrt(2.01))
+
+
+class Residual(nn.Module):
+    """An MLP of the point and Fourier features of a noise input, its last layer zero: it starts as nothing."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        self.register_buffer("frequencies", torch.arange(1, 9, dtype=torch.float32) * math.pi / 2)
+        self.net = nn.Sequential(nn.Linear(18, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor, noise_input: torch.Tensor) -> torch.Tensor:
+        angle = noise_input[:, None] * self.frequencies
+        return self.net(torch.cat([x, angle.sin(), angle.cos()], dim=1))
+
+
+class EpsilonMixture(DiscreteDenoiser):
+    """The mixture as a DDPM network predicting epsilon from (x_t, t), plus a residual: D = x - sigma * eps."""
+
+    def call_model(self, x_t, t, cond):
+        sigma = self.schedule.t_to_sigma(t)
+        x = x_t * expand((sigma**2 + 1).sqrt(), x_t)
+        exact = (x - MIXTURE(x, sigma)) / expand(sigma, x)
+        return exact + self.unet(x_t, t / 1000)
+
+
+class EDMMixture(Denoiser):
+    """The same mixture in EDM's preconditioning, on the same sigma grid: D = c_skip x + c_out F, F = F_exact + residual."""
+
+    def __init__(self, grid: torch.Tensor):
+        super().__init__()
+        self.unet, self.grid = Residual(), grid
+        self.sigma_min, self.sigma_max, self.sigma_data = float(grid[0]), float(grid[-1]), MIXTURE.sigma_data
+
+    def sigma_grid(self):
+        return self.grid.clone()
+
+    def denoise(self, x, sigma, cond):
+        s, sd = expand(sigma, x), self.sigma_data
+        c_skip, c_out, c_in = sd**2 / (s**2 + sd**2), s * sd / (s**2 + sd**2).sqrt(), (s**2 + sd**2).rsqrt()
+        exact = (MIXTURE(x, sigma) - c_skip * x) / c_out
+        return c_skip * x + c_out * (exact + self.unet(c_in * x, sigma.log() / 4))
+
+
+class Pairs:
+    def __init__(self, noise, target):
+        self.noise, self.target, self.labels = noise, target, torch.full((len(noise),), -1)
+
+    def __len__(self):
+        return len(self.noise)
+
+
+def teachers():
+    torch.manual_seed(0)
+    epsilon = EpsilonMixture(Residual(), DDPMScheduler(num_train_timesteps=1000).alphas_cumprod, "epsilon")
+    epsilon.sample_shape = (2,)
+    edm = EDMMixture(epsilon.sigma_grid())
+    edm.unet.load_state_dict(epsilon.unet.state_dict())
+    edm.sample_shape = (2,)
+    return {"epsilon": epsilon.requires_grad_(False), "edm": edm.requires_grad_(False)}
+
+
+def regression_curve(teacher: Denoiser, tmp_path, steps: int = 600) -> list[float]:
+    """Means over 50-step windows of the regression loss of a default distillation (DM term from step 100)."""
+    noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(1))
+    pairs = Pairs(noise, heun_sample(teacher, noise, 18))  # the mixture's own ODE: both residuals start at zero
+    params = DistillParams(steps=steps, batch_size=64, reg_batch_size=64, generator_lr=1e-3, checkpoint_every=10_000,
+                           sample_every=10_000, ema_decay=None)
+    losses = []
+    distill(teacher, params, tmp_path / f"{type(teacher).__name__}.pt", DistillInputs(pairs, l2_loss),
+            on_step=lambda step, metrics, generator: losses.append(metrics["loss_reg"]))
+    return [sum(losses[i : i + 50]) / 50 for i in range(0, steps, 50)]
+
+
+def test_the_one_step_generator_starts_at_the_teachers_own_x0_prediction_where_it_is_well_conditioned():
+    epsilon, edm = teachers().values()
+    assert epsilon.sigma_max == pytest.approx(157.4, abs=0.1) and edm.sigma_max == epsilon.sigma_max
+    assert start_sigma(edm) == edm.sigma_max  # EDM preconditioning: c_out <= sigma_data everywhere
+    assert start_sigma(epsilon) == pytest.approx(MAX_START_OUTPUT_SCALE)  # epsilon: c_out = sigma
+    for teacher in (epsilon, edm):
+        z, sigma = torch.randn(16, 2), start_sigma(teacher)
+        generator = Generator.from_teacher(teacher)
+        assert generator.sigma == sigma
+        assert torch.equal(generator(z), teacher(z * teacher.prior_scale(sigma), sigma))
+
+
+def test_an_epsilon_teacher_distils_as_steadily_as_the_same_mixture_in_edm_form(tmp_path):
+    curves = {name: regression_curve(teacher, tmp_path) for name, teacher in teachers().items()}
+    print({name: [round(x, 4) for x in curve] for name, curve in curves.items()})
+    for curve in curves.values():
+        assert all(b < a * 1.05 for a, b in zip(curve, curve[1:])), curve  # no 50-step mean rises by 5%
+        assert curve[-1] < curve[0] / 3
+    assert curves["epsilon"][-1] < 1.5 * curves["edm"][-1]
+
