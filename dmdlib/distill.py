@@ -28,7 +28,7 @@ from dmdlib.dmd import (
     fake_denoiser_step,
     generator_step,
 )
-from dmdlib.errors import DivergedError, ParamsError, TeacherError
+from dmdlib.errors import DivergedError, ParamsError
 from dmdlib.gan import GANHead
 from dmdlib.generator import Generator
 from dmdlib.io import atomic_output
@@ -170,11 +170,8 @@ def _build(teacher: Denoiser, params: DistillParams, inputs: DistillInputs, proc
         head = make_gan_head(fake_denoiser, conditions, device)
         gan = GAN(head, params.gan_generator_weight, params.gan_head_weight, inputs.real_images)
     if params.gradient_checkpointing:
-        for network in (generator.denoiser, fake_denoiser):
-            unet = getattr(network, "unet", None)
-            if unet is None or not hasattr(unet, "enable_gradient_checkpointing"):
-                raise TeacherError("distill.gradient_checkpointing needs a diffusers teacher (a UNet with enable_gradient_checkpointing)")
-            unet.enable_gradient_checkpointing()
+        generator.denoiser.enable_gradient_checkpointing()
+        fake_denoiser.enable_gradient_checkpointing()
     fake_parameters = [*fake_denoiser.parameters(), *(gan.head.parameters() if gan is not None else [])]
     objective = GeneratorObjective(real_denoiser, fake_denoiser, params.dm_weight, dm_sigma_fractions(real_denoiser.sigma_grid(), params),
                                    params.lambda_reg if inputs.pairs is not None else 0.0, inputs.regression_loss, gan)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from dmdlib.denoisers.base import Denoiser, trainable_copy
@@ -121,14 +122,16 @@ def generate(generator: Generator, noise: torch.Tensor, cond: torch.Tensor | Non
 
 
 GENERATOR_FILE, WEIGHTS_FILE, GUIDANCE_FILE = "generator.json", "generator.safetensors", "guidance.safetensors"
+EDM_CONFIG_FILE = "network.json"
 
 
 def save_generator(folder: str | os.PathLike, generator: Generator, teacher_reference: dict) -> None:
     """Write a generator folder atomically: weights (safetensors) and generator.json to rebuild it.
 
-    A k-diffusion generator is self-contained (its config travels in the weights' metadata); a
-    Stable Diffusion generator's UNet is saved in diffusers layout under `unet/`, so diffusers loads it
-    directly; other kinds rebuild the architecture from the teacher reference and load the weights.
+    A k-diffusion generator is self-contained (its config travels in the weights' metadata), so is an
+    EDM/EDM2 one (weights under EDM's own state-dict names, with the network's JSON config); a Stable
+    Diffusion generator's UNet is saved in diffusers layout under `unet/`, so diffusers loads it directly;
+    other kinds rebuild the architecture from the teacher reference and load the weights.
     """
     with atomic_output(folder) as tmp:
         tmp.mkdir()
@@ -136,6 +139,11 @@ def save_generator(folder: str | os.PathLike, generator: Generator, teacher_refe
         if teacher_reference["kind"] == "kdiffusion":
             save_kdiffusion(tmp / WEIGHTS_FILE, generator.denoiser, generator.denoiser.config)
             description["teacher"] = {"kind": "kdiffusion", "path": WEIGHTS_FILE}
+        elif teacher_reference["kind"] in ("edm", "edm2"):
+            save_file({name: t.detach().contiguous() for name, t in generator.denoiser.network.state_dict().items()},
+                      str(tmp / WEIGHTS_FILE))
+            shutil.copyfile(teacher_reference["config"], tmp / EDM_CONFIG_FILE)
+            description["teacher"] = {**teacher_reference, "path": WEIGHTS_FILE, "config": EDM_CONFIG_FILE}
         elif teacher_reference["kind"] == "stable_diffusion":
             generator.denoiser.unet.save_pretrained(tmp / "unet")
             description.update(teacher=teacher_reference, unet="unet")
@@ -167,8 +175,9 @@ def load_generator(folder: str | os.PathLike) -> Generator:
                         "(`dvc repro distill`)")
     description = json.loads(description_file.read_text())
     reference = dict(description["teacher"])
-    if reference.get("path") and not Path(reference["path"]).is_absolute():
-        reference["path"] = str(folder / reference["path"])
+    for key in ("path", "config"):
+        if reference.get(key) and not Path(reference[key]).is_absolute():
+            reference[key] = str(folder / reference[key])
     denoiser = load_teacher(reference)
     if "weights" in description:
         load_model(denoiser, str(folder / description["weights"]))

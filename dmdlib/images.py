@@ -11,6 +11,8 @@ from PIL import Image
 
 from dmdlib.io import atomic_output
 
+GRID_CLASSES = 10  # classes (rows) a class-conditional sample grid shows: ImageNet's 1000 would be 8000 samples
+
 
 def to_model_range(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, C] -> float32 [N, C, H, W] in [-1, 1]."""

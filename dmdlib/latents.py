@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from dmdlib.errors import TeacherError
 
@@ -28,6 +30,25 @@ def load_vae(folder: str | os.PathLike, subfolder: str = "vae"):
     return getattr(diffusers, class_name).from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
 
 
-def decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1], on the VAE's device, from Stable Diffusion latents (scaled by the VAE's scaling_factor)."""
-    return vae.decode(latents.to(vae.device) / vae.config.scaling_factor).sample.clamp(-1, 1)
+class LatentDecoder(nn.Module):
+    """Images in [-1, 1] from a teacher's latents z: VAE.decode((z - bias) / scale), its output mapped from
+    `vae_range`. Stable Diffusion: scale = the VAE's scaling_factor, bias 0, range [-1, 1]; EDM2: the snapshot's
+    per-channel scale and bias, and its VAE decodes to [0, 1] (EDM2 encodes pixels / 255)."""
+
+    def __init__(self, vae, scale: float | Sequence[float], bias: float | Sequence[float] = 0.0,
+                 vae_range: tuple[float, float] = (-1.0, 1.0)):
+        super().__init__()
+        self.vae = vae
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).reshape(1, -1, 1, 1), persistent=False)
+        self.register_buffer("bias", torch.as_tensor(bias, dtype=torch.float32).reshape(1, -1, 1, 1), persistent=False)
+        self.vae_range = vae_range
+
+    @classmethod
+    def stable_diffusion(cls, vae) -> "LatentDecoder":
+        return cls(vae, vae.config.scaling_factor)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents.to(self.scale.device)
+        images = self.vae.decode(((latents - self.bias) / self.scale).to(self.vae.dtype)).sample.float()
+        low, high = self.vae_range
+        return ((images.clamp(low, high) - low) / (high - low) * 2 - 1)

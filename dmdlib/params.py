@@ -90,20 +90,25 @@ class TeacherTrainParams(Section):
 class TeacherParams(Section):
     """The `teacher` stage: train the default teacher or import a real one from a local path."""
 
-    kind: Literal["train", "kdiffusion", "diffusers_ddpm", "stable_diffusion"] = Field(
+    kind: Literal["train", "kdiffusion", "diffusers_ddpm", "stable_diffusion", "edm", "edm2"] = Field(
         "train",
         description="'train' the default teacher on the prepared data, or import: 'kdiffusion' (checkpoint + config), "
-        "'diffusers_ddpm' (UNet2DModel folder), 'stable_diffusion' (StableDiffusionPipeline folder).",
+        "'diffusers_ddpm' (UNet2DModel folder), 'stable_diffusion' (StableDiffusionPipeline folder), 'edm' / 'edm2' "
+        "(an NVlabs EDM / EDM2 network snapshot .pkl, read without running its code).",
     )
     path: str | None = Field(None, description="Local checkpoint file or model folder for the import kinds.")
     config: str | None = Field(
         None, description="k-diffusion config JSON for kind 'kdiffusion' (not needed when the .safetensors carries it)."
     )
+    vae: str | None = Field(
+        None, description="Kind 'edm2' with a latent snapshot (edm2-img512-*): local diffusers AutoencoderKL folder of "
+        "the VAE it was trained with (stabilityai/sd-vae-ft-mse)."
+    )
     train: TeacherTrainParams = Field(default_factory=TeacherTrainParams)
 
     @model_validator(mode="after")
     def _path_needed(self) -> "TeacherParams":
-        if self.kind in ("kdiffusion", "diffusers_ddpm", "stable_diffusion") and not self.path:
+        if self.kind != "train" and not self.path:
             raise ValueError(f"kind {self.kind!r} needs `path`: the local checkpoint or folder, downloaded beforehand")
         return self
 
@@ -187,7 +192,9 @@ class DistillParams(Section):
     )
     ema_decay: float | None = Field(0.99, ge=0, lt=1, description="EMA of the generator that is saved (paper: none); null for none.")
     mixed_precision: Literal["fp32", "bf16"] = Field("fp32", description="'bf16' autocast (GPU), or plain 'fp32'.")
-    gradient_checkpointing: bool = Field(False, description="Recompute UNet activations in backward (diffusers teachers): less memory.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute UNet block activations in backward (diffusers, EDM, EDM2 teachers): less memory, more time."
+    )
     preview_vae: str | None = Field(
         None, description="Latent teachers: a diffusers AutoencoderKL/AutoencoderTiny folder to decode previews; null: the teacher's VAE."
     )

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmdlib.errors import MissingWeightsError, ParamsError
-from dmdlib.latents import decode
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +99,12 @@ def make_regression_loss(
         return make_regression_loss(fallback)
 
 
-def decoded_regression(regression: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], vae) -> Callable:
-    """The regression loss on VAE-decoded images (the paper's LPIPS on pixels); gradients flow through the decoder."""
+def decoded_regression(regression: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], decoder) -> Callable:
+    """The regression loss on decoded images (the paper's LPIPS on pixels); gradients flow through the decoder."""
 
     def loss(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            target_images = decode(vae, target)
-        return regression(decode(vae, x), target_images)
+            target_images = decoder(target)
+        return regression(decoder(x), target_images)
 
     return loss

@@ -20,9 +20,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dmdlib.denoisers import Denoiser, KarrasDenoiser, LatentDenoiser, frozen
+from dmdlib.denoisers.edm import EDMDenoiser, build_network
 from dmdlib.denoisers.loading import load_diffusers_ddpm
 from dmdlib.errors import TeacherError
 from dmdlib.io import atomic_output
+from dmdlib.snapshots import read_snapshot
 
 KDIFFUSION_KEYS = ("model_ema", "model")  # k-diffusion's train.py checkpoint keys, EMA first
 
@@ -150,13 +152,63 @@ def load_stable_diffusion_unet(folder: str | os.PathLike) -> LatentDenoiser:
     return denoiser
 
 
+EDM_CLASSES = {"edm": ("VPPrecond", "VEPrecond", "iDDPMPrecond", "EDMPrecond"), "edm2": ("Precond",)}
+LATENT_ENCODERS = {"edm": (), "edm2": ("StabilityVAEEncoder",)}
+PIXEL_ENCODERS = (None, "StandardRGBEncoder")  # EDM snapshots have no encoder; EDM2's pixel one maps [0, 255] to [-1, 1]
+
+
+def convert_edm_snapshot(snapshot: str | os.PathLike, kind: str, weights: Path, config: Path) -> dict[str, Any] | None:
+    """Read an NVlabs snapshot safely, check it loads into the project's network, write safetensors + JSON config
+    ({"class_name", "init_kwargs"}). Returns EDM2's latent encoder record (VAE name, scale, bias), None in pixel space.
+    """
+    record = read_snapshot(snapshot)
+    if record.class_name not in EDM_CLASSES[kind]:
+        other = next((k for k, names in EDM_CLASSES.items() if record.class_name in names), None)
+        hint = f"; set teacher.kind: {other}" if other else ""
+        raise TeacherError(f"{snapshot}: holds a {record.class_name} network; teacher.kind {kind!r} expects one of "
+                           f"{EDM_CLASSES[kind]}{hint}")
+    encoder = record.encoder
+    if encoder is not None and encoder["class_name"] not in (*LATENT_ENCODERS[kind], *PIXEL_ENCODERS):
+        raise TeacherError(f"{snapshot}: encoder {encoder['class_name']!r} is not supported; expected "
+                           f"{(*LATENT_ENCODERS[kind], *PIXEL_ENCODERS[1:])}")
+    try:
+        network = build_network(record.class_name, record.init_kwargs)
+    except (TypeError, ValueError) as err:
+        raise TeacherError(f"{snapshot}: the {record.class_name} record's constructor arguments do not build the "
+                           f"network ({err})") from None
+    _load_edm_weights(network, record.state_dict, snapshot)
+    save_file({name: tensor.contiguous() for name, tensor in record.state_dict.items()}, str(weights))
+    config.write_text(json.dumps({"class_name": record.class_name, "init_kwargs": record.init_kwargs}, indent=2))
+    return encoder if encoder is not None and encoder["class_name"] in LATENT_ENCODERS[kind] else None
+
+
+def _load_edm_weights(network: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """strict=True; fp16-stored weights (EDM2's) are upcast into the float32 parameters by the copy."""
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = str(err).splitlines()[1].strip()
+        raise TeacherError(f"{source}: weights do not fit the network its config describes ({detail[:300]})") from None
+
+
+def load_edm(weights: str | os.PathLike, config: str | os.PathLike) -> EDMDenoiser:
+    """An EDM/EDM2 teacher converted by the `teacher` stage: safetensors weights and their JSON config."""
+    for path in (weights, config):
+        if not Path(path).is_file():
+            raise TeacherError(f"{path}: not found; re-run the `teacher` stage to convert the EDM snapshot")
+    description = json.loads(Path(config).read_text())
+    network = build_network(description["class_name"], description["init_kwargs"])
+    _load_edm_weights(network, load_file(str(weights)), weights)
+    return EDMDenoiser(network)
+
+
 def teacher_digest(denoiser: nn.Module) -> str:
     """SHA-256 of a denoiser's weights and buffers (names, dtypes, shapes and bytes): which teacher made a file."""
     digest = hashlib.sha256()
     for name, tensor in sorted(denoiser.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -169,7 +221,9 @@ def load_teacher(reference: dict[str, Any]) -> Denoiser:
         denoiser = load_diffusers_ddpm(reference["path"])
     elif kind == "stable_diffusion":
         denoiser = load_stable_diffusion_unet(reference["path"])
+    elif kind in EDM_CLASSES:
+        denoiser = load_edm(reference["path"], reference["config"])
     else:
-        raise TeacherError(f"teacher reference kind {kind!r}: expected kdiffusion, diffusers_ddpm or stable_diffusion; "
-                           "re-run the `teacher` stage")
+        raise TeacherError(f"teacher reference kind {kind!r}: expected kdiffusion, diffusers_ddpm, stable_diffusion, edm or "
+                           "edm2; re-run the `teacher` stage")
     return frozen(denoiser)

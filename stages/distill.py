@@ -24,13 +24,12 @@ from dmdlib.errors import ParamsError
 from dmdlib.generator import Generator, generate, save_generator
 from dmdlib.images import save_grid, to_model_range, to_uint8
 from dmdlib.io import resumable_step
-from dmdlib.latents import decode, load_vae
 from dmdlib.pairs import GRID_SEED, PairDataset, fixed_inputs, pair_metadata
 from dmdlib.params import DistillParams, load_params
 from dmdlib.regression import decoded_regression, make_regression_loss
 from stages.common import PARAMS_OPTION, setup_logging, user_errors
 from stages.distill_monitor import DistillMonitor
-from stages.teacher_reference import PROMPTS_OPTION, TEACHER_OPTION, conditioning, read_teacher
+from stages.teacher_reference import PROMPTS_OPTION, TEACHER_OPTION, conditioning, image_decoder, is_latent, read_teacher
 
 log = logging.getLogger("distill")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -70,12 +69,12 @@ def main(
             _real_images(data, reference) if config.gan_generator_weight > 0 else None, all_params.pairs.guidance,
         )
         fingerprint = hashlib.sha256(json.dumps([config.model_dump(mode="json"), expected_pairs]).encode()).hexdigest()
-        save_samples = _grid_writer(samples, teacher_denoiser, conditions, _preview_vae(config, reference))
+        save_samples = _grid_writer(samples, teacher_denoiser, conditions, image_decoder(reference, config.preview_vae))
         monitor = None
         if accelerator.is_main_process:
             initial = Generator.from_teacher(teacher_denoiser, (config.generator_sigmas or [])[:1])  # where G starts
             save_samples("initial.png", initial)
-            diversity = {} if reference["kind"] == "stable_diffusion" else _diversity_inputs(data, classifier, teacher_denoiser, conditions)
+            diversity = {} if is_latent(reference) else _diversity_inputs(data, classifier, teacher_denoiser, conditions)
             monitor = DistillMonitor(live, resumable_step(checkpoint, fingerprint) > 0, config.sample_every,
                                      config.steps, save_samples, **diversity)
             monitor.measure_start(initial)
@@ -89,14 +88,7 @@ def main(
         accelerator.wait_for_everyone()
 
 
-def _preview_vae(config: DistillParams, reference: dict):
-    """The VAE that decodes a latent teacher's samples for the grids (None for pixel-space teachers)."""
-    if reference["kind"] != "stable_diffusion":
-        return None
-    return load_vae(config.preview_vae, subfolder="") if config.preview_vae else load_vae(reference["path"])
-
-
-def _grid_writer(folder: Path, teacher: Denoiser, conditions, vae) -> Callable[[str, Generator], None]:
+def _grid_writer(folder: Path, teacher: Denoiser, conditions, decoder) -> Callable[[str, Generator], None]:
     """save(name, generator): a PNG grid of the generator's samples from the same fixed noise and conditions every time."""
     columns = min(conditions.count, 10) if conditions is not None else 8
     noise, cond = fixed_inputs(teacher.sample_shape, conditions, 8 * columns)
@@ -104,7 +96,7 @@ def _grid_writer(folder: Path, teacher: Denoiser, conditions, vae) -> Callable[[
 
     def save(name: str, generator: Generator) -> None:
         images = generate(generator, noise, cond)
-        save_grid(folder / name, to_uint8(decode(vae, images) if vae is not None else images), columns, scale=4)
+        save_grid(folder / name, to_uint8(decoder(images).cpu() if decoder is not None else images), columns, scale=4)
 
     return save
 
@@ -116,16 +108,17 @@ def _regression_loss(config: DistillParams, reference: dict, device: torch.devic
     regression = make_regression_loss(config.regression_loss, config.lpips_net, config.lpips_fallback)
     if hasattr(regression, "to"):
         regression = regression.to(device)
-    if reference["kind"] == "stable_diffusion" and config.regression_space == "decoded":
-        regression = decoded_regression(regression, load_vae(reference["path"]).to(device))
+    decoder = image_decoder(reference) if config.regression_space == "decoded" else None
+    if decoder is not None:
+        regression = decoded_regression(regression, decoder.to(device))
     return regression
 
 
 def _real_images(data: Path, reference: dict) -> RealBatch:
     """The training split in model range, with class labels as cond when the data has them: the GAN's positives."""
-    if reference["kind"] == "stable_diffusion":
-        raise ParamsError("distill.gan_generator_weight: the GAN head needs real images; latent (text-to-image) teachers "
-                          "are not supported yet")
+    if is_latent(reference):
+        raise ParamsError("distill.gan_generator_weight: the GAN head needs real images in the teacher's space; latent "
+                          "teachers are not supported yet")
     dataset = read_image_parquet(data)
     train = dataset.subset(TRAIN)
     labels = torch.from_numpy(dataset.labels[train]).long() if dataset.class_names else None

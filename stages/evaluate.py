@@ -26,14 +26,14 @@ from dmdlib.evaluation import (
     rounded,
 )
 from dmdlib.generator import Generator, generate, load_generator
-from dmdlib.images import make_grid, save_grid, to_model_range
+from dmdlib.images import GRID_CLASSES, make_grid, save_grid, to_model_range
 from dmdlib.io import atomic_output
 from dmdlib.metrics import class_shares, paired_ratio
 from dmdlib.pairs import fixed_inputs, make_sampler, seeded_inputs
 from dmdlib.params import EvaluateParams, load_params
 from stages.common import PARAMS_OPTION, compute_device, setup_logging, user_errors
 from stages.evaluate_text import evaluate_text_to_image
-from stages.teacher_reference import PROMPTS_OPTION, TEACHER_OPTION, read_teacher
+from stages.teacher_reference import PROMPTS_OPTION, TEACHER_OPTION, image_decoder, read_teacher
 
 log = logging.getLogger("evaluate")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -69,13 +69,16 @@ def main(
         inputs = [seeded_inputs(config.first_seed + i, shape, classes) for i in range(count * sets)]
         noise = torch.stack([z for z, _ in inputs])
         labels = torch.tensor([label for _, label in inputs]) if classes else None
-        grid_inputs = fixed_inputs(shape, Conditions.of(real_denoiser), 8 * max(classes, 1))
+        grid_inputs = fixed_inputs(shape, Conditions.of(real_denoiser), 8 * min(max(classes, 1), GRID_CLASSES))
+        decoder = image_decoder(reference)  # a latent (EDM2) teacher: every row is measured on decoded images
         results: dict = {"samples": count, "sample_sets": sets, "reference": f"train split ({len(dataset.subset(TRAIN))} images)",
                          "feature_extractors": list(reference_set.extractors), "device": _device_name(device),
                          "machine_threads": torch.get_num_threads(),
                          "noise_floor": rounded(reference_set.quality(heldout[:count]))}
         measured = {}
-        for name, (sample, nfe) in _models(all_params, real_denoiser, load_generator(generator).to(device), device).items():
+        models = _models(all_params, real_denoiser, load_generator(generator).to(device), device)
+        for name, (sample, nfe) in models.items():
+            sample = sample if decoder is None else _decoded(sample, decoder.to(device), config.batch_size)
             log.info("evaluating %s on %d x %d samples", name, sets, count)
             measured[name] = measure_model(sample, nfe, noise, labels, sets, reference_set, speed_batch=config.speed_batch_size,
                                            speed_repeats=config.speed_repeats, grid_inputs=grid_inputs)
@@ -99,6 +102,11 @@ def _reference_set(dataset, feature_net, config: EvaluateParams) -> ReferenceSet
     train = dataset.subset(TRAIN)
     shares = class_shares(torch.from_numpy(dataset.labels[train]), len(dataset.class_names)) if dataset.class_names else None
     return ReferenceSet.of(to_model_range(dataset.images[train]), extractors, feature_net, shares, config.precision_recall_k)
+
+
+def _decoded(sample, decoder, batch: int):
+    """A sampler whose latents come back as images, decoded in batches (speed figures include the decoding)."""
+    return lambda z, y: torch.cat([decoder(part).cpu() for part in sample(z, y).split(batch)])
 
 
 def _models(all_params, real_denoiser, distilled: Generator, device) -> dict:

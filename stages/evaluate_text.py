@@ -15,10 +15,10 @@ from dmdlib.errors import ParamsError
 from dmdlib.evaluation import extract_features, find_inception, inception_extractor, peak_tensor_memory_mib, throughput
 from dmdlib.generator import generate, load_generator
 from dmdlib.images import save_grid, to_model_range, to_uint8
-from dmdlib.latents import decode, load_vae
 from dmdlib.metrics import clip_score, fid, kid
 from dmdlib.pairs import make_sampler, seeded_inputs
 from dmdlib.text import load_prompt_set
+from stages.teacher_reference import image_decoder
 
 log = logging.getLogger("evaluate")
 
@@ -36,17 +36,17 @@ def evaluate_text_to_image(all_params, teacher_denoiser, reference: dict, genera
     cond = prompts.eval_embeddings[torch.arange(count) % len(prompts.eval)]
     noise = torch.stack([seeded_inputs(config.first_seed + i, teacher_denoiser.sample_shape, 0)[0] for i in range(count)])
     device = next(teacher_denoiser.parameters()).device
-    vae = load_vae(reference["path"]).to(device)
+    decoder = image_decoder(reference).to(device)
     real = teacher_denoiser if pairs.guidance == 1 else GuidedDenoiser(teacher_denoiser, prompts.uncond, pairs.guidance)
     teacher_sample = make_sampler(real.to(device), pairs, Conditions(count, lambda ids: cond[ids]), device)
     generator = load_generator(generator_folder).to(device)
     batch = config.batch_size
 
     def teacher_images(z, ids):
-        return torch.cat([decode(vae, teacher_sample(z[i : i + batch], ids[i : i + batch])).cpu() for i in range(0, len(z), batch)])
+        return torch.cat([decoder(teacher_sample(z[i : i + batch], ids[i : i + batch])).cpu() for i in range(0, len(z), batch)])
 
     def generator_images(z, ids):
-        return torch.cat([decode(vae, generate(generator, z[i : i + batch], cond[ids[i : i + batch]])).cpu()
+        return torch.cat([decoder(generate(generator, z[i : i + batch], cond[ids[i : i + batch]])).cpu()
                           for i in range(0, len(z), batch)])
 
     clip = None

@@ -12,18 +12,20 @@ import torch
 import typer
 
 from dmdlib.data import TRAIN, read_image_parquet
-from dmdlib.images import save_grid, to_model_range, to_uint8
+from dmdlib.errors import ParamsError
+from dmdlib.images import GRID_CLASSES, save_grid, to_model_range, to_uint8
 from dmdlib.io import atomic_output, resumable_step
 from dmdlib.params import load_params
 from dmdlib.sampling import heun_sample
 from dmdlib.teacher_training import train_teacher
-from dmdlib.teachers import build_kdiffusion, kdiffusion_config, load_teacher, save_kdiffusion
+from dmdlib.teachers import EDM_CLASSES, build_kdiffusion, convert_edm_snapshot, kdiffusion_config, load_teacher, save_kdiffusion
 from stages.common import PARAMS_OPTION, compute_device, setup_logging, user_errors
-from stages.teacher_reference import REFERENCE_FILE, read_teacher
+from stages.teacher_reference import REFERENCE_FILE, image_decoder, read_teacher
 
 log = logging.getLogger("teacher")
 app = typer.Typer(add_completion=False, help=__doc__)
 WEIGHTS_FILE = "model.safetensors"
+EDM_WEIGHTS_FILE, EDM_CONFIG_FILE = "network.safetensors", "network.json"
 
 
 @app.command()
@@ -41,6 +43,8 @@ def main(
         config = load_params(params).teacher
         if config.kind == "train":
             _train(config.train, data, out, checkpoint, live)
+        elif config.kind in EDM_CLASSES:
+            _convert_snapshot(config, out)
         else:
             reference = {"kind": config.kind, "path": _absolute(config.path), "config": _absolute(config.config)}
             load_teacher(reference)  # fail now, with the loader's message, rather than in a later stage
@@ -49,6 +53,21 @@ def main(
                 (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
         teacher, reference = read_teacher(out)
         _write_samples(teacher, reference, config.train.sample_steps, samples)
+
+
+def _convert_snapshot(config, out: Path) -> None:
+    """An NVlabs snapshot converted once into network.safetensors + network.json: no later stage opens the pickle."""
+    with atomic_output(out) as tmp:
+        tmp.mkdir()
+        encoder = convert_edm_snapshot(Path(config.path).expanduser(), config.kind, tmp / EDM_WEIGHTS_FILE, tmp / EDM_CONFIG_FILE)
+        if encoder is not None and not config.vae:
+            raise ParamsError(f"{config.path}: a latent EDM2 snapshot (encoder {encoder['class_name']}, VAE "
+                              f"{encoder['vae_name']}); set teacher.vae to a local diffusers AutoencoderKL folder of that VAE")
+        reference = {"kind": config.kind, "path": EDM_WEIGHTS_FILE, "config": EDM_CONFIG_FILE,
+                     "vae": _absolute(config.vae) if encoder is not None else None, "encoder": encoder}
+        (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
+        load_teacher({**reference, "path": str(tmp / EDM_WEIGHTS_FILE), "config": str(tmp / EDM_CONFIG_FILE)})
+    log.info("converted %s (%s) into %s", config.path, reference["kind"], out)
 
 
 def _absolute(path: str | None) -> str | None:
@@ -98,15 +117,17 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
 
 def _write_samples(teacher, reference: dict, steps: int, path: Path) -> None:
     if reference["kind"] == "stable_diffusion":
-        log.info("no sample grid for a %s teacher (a latent-space model)", reference["kind"])
+        log.info("no sample grid for a %s teacher (text-to-image: the evaluate stage shows its samples)", reference["kind"])
         return
-    shape, classes, device = teacher.sample_shape, teacher.num_classes, compute_device()
+    decoder = image_decoder(reference)
+    shape, classes, device = teacher.sample_shape, min(teacher.num_classes, GRID_CLASSES), compute_device()
     generator = torch.Generator().manual_seed(0)
     count = 8 * max(classes, 1)
     noise = torch.randn((count, *shape), generator=generator).to(device)
     cond = torch.arange(classes, device=device).repeat_interleave(8) if classes else None
-    images = heun_sample(teacher.to(device), noise, steps=steps, cond=cond).cpu()
-    save_grid(path, to_uint8(images), columns=8, scale=4)  # one row per class
+    images = heun_sample(teacher.to(device), noise, steps=steps, cond=cond)
+    images = (images if decoder is None else decoder.to(device)(images)).cpu()
+    save_grid(path, to_uint8(images), columns=8, scale=4)  # one row per class (the first GRID_CLASSES)
     log.info("wrote %s: %d Heun-%d samples (%d network evaluations each)", path, count, steps, 2 * steps - 1)
 
 

@@ -10,6 +10,7 @@ import typer
 from dmdlib.conditions import Conditions
 from dmdlib.denoisers import Denoiser, GuidedDenoiser
 from dmdlib.errors import ParamsError, TeacherError
+from dmdlib.latents import LatentDecoder, load_vae
 from dmdlib.teachers import load_teacher
 from dmdlib.text import load_prompt_set
 
@@ -26,10 +27,27 @@ def read_teacher(folder: Path) -> tuple[Denoiser, dict]:
     if not reference_file.is_file():
         raise TeacherError(f"{reference_file}: no teacher reference; run the `teacher` stage first (`dvc repro teacher`)")
     reference = json.loads(reference_file.read_text())
-    for key in ("path", "config"):
+    for key in ("path", "config", "vae"):
         if reference.get(key) and not Path(reference[key]).is_absolute():
             reference[key] = str(folder / reference[key])
     return load_teacher(reference), reference
+
+
+def is_latent(reference: dict) -> bool:
+    """Whether the teacher works in a VAE's latent space (Stable Diffusion, EDM2 img512) rather than on pixels."""
+    return reference["kind"] == "stable_diffusion" or reference.get("encoder") is not None
+
+
+def image_decoder(reference: dict, vae_folder: str | None = None) -> LatentDecoder | None:
+    """Latents -> images for a latent teacher (None for pixel-space ones): Stable Diffusion's own VAE, or the VAE
+    given for an EDM2 latent snapshot with its scale and bias; `vae_folder` swaps in another VAE (e.g. TAESD)."""
+    if reference["kind"] == "stable_diffusion":
+        return LatentDecoder.stable_diffusion(load_vae(vae_folder, subfolder="") if vae_folder else load_vae(reference["path"]))
+    if not is_latent(reference):
+        return None
+    encoder = reference["encoder"]
+    return LatentDecoder(load_vae(vae_folder or reference["vae"], subfolder=""), encoder["scale"], encoder["bias"],
+                         vae_range=(0.0, 1.0))
 
 
 def conditioning(teacher: Denoiser, reference: dict, guidance: float, prompts_folder: Path,

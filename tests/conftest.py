@@ -11,3 +11,14 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def nvlabs_fixtures(repo_root) -> Path:
+    """NVlabs-made EDM/EDM2 snapshots and reference outputs (../shared/fixtures, or $DMD_FIXTURES); skip without them."""
+    import os
+
+    folder = Path(os.environ.get("DMD_FIXTURES", repo_root.parent / "shared" / "fixtures"))
+    if not (folder / "edm").is_dir():
+        pytest.skip(f"{folder}: no NVlabs EDM/EDM2 fixtures here (set DMD_FIXTURES to their folder)")
+    return folder

@@ -62,6 +62,11 @@ class Denoiser(nn.Module, abc.ABC):
         """The module whose [batch, width] output embeds the noise level, and that width (guidance input adds to it)."""
         raise TeacherError(f"{type(self).__name__} has no noise-level embedding: guidance conditioning needs a UNet teacher")
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the network's block activations in backward instead of storing them (distill.gradient_checkpointing)."""
+        raise TeacherError(f"distill.gradient_checkpointing: {type(self).__name__} teachers do not support it; "
+                           "it works for diffusers, EDM and EDM2 teachers")
+
 
 def per_sample(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """Sigma as a [batch] tensor on x's device."""

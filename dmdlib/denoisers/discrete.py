@@ -68,6 +68,9 @@ class DiscreteDenoiser(Denoiser):
     def time_embedding(self) -> tuple[nn.Module, int]:
         return self.unet.time_embedding, self.unet.time_embedding.linear_2.out_features
 
+    def enable_gradient_checkpointing(self) -> None:
+        self.unet.enable_gradient_checkpointing()
+
     def prior_scale(self, sigma: float) -> float:
         """sqrt(sigma^2 + 1): unit noise z is then exactly the VP sample x_T = z that diffusers samplers start from."""
         return (sigma**2 + 1) ** 0.5

@@ -30,6 +30,9 @@ class _Wrapping(Denoiser):
     def loss_weight(self, sigma):
         return self.denoiser.loss_weight(sigma)
 
+    def enable_gradient_checkpointing(self):
+        self.denoiser.enable_gradient_checkpointing()
+
 
 class GuidedDenoiser(_Wrapping):
     """D_uncond + w * (D_cond - D_uncond), both halves in one batched call (Ho & Salimans 2022).

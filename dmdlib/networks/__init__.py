@@ -1,0 +1,1 @@
+"""The project's own implementations of published diffusion networks, with their original state-dict layouts."""

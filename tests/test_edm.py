@@ -1,0 +1,143 @@
+"""NVlabs EDM and EDM2 snapshots: read without running their code, loaded into the project's own networks, which
+reproduce EDM's reference outputs and have the published checkpoints' exact keys and shapes."""
+
+import json
+import os
+import pickle
+import sys
+import types
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dmdlib.denoisers.edm import EDMDenoiser, build_network
+from dmdlib.errors import TeacherError
+from dmdlib.snapshots import read_snapshot
+from dmdlib.teachers import convert_edm_snapshot, load_edm
+
+VARIANTS = ["edm/songunet-ddpmpp-vp-cond", "edm/songunet-ncsnpp-ve-uncond", "edm/dhariwalunet-adm-edm-cond",
+            "edm2/edm2-latent-tiny", "edm2/edm2-pixel-tiny"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_snapshot_loads_through_the_teacher_loader_and_gives_edms_reference_output(variant, nvlabs_fixtures, tmp_path):
+    folder = nvlabs_fixtures / variant
+    kind = variant.split("/")[0]
+    convert_edm_snapshot(folder / "network-snapshot.pkl", kind, tmp_path / "w.safetensors", tmp_path / "c.json")
+    denoiser = load_edm(tmp_path / "w.safetensors", tmp_path / "c.json").eval()
+    recorded = json.loads((folder / "config.json").read_text())["class_name"].split(".")[-1]
+    assert json.loads((tmp_path / "c.json").read_text())["class_name"] == recorded
+    weights, stored = load_file(folder / "weights.safetensors"), denoiser.network.state_dict()
+    assert set(weights) == set(stored) and all(torch.equal(weights[k].float(), stored[k]) for k in weights)
+    assert all(t.dtype == torch.float32 for t in stored.values())  # EDM2's float16 weights upcast on load
+
+    reference = load_file(folder / "reference.safetensors")
+    one_hot = reference.get("class_labels")
+    with torch.no_grad():
+        direct = denoiser.network(reference["x"], reference["sigma"], one_hot)
+        labels = one_hot.argmax(dim=1) if one_hot is not None else None
+        through_interface = denoiser(reference["x"], reference["sigma"], labels)
+    assert (direct - reference["expected"]).abs().max() < 1e-5
+    assert torch.equal(direct, through_interface)
+    assert denoiser.sample_shape == tuple(reference["x"].shape[1:])
+    assert denoiser.num_classes == (one_hot.shape[1] if one_hot is not None else 0)
+
+
+@pytest.mark.parametrize("family", ["edm", "edm2"])
+def test_networks_at_the_published_configurations_have_the_checkpoints_keys_and_shapes(family, nvlabs_fixtures):
+    published = json.loads((nvlabs_fixtures / family / "full-size-keys.json").read_text())
+    for name, entry in published.items():
+        config = dict(entry["config"])
+        kwargs = dict(img_resolution=config.pop("res"), img_channels=config.pop("ch"), label_dim=config.pop("labels"))
+        class_name = config.pop("cls", "Precond")
+        config.pop("latent", None)
+        with torch.device("meta"):
+            network = build_network(class_name, {**kwargs, **config})
+        shapes = {key: list(tensor.shape) for key, tensor in network.state_dict().items()}
+        assert shapes == entry["keys"] and list(shapes) == list(entry["keys"]), name
+        assert sum(p.numel() for p in network.parameters()) == entry["params"], name
+
+
+def test_the_preconditionings_noise_ranges_and_weightings():
+    tiny = dict(img_resolution=8, img_channels=3, model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[])
+    vp, ve = build_network("VPPrecond", tiny), build_network("VEPrecond", tiny)
+    iddpm = build_network("iDDPMPrecond", {**tiny, "model_type": "SongUNet"})
+    edm = build_network("EDMPrecond", {**tiny, "model_type": "SongUNet"})
+    assert vp.sigma_max == pytest.approx(152.17, abs=0.01) and vp.sigma_min == pytest.approx(0.001, rel=1e-3)
+    assert (ve.sigma_min, ve.sigma_max) == (0.02, 100.0)
+    assert iddpm.u.shape == (1001,) and iddpm.u[-1] == 0 and torch.all(iddpm.u[:-1] > iddpm.u[1:])
+    # EDM's sampler range, clamped to the network's: VP and EDM run 0.002..80, VE from its own 0.02
+    assert (EDMDenoiser(vp).sigma_min, EDMDenoiser(vp).sigma_max) == (0.002, 80.0)
+    assert (EDMDenoiser(ve).sigma_min, EDMDenoiser(edm).sigma_max) == (0.02, 80.0)
+    sigma = torch.tensor([0.1, 1.0, 10.0])
+    assert torch.allclose(EDMDenoiser(vp).loss_weight(sigma), sigma**-2)  # EDM Table 1: VP and VE lambda = 1/sigma^2
+    assert torch.allclose(EDMDenoiser(edm).loss_weight(sigma), (sigma**2 + 0.25) / (0.5 * sigma) ** 2)
+    x = torch.randn(2, 3, 8, 8)
+    for network in (vp, ve, iddpm, edm):  # D(x, sigma) -> x as sigma -> 0 for every preconditioning
+        assert torch.allclose(network.eval()(x, torch.full((2,), 1e-4)), x, atol=1e-2)
+
+
+class _Payload:
+    """Pickles as a call of `function` on `argument`: what a malicious snapshot carries."""
+
+    def __init__(self, function, argument):
+        self.function, self.argument = function, argument
+
+    def __reduce__(self):
+        return self.function, (self.argument,)
+
+
+def test_a_malicious_snapshot_is_refused_and_runs_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "created-by-the-snapshot"
+    payload = tmp_path / "reduce.pkl"
+    payload.write_bytes(pickle.dumps({"ema": _Payload(os.system, f"touch {target}")}))
+    with pytest.raises(TeacherError, match=rf"{payload}: refers to (posix|nt)\.system.*refused without running it"):
+        read_snapshot(payload)
+
+    # A persistence record whose embedded source would create the file if it were executed (EDM's own loader runs it).
+    source = tmp_path / "source.pkl"
+    kwargs = dict(img_resolution=8, img_channels=3, model_channels=8, channel_mult=[1], num_blocks=1)
+    meta = {"type": "class", "version": 6, "class_name": "VPPrecond", "state": {"_init_kwargs": kwargs},
+            "module_src": f"open({str(target)!r}, 'w').write('ran')"}
+    source.write_bytes(pickle.dumps({"ema": _Payload(_persistence_reconstructor(monkeypatch), meta)}))
+    with pytest.raises(TeacherError, match=rf"{source}: weights do not fit the network.*Missing key"):
+        convert_edm_snapshot(source, "edm", tmp_path / "w.safetensors", tmp_path / "c.json")
+    meta["state"]["_init_kwargs"] = {"img_resolution": 8}
+    source.write_bytes(pickle.dumps({"ema": _Payload(_persistence_reconstructor(monkeypatch), meta)}))
+    with pytest.raises(TeacherError, match=rf"{source}: the VPPrecond record's constructor arguments do not build"):
+        convert_edm_snapshot(source, "edm", tmp_path / "w.safetensors", tmp_path / "c.json")
+    exec_payload = tmp_path / "exec.pkl"
+    exec_payload.write_bytes(pickle.dumps({"ema": _Payload(exec, f"open({str(target)!r}, 'w')")}))
+    with pytest.raises(TeacherError, match=r"builtins\.exec"):
+        read_snapshot(exec_payload)
+    assert not target.exists()
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def _persistence_reconstructor(monkeypatch):
+    """A function that pickles as EDM's `torch_utils.persistence._reconstruct_persistent_obj`, as snapshots refer to it."""
+    module = types.ModuleType("torch_utils.persistence")
+
+    def _reconstruct_persistent_obj(meta):  # never called: the reader resolves the name to its own record type
+        raise AssertionError
+
+    _reconstruct_persistent_obj.__module__ = module.__name__
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    module._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    monkeypatch.setitem(sys.modules, "torch_utils", types.ModuleType("torch_utils"))
+    monkeypatch.setitem(sys.modules, "torch_utils.persistence", module)
+    return _reconstruct_persistent_obj
+
+
+def test_a_snapshot_of_the_other_family_or_a_latent_one_without_vae_is_named(nvlabs_fixtures, tmp_path):
+    with pytest.raises(TeacherError, match="holds a Precond network; teacher.kind 'edm' expects.*set teacher.kind: edm2"):
+        convert_edm_snapshot(nvlabs_fixtures / "edm2/edm2-pixel-tiny/network-snapshot.pkl", "edm", tmp_path / "w", tmp_path / "c")
+    with pytest.raises(TeacherError, match="not found; download the .pkl beforehand"):
+        read_snapshot(tmp_path / "missing.pkl")
+    encoder = convert_edm_snapshot(nvlabs_fixtures / "edm2/edm2-latent-tiny/network-snapshot.pkl", "edm2",
+                                   tmp_path / "w.safetensors", tmp_path / "c.json")
+    reference = load_file(nvlabs_fixtures / "edm2/edm2-latent-tiny/reference.safetensors")
+    assert encoder["class_name"] == "StabilityVAEEncoder" and encoder["vae_name"] == "stabilityai/sd-vae-ft-mse"
+    assert torch.allclose(torch.tensor(encoder["scale"]), reference["encoder_scale"].flatten())
+    assert torch.allclose(torch.tensor(encoder["bias"]), reference["encoder_bias"].flatten())
