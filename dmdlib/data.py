@@ -84,7 +84,7 @@ def load_image_folder(
     Returns images, labels (-1 without classes), class names, and the files that could not be
     read with the reason, so one bad file is reported instead of stopping the whole read.
     """
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"{folder}: image folder not found; expected a folder of PNG/JPEG files (optionally one sub-folder per class)")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

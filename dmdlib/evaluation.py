@@ -16,7 +16,7 @@ import torch
 from dmdlib.classifier import FeatureClassifier, predict
 from dmdlib.errors import ParamsError
 from dmdlib.images import to_uint8
-from dmdlib.metrics import class_shares, fid, kid, mean_over_sets, precision_recall
+from dmdlib.metrics import class_shares, fid, fid_to_statistics, kid, mean_over_sets, precision_recall
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def classifier_extractor(classifier: FeatureClassifier) -> Extractor:
 
 def find_inception(configured: str | os.PathLike | None, clean_fid_dir: Path = Path("/tmp")) -> Path | None:
     """The Inception weights file: the configured path, else clean-fid's own download place, else None."""
-    candidates = [Path(configured)] if configured else []
+    candidates = [Path(configured).expanduser()] if configured else []
     candidates.append(clean_fid_dir / INCEPTION_FILE)
     for candidate in candidates:
         if candidate.is_file():
@@ -58,6 +58,19 @@ def inception_extractor(weights: Path, device: torch.device) -> Extractor:
         return model(torch.from_numpy(resized).float().to(device)).cpu()
 
     return extract
+
+
+def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Reference statistics in clean-fid's .npz layout (arrays `mu` [2048], `sigma` [2048, 2048])."""
+    try:
+        with np.load(Path(path).expanduser()) as stats:
+            mu, sigma = stats["mu"], stats["sigma"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ParamsError(f"evaluate.inception_statistics {path}: expected clean-fid's .npz with arrays 'mu' and 'sigma' "
+                          f"({err})") from None
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise ParamsError(f"evaluate.inception_statistics {path}: mu {mu.shape} and sigma {sigma.shape} do not match")
+    return mu, sigma
 
 
 @torch.no_grad()
@@ -122,12 +135,14 @@ class ReferenceSet:
     classifier: FeatureClassifier
     data_shares: torch.Tensor | None  # None for unlabelled data
     precision_recall_k: int = 3
+    statistics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # extractor -> published (mu, sigma)
 
     @classmethod
     def of(cls, images: torch.Tensor, extractors: dict[str, Extractor], classifier: FeatureClassifier,
-           data_shares: torch.Tensor | None, precision_recall_k: int = 3) -> "ReferenceSet":
+           data_shares: torch.Tensor | None, precision_recall_k: int = 3,
+           statistics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> "ReferenceSet":
         features = {name: extract_features(extract, images) for name, extract in extractors.items()}
-        return cls(extractors, features, classifier, data_shares, precision_recall_k)
+        return cls(extractors, features, classifier, data_shares, precision_recall_k, statistics)
 
     def quality(self, samples: torch.Tensor) -> dict[str, float]:
         """FID and KID per extractor, precision and recall (classifier space), and the smallest class-share ratio."""
@@ -136,6 +151,8 @@ class ReferenceSet:
             features = extract_features(extract, samples)
             row[f"fid_{name}"] = fid(self.features[name], features)
             row[f"kid_{name}"] = kid(self.features[name], features)
+            if self.statistics and name in self.statistics:
+                row[f"fid_{name}_statistics"] = fid_to_statistics(*self.statistics[name], features)
         real = self.features["classifier"][: len(samples)]
         precision, recall = precision_recall(real, extract_features(self.extractors["classifier"], samples), self.precision_recall_k)
         row["precision_classifier"], row["recall_classifier"] = precision, recall

@@ -14,6 +14,14 @@ def fid(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
     return float(frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)))
 
 
+def fid_to_statistics(mu: np.ndarray, sigma: np.ndarray, features: torch.Tensor) -> float:
+    """FID of a feature set against precomputed reference statistics (mean, covariance), by clean-fid."""
+    from cleanfid.fid import frechet_distance
+
+    b = features.double().numpy()
+    return float(frechet_distance(mu, sigma, b.mean(0), np.cov(b, rowvar=False)))
+
+
 def kid(features_a: torch.Tensor, features_b: torch.Tensor, seed: int = 0) -> float:
     """Kernel Inception Distance (Binkowski et al. 2018), by clean-fid, with a fixed subset seed."""
     from cleanfid.fid import kernel_distance

@@ -237,6 +237,10 @@ class EvaluateParams(Section):
     inception_path: str | None = Field(
         None, description="Local inception-2015-12-05.pt for clean-fid's Inception FID; /tmp/ (clean-fid's own place) is also searched."
     )
+    inception_statistics: str | None = Field(
+        None, description="Published reference statistics (clean-fid .npz: mu, sigma), e.g. the full training set's; adds "
+        "fid_inception_statistics beside fid_inception (which compares with the prepared train split). Needs the Inception weights."
+    )
     speed_batch_size: int = Field(100, ge=1, description="Batch for the sampling-speed measurement.")
     speed_repeats: int = Field(
         3, ge=1,

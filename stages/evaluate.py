@@ -15,6 +15,7 @@ from dmdlib.classifier import load_classifier
 from dmdlib.conditions import Conditions
 from dmdlib.data import HELDOUT, TRAIN, read_image_parquet
 from dmdlib.denoisers import GuidedDenoiser
+from dmdlib.errors import ParamsError
 from dmdlib.evaluation import (
     INCEPTION_FILE,
     Measurement,
@@ -22,6 +23,7 @@ from dmdlib.evaluation import (
     classifier_extractor,
     find_inception,
     inception_extractor,
+    load_statistics,
     measure_model,
     rounded,
 )
@@ -99,9 +101,15 @@ def _reference_set(dataset, feature_net, config: EvaluateParams) -> ReferenceSet
     else:
         log.info("no Inception FID: put %s at evaluate.inception_path or /tmp/ (clean-fid's place) to add "
                  "fid_inception; reporting fid_classifier only", INCEPTION_FILE)
+    statistics = None
+    if config.inception_statistics:
+        if inception is None:
+            raise ParamsError(f"evaluate.inception_statistics needs Inception's weights ({INCEPTION_FILE}) at evaluate.inception_path")
+        statistics = {"inception": load_statistics(config.inception_statistics)}
     train = dataset.subset(TRAIN)
     shares = class_shares(torch.from_numpy(dataset.labels[train]), len(dataset.class_names)) if dataset.class_names else None
-    return ReferenceSet.of(to_model_range(dataset.images[train]), extractors, feature_net, shares, config.precision_recall_k)
+    return ReferenceSet.of(to_model_range(dataset.images[train]), extractors, feature_net, shares, config.precision_recall_k,
+                           statistics)
 
 
 def _decoded(sample, decoder, batch: int):

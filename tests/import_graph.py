@@ -133,7 +133,7 @@ if __name__ == "__main__":
     import yaml
 
     edges = graph()
-    for pipeline in ("dvc.yaml", "pipelines/sd/dvc.template.yaml"):
+    for pipeline in ("dvc.yaml", "pipelines/sd/dvc.template.yaml", "pipelines/edm/dvc.template.yaml"):
         print(f"# {pipeline}")
         for stage, spec in yaml.safe_load((ROOT / pipeline).read_text())["stages"].items():
             module = spec["cmd"].split("python -m ", 1)[1].split()[0]

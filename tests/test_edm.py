@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dmdlib.denoisers import trainable_copy
 from dmdlib.denoisers.edm import EDMDenoiser, build_network
 from dmdlib.errors import TeacherError
 from dmdlib.snapshots import read_snapshot
@@ -76,6 +77,8 @@ def test_the_preconditionings_noise_ranges_and_weightings():
     x = torch.randn(2, 3, 8, 8)
     for network in (vp, ve, iddpm, edm):  # D(x, sigma) -> x as sigma -> 0 for every preconditioning
         assert torch.allclose(network.eval()(x, torch.full((2,), 1e-4)), x, atol=1e-2)
+    generator = trainable_copy(EDMDenoiser(build_network("VPPrecond", {**tiny, "dropout": 0.5})))
+    assert generator.training and torch.equal(generator(x, 1.0), generator(x, 1.0))  # dropout off, as DMD trains
 
 
 class _Payload:

@@ -1,11 +1,13 @@
 """Metrics: FID/KID behave, precision/recall detect collapse, Inception is chosen only when its file exists."""
 
+import numpy as np
 import pytest
 import torch
 
 from dmdlib import evaluation
-from dmdlib.evaluation import INCEPTION_FILE, find_inception, throughput
-from dmdlib.metrics import class_shares, fid, kid, mean_over_sets, paired_ratio, precision_recall
+from dmdlib.errors import ParamsError
+from dmdlib.evaluation import INCEPTION_FILE, find_inception, load_statistics, throughput
+from dmdlib.metrics import class_shares, fid, fid_to_statistics, kid, mean_over_sets, paired_ratio, precision_recall
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
@@ -80,3 +82,14 @@ def test_throughput_takes_the_median_batch_and_runs_fast_models_longer(monkeypat
     durations = iter([0.125] * 100)
     assert throughput(sample, batch_size=10, repeats=3, min_seconds=2.0) == 80.0
     assert len(calls) == 1 + 16  # fast batches run until 2 s are timed
+
+
+def test_fid_to_published_statistics_equals_fid_to_the_features_they_summarise(tmp_path):
+    rng = torch.Generator().manual_seed(0)
+    real, generated = torch.randn(300, 8, generator=rng), torch.randn(200, 8, generator=rng) + 0.3
+    features = real.double().numpy()
+    np.savez(tmp_path / "stats.npz", mu=features.mean(0), sigma=np.cov(features, rowvar=False))
+    assert fid_to_statistics(*load_statistics(tmp_path / "stats.npz"), generated) == pytest.approx(fid(real, generated))
+    np.savez(tmp_path / "other.npz", mean=features.mean(0))
+    with pytest.raises(ParamsError, match=r"other.npz: expected clean-fid's .npz with arrays 'mu' and 'sigma'"):
+        load_statistics(tmp_path / "other.npz")

@@ -10,7 +10,7 @@ from import_graph import ROOT, closure, cycles, graph, imports_of, module_file, 
 
 # Libraries that cost seconds to import and that only some paths need: imported where used.
 HEAVY_OPTIONAL = ("accelerate", "cleanfid", "diffusers", "dvclive", "lpips", "mlxtend", "torch.profiler", "torchvision", "transformers")
-PIPELINES = {"dvc.yaml": ROOT / "dvc.yaml", "pipelines/sd/dvc.template.yaml": ROOT / "pipelines" / "sd" / "dvc.template.yaml"}
+PIPELINES = {name: ROOT / name for name in ("dvc.yaml", "pipelines/sd/dvc.template.yaml", "pipelines/edm/dvc.template.yaml")}
 
 
 def stage_modules(pipeline: Path) -> dict[str, str]:

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmdlib.denoisers.base import Denoiser
-from dmdlib.networks.edm2 import Precond
+from dmdlib.networks.edm2 import Block, Precond
+from dmdlib.networks.edm_layers import UNetBlock
 from dmdlib.networks.edm_precond import PRECONDITIONINGS
 
 NETWORK_CLASSES: dict[str, type[nn.Module]] = {**PRECONDITIONINGS, "Precond": Precond}
@@ -32,6 +33,9 @@ class EDMDenoiser(Denoiser):
     def __init__(self, network: nn.Module):
         super().__init__()
         self.network = network
+        for module in network.modules():  # dropout off in the trainable copies: DMD's training settings
+            if isinstance(module, (UNetBlock, Block)):
+                module.dropout = 0.0
         self.sigma_min = max(EDM_SIGMA_MIN, network.sigma_min)
         self.sigma_max = min(EDM_SIGMA_MAX, network.sigma_max)
         self.sigma_data = getattr(network, "sigma_data", 0.5)
