@@ -44,6 +44,9 @@ def quality_table(metrics: dict) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in ("noise_floor", "teacher", "initial_one_step", "dmd_one_step"):
         row = metrics[name]
+        if row is None:  # the noise floor, omitted when the held-out split is smaller than the sample count
+            print(f"| {name} | omitted: {metrics.get('noise_floor_omitted', '')} |")
+            continue
         speed = row.get("images_per_s")
         print(f"| {name} | {row.get('nfe', '-')} | {spread(row, f'fid_{extractor}')} | {spread(row, f'fid_{extractor}_vs_teacher', 2)} | "
               f"{row[f'kid_{extractor}']:.4f} | "

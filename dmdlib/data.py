@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from dmdlib.errors import DataError
-from dmdlib.io import atomic_output, read_tagged_parquet
+from dmdlib.io import read_tagged_parquet, write_parquet
 from dmdlib.params import PrepareParams
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,15 @@ def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
     return image.crop((left, top, left + resolution, top + resolution))
 
 
-def _to_array(image: Image.Image, resolution: int, channels: int) -> np.ndarray:
-    image = image.convert("L" if channels == 1 else "RGB")
-    array = np.asarray(resize_center_crop(image, resolution), dtype=np.uint8)
+def _to_array(image: Image.Image, resolution: int, channels: int, converted: Counter | None = None) -> np.ndarray:
+    """uint8 HWC at resolution x resolution, grey or RGB; `converted` counts what had to change."""
+    mode = "L" if channels == 1 else "RGB"
+    if converted is not None:
+        if image.mode != mode:
+            converted[f"{image.mode} to {mode}"] += 1
+        if image.size != (resolution, resolution):
+            converted[f"{image.size[0]}x{image.size[1]} resized and centre-cropped"] += 1
+    array = np.asarray(resize_center_crop(image.convert(mode), resolution), dtype=np.uint8)
     return array.reshape(resolution, resolution, channels)
 
 
@@ -76,33 +83,42 @@ def load_mnist_digits(resolution: int, channels: int) -> tuple[np.ndarray, np.nd
     return images, labels.astype(np.int64)
 
 
-def load_image_folder(
-    folder: str | os.PathLike, resolution: int, channels: int
-) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[Path, str]]]:
-    """Read PNG/JPEG files under `folder`; sub-folders become class labels.
+@dataclass
+class FolderImages:
+    """An image folder read at one size: images, labels (-1 without classes), class names, the files that could
+    not be read (with why), and a count of the conversions made (mode changes, resizes)."""
 
-    Returns images, labels (-1 without classes), class names, and the files that could not be
-    read with the reason, so one bad file is reported instead of stopping the whole read.
-    """
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    unreadable: list[tuple[Path, str]]
+    converted: Counter
+
+
+def load_image_folder(folder: str | os.PathLike, resolution: int, channels: int) -> FolderImages:
+    """Read PNG/JPEG files under `folder`; sub-folders become class labels. Every file is tried, so all the
+    unreadable ones are reported together."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"{folder}: image folder not found; expected a folder of PNG/JPEG files (optionally one sub-folder per class)")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     class_names = sorted({p.parent.relative_to(folder).parts[0] for p in files if p.parent != folder})
-    if class_names and any(p.parent == folder for p in files):
-        raise DataError(f"{folder}: images both at the top level and in class sub-folders; put every image in a class folder, or none")
-    images, labels, skipped = [], [], []
+    top = [p.name for p in files if p.parent == folder]
+    if class_names and top:
+        raise DataError(f"{folder}: {len(top)} file(s) at the top level beside class sub-folders ({', '.join(top[:5])}"
+                        f"{', ...' if len(top) > 5 else ''}); move them into a class folder or out of the folder")
+    images, labels, unreadable, converted = [], [], [], Counter()
     for path in files:
         try:
             with Image.open(path) as image:
-                images.append(_to_array(image, resolution, channels))
+                images.append(_to_array(image, resolution, channels, converted))
         except (UnidentifiedImageError, OSError, ValueError) as err:
-            skipped.append((path, f"{type(err).__name__}: {err}"))
+            unreadable.append((path, f"{type(err).__name__}: {err}"))
             continue
         labels.append(class_names.index(path.relative_to(folder).parts[0]) if class_names else -1)
     if not images:
-        raise DataError(f"{folder}: no readable PNG/JPEG images found ({len(skipped)} unreadable)")
-    return np.stack(images), np.asarray(labels, dtype=np.int64), class_names, skipped
+        raise DataError(f"{folder}: no readable PNG/JPEG images found ({len(unreadable)} unreadable)")
+    return FolderImages(np.stack(images), np.asarray(labels, dtype=np.int64), class_names, unreadable, converted)
 
 
 def split_train_heldout(count: int, heldout_fraction: float, seed: int) -> np.ndarray:
@@ -134,9 +150,18 @@ def write_image_parquet(path: str | os.PathLike, data: ImageSet, extra_metadata:
         "source": data.source,
         **(extra_metadata or {}),
     }
-    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
-    with atomic_output(path) as tmp:
-        pq.write_table(table, tmp)
+    write_parquet(table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()}), path)
+
+
+def read_image_shape(path: str | os.PathLike) -> tuple[tuple[int, int, int], int]:
+    """((channels, height, width), class count) of a prepared file, from its metadata alone."""
+    try:
+        metadata = json.loads(pq.read_schema(path).metadata[METADATA_KEY])
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run the `prepare` stage first (`dvc repro prepare`)") from None
+    except (OSError, KeyError, TypeError, ValueError, pa.ArrowInvalid) as err:
+        raise DataError(f"{path}: not a prepared-data file ({err}); delete it and re-run the `prepare` stage") from None
+    return (metadata["channels"], metadata["resolution"], metadata["resolution"]), metadata["num_classes"]
 
 
 def read_image_parquet(path: str | os.PathLike) -> ImageSet:
@@ -159,12 +184,19 @@ def read_image_parquet(path: str | os.PathLike) -> ImageSet:
     )
 
 
-def prepare_images(params: PrepareParams) -> tuple[ImageSet, list[tuple[Path, str]]]:
-    """Load the configured source, shape it, and split it; also return the files that were skipped."""
+def prepare_images(params: PrepareParams) -> tuple[ImageSet, list[tuple[Path, str]], Counter]:
+    """Load the configured source, shape it, and split it; also return the unreadable files skipped (only with
+    `skip_unreadable`; otherwise they stop it, every one named) and the conversions made."""
     if params.source == "mnist":
         images, labels = load_mnist_digits(params.resolution, params.channels)
-        class_names, skipped = [str(d) for d in range(10)], []
+        class_names, skipped, converted = [str(d) for d in range(10)], [], Counter()
     else:
-        images, labels, class_names, skipped = load_image_folder(params.image_folder, params.resolution, params.channels)
+        folder = load_image_folder(params.image_folder, params.resolution, params.channels)
+        images, labels, class_names, skipped, converted = (folder.images, folder.labels, folder.class_names,
+                                                           folder.unreadable, folder.converted)
+        if skipped and not params.skip_unreadable:
+            listing = "; ".join(f"{path} ({reason})" for path, reason in skipped)
+            raise DataError(f"{params.image_folder}: {len(skipped)} unreadable image(s): {listing}; replace or remove them, "
+                            "or set prepare.skip_unreadable: true to prepare the rest")
     split = split_train_heldout(len(images), params.heldout_fraction, params.seed)
-    return ImageSet(images, labels, split, class_names, source=params.source), skipped
+    return ImageSet(images, labels, split, class_names, source=params.source), skipped, converted

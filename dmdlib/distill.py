@@ -28,10 +28,10 @@ from dmdlib.dmd import (
     fake_denoiser_step,
     generator_step,
 )
-from dmdlib.errors import DivergedError, ParamsError
+from dmdlib.errors import DataError, DivergedError, ParamsError
 from dmdlib.gan import GANHead
 from dmdlib.generator import Generator
-from dmdlib.io import atomic_output
+from dmdlib.io import CORRUPT_CHECKPOINT, atomic_output, load_tensors
 from dmdlib.pairs import PairDataset
 from dmdlib.params import DistillParams
 
@@ -268,7 +268,7 @@ def _save(path: Path, step: int, fingerprint: str, run: _Run) -> None:
 def _resume(path: Path, fingerprint: str, run: _Run) -> int:
     if not path.is_file():
         return 0
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path, DataError, CORRUPT_CHECKPOINT)
     if state.get("fingerprint") != fingerprint:
         log.info("ignoring checkpoint %s: it was made with other params, teacher or pairs", path)
         return 0

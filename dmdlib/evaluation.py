@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +99,31 @@ def throughput(sample: Callable[[], torch.Tensor], batch_size: int, repeats: int
     return batch_size / statistics.median(seconds)
 
 
+def count_evaluations(sample: Callable[[], object], network: torch.nn.Module) -> int:
+    """Forward calls of `network` while `sample()` runs: a sampler's network evaluations, whatever its scheduler."""
+    calls = []
+    handle = network.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        sample()
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 to /dev/null: what native libraries print there, Python's own writes included."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_tensor_memory_mib(run: Callable[[], object]) -> float:
     """Peak of tensor memory allocated while `run()` executes, above what was allocated before.
 
@@ -112,8 +139,14 @@ def peak_tensor_memory_mib(run: Callable[[], object]) -> float:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+    profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _native_stderr_silenced():  # kineto prints start/stop lines and a CUDA probe "ERROR" on GPU-less machines
+        profiler.__enter__()
+    try:
         run()
+    finally:
+        with _native_stderr_silenced():
+            profiler.__exit__(None, None, None)
     changes = sorted((event.time_range.start, event.self_cpu_memory_usage)
                      for event in profiler.events() if event.self_cpu_memory_usage)
     current = peak = 0

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import pickle
+import re
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +17,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+from dmdlib.errors import DataError
+
+CORRUPT_CHECKPOINT = "delete it to start this stage's training over"
 
 
 @contextlib.contextmanager
@@ -29,6 +37,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"nothing was written to the temporary output {tmp} for {final}")  # a bug, not a user error
+        _umask_modes(tmp)
         if tmp.is_dir() and final.exists():
             # os.replace cannot swap a directory onto an existing one; move the old one aside first.
             old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
@@ -41,6 +50,43 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         _remove(tmp)
 
 
+@contextlib.contextmanager
+def single_writer(path: str | os.PathLike, rank: int = 0) -> Iterator[None]:
+    """An exclusive lock on `path` (a checkpoint, an output folder) while this run writes it, one per process
+    rank: a second run on the same path stops at once, naming the process that holds it."""
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock" + (f"-rank{rank}" if rank else ""))
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    handle = lock.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise DataError(f"{path}: in use by {holder}, another run writing it; wait for it to end (or stop it) and run "
+                        "again") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _umask_modes(path: Path) -> None:
+    """The modes a plain open() would give (files 0666, folders 0777, less the umask): some writers, safetensors
+    among them, create 0600 temporaries, which would make one output unreadable to the group when others are not."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -48,28 +94,50 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def load_tensors(path: str | os.PathLike, error: type[Exception], instead: str):
+    """torch.load(weights_only=True), with one line naming the file (and the refused global) when it is not a
+    weights-only file: a pickle that would run code, or garbage. `instead` says what to do about it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        reason = (f"it refers to {refused.group(1)}, which a weights-only load refuses (nothing was run)" if refused
+                  else "not a file of tensors that torch.save writes")
+        raise error(f"{path}: not a weights-only checkpoint: {reason}; {instead}") from None
+
+
 def resumable_step(checkpoint: str | os.PathLike, fingerprint: str) -> int:
     """The step a training run would resume from: its checkpoint's if present and made with `fingerprint`, else 0."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         return 0
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_tensors(checkpoint, DataError, CORRUPT_CHECKPOINT)
     return int(state["step"]) if state.get("fingerprint") == fingerprint else 0
+
+
+def write_parquet(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write a Parquet file atomically, with a CRC-32 per page that `read_tagged_parquet` verifies."""
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp, write_page_checksum=True)
 
 
 def read_tagged_parquet(path: str | os.PathLike, metadata_key: bytes, columns: tuple[str, ...],
                         error: type[Exception], stage: str):
     """A Parquet file one of the stages wrote: (table, its JSON metadata), or `error` naming the file and the fault."""
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path, page_checksum_verification=True)  # every page's CRC: changed bytes are caught
     except FileNotFoundError:
         raise error(f"{path}: not found; run the `{stage}` stage first (`dvc repro {stage}`)") from None
     except (pa.ArrowInvalid, OSError) as err:
-        raise error(f"{path}: corrupt or not Parquet ({err}); delete it and re-run the `{stage}` stage") from None
+        raise error(f"{path}: corrupt or not Parquet ({str(err).splitlines()[0]}); delete it and re-run the `{stage}` stage") from None
     raw = (table.schema.metadata or {}).get(metadata_key)
     if raw is None:
         raise error(f"{path}: no '{metadata_key.decode()}' metadata; expected a file written by the `{stage}` stage")
+    try:
+        metadata = json.loads(raw)
+    except ValueError:
+        raise error(f"{path}: corrupt '{metadata_key.decode()}' metadata; delete it and re-run the `{stage}` stage") from None
     missing = set(columns) - set(table.column_names)
     if missing:
         raise error(f"{path}: missing columns {sorted(missing)}")
-    return table, json.loads(raw)
+    return table, metadata

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
@@ -23,7 +22,7 @@ from dmdlib import tensor_codec
 from dmdlib.conditions import Conditions
 from dmdlib.denoisers import Denoiser
 from dmdlib.errors import PairsError, ParamsError
-from dmdlib.io import atomic_output, read_tagged_parquet
+from dmdlib.io import read_tagged_parquet, write_parquet
 from dmdlib.params import PairsParams
 from dmdlib.sampling import heun_sample, make_scheduler, scheduler_sample
 from dmdlib.teachers import teacher_digest
@@ -111,9 +110,7 @@ def write_shard(path: Path, seeds: range, noise: torch.Tensor, target: torch.Ten
         "label": pa.array(labels, pa.int64()),
         "prompt": pa.array(prompts if prompts is not None else [None] * len(labels), pa.string()),
     })
-    table = table.replace_schema_metadata({METADATA_KEY: json.dumps({**metadata, "format": FORMAT}).encode()})
-    with atomic_output(path) as tmp:
-        pq.write_table(table, tmp)
+    write_parquet(table.replace_schema_metadata({METADATA_KEY: json.dumps({**metadata, "format": FORMAT}).encode()}), path)
 
 
 def read_shard(path: Path, expected: dict, seeds: range | None = None) -> pa.Table:

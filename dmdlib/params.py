@@ -27,6 +27,10 @@ class PrepareParams(Section):
     image_folder: str | None = Field(
         None, description="Folder of images for source 'image_folder'; class sub-folders, if any, become labels."
     )
+    skip_unreadable: bool = Field(
+        False, description="Image folders: prepare the readable images and list the unreadable ones skipped; false: stop, "
+        "listing every unreadable file."
+    )
     resolution: int = Field(16, ge=8, le=1024, description="Side of the square images, in pixels.")
     channels: Literal[1, 3] = Field(1, description="1 for grey, 3 for RGB.")
     heldout_fraction: float = Field(

@@ -14,8 +14,8 @@ from k_diffusion.utils import ema_update
 from tqdm.auto import tqdm
 
 from dmdlib.denoisers import KarrasDenoiser
-from dmdlib.errors import DivergedError
-from dmdlib.io import atomic_output
+from dmdlib.errors import DataError, DivergedError
+from dmdlib.io import CORRUPT_CHECKPOINT, atomic_output, load_tensors
 from dmdlib.losses import denoising_loss
 from dmdlib.params import TeacherTrainParams
 from dmdlib.teachers import UNCOND_CLASS
@@ -67,7 +67,7 @@ def train_teacher(
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     start = 0
     if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = load_tensors(checkpoint, DataError, CORRUPT_CHECKPOINT)
         if state.get("fingerprint") == fingerprint:
             denoiser.load_state_dict(state["model"])
             ema.load_state_dict(state["ema"])

@@ -23,7 +23,7 @@ from dmdlib.denoisers import Denoiser, KarrasDenoiser, LatentDenoiser, frozen
 from dmdlib.denoisers.edm import EDMDenoiser, build_network
 from dmdlib.denoisers.loading import load_diffusers_ddpm
 from dmdlib.errors import TeacherError
-from dmdlib.io import atomic_output
+from dmdlib.io import atomic_output, load_tensors
 from dmdlib.snapshots import read_snapshot
 
 KDIFFUSION_KEYS = ("model_ema", "model")  # k-diffusion's train.py checkpoint keys, EMA first
@@ -114,7 +114,8 @@ def load_kdiffusion(checkpoint: str | os.PathLike, config: str | os.PathLike | N
         state = load_file(str(checkpoint))
     else:
         embedded = None
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        payload = load_tensors(checkpoint, TeacherError, "use the .safetensors export, or a .pth of tensors only as "
+                               "k-diffusion's train.py writes (never load such a file with weights_only=False)")
         key = next((k for k in KDIFFUSION_KEYS if isinstance(payload, dict) and k in payload), None)
         state = payload[key] if key else payload
     if config is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,13 +24,21 @@ from dmdlib.dmd import RealBatch
 from dmdlib.errors import ParamsError
 from dmdlib.generator import Generator, generate, save_generator
 from dmdlib.images import save_grid, to_model_range, to_uint8
-from dmdlib.io import resumable_step
+from dmdlib.io import resumable_step, single_writer
 from dmdlib.pairs import GRID_SEED, PairDataset, fixed_inputs, pair_metadata
 from dmdlib.params import DistillParams, load_params
 from dmdlib.regression import decoded_regression, make_regression_loss
 from stages.common import PARAMS_OPTION, setup_logging, user_errors
 from stages.distill_monitor import DistillMonitor
-from stages.teacher_reference import PROMPTS_OPTION, TEACHER_OPTION, conditioning, image_decoder, is_latent, read_teacher
+from stages.teacher_reference import (
+    PROMPTS_OPTION,
+    TEACHER_OPTION,
+    check_teacher_fits_data,
+    conditioning,
+    image_decoder,
+    is_latent,
+    read_teacher,
+)
 
 log = logging.getLogger("distill")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -49,49 +58,58 @@ def main(
     prompts: Path = PROMPTS_OPTION,
 ) -> None:
     """Distil the teacher into a one-step generator; write it with sample grids and training curves."""
-    from accelerate import Accelerator
-
     setup_logging()
     with user_errors():
-        all_params = load_params(params)
-        config = all_params.distill
-        accelerator = Accelerator(mixed_precision="no" if config.mixed_precision == "fp32" else config.mixed_precision,
-                                  cpu=not torch.cuda.is_available())
-        processes = Processes(accelerator.process_index, accelerator.num_processes, accelerator.device, accelerator.autocast)
-        teacher_denoiser, reference = read_teacher(teacher)
-        # The real denoiser guides with the pairs' scale (paper: the same cfg for pairs and DM); fake and G never do.
-        real_denoiser, conditions, texts = conditioning(teacher_denoiser, reference, all_params.pairs.guidance, prompts,
-                                                        config.guidance_range)
-        expected_pairs = pair_metadata(teacher_denoiser, all_params.pairs, texts)
-        inputs = DistillInputs(
-            PairDataset(pairs, expected_pairs) if config.lambda_reg > 0 else None,
-            _regression_loss(config, reference, accelerator.device), real_denoiser, conditions,
-            _real_images(data, reference) if config.gan_generator_weight > 0 else None, all_params.pairs.guidance,
-        )
-        fingerprint = hashlib.sha256(json.dumps([config.model_dump(mode="json"), expected_pairs]).encode()).hexdigest()
-        save_samples = _grid_writer(samples, teacher_denoiser, conditions, image_decoder(reference, config.preview_vae))
-        monitor = None
-        if accelerator.is_main_process:
-            initial = Generator.from_teacher(teacher_denoiser, (config.generator_sigmas or [])[:1])  # where G starts
-            save_samples("initial.png", initial)
-            diversity = {} if is_latent(reference) else _diversity_inputs(data, classifier, teacher_denoiser, conditions)
-            monitor = DistillMonitor(live, resumable_step(checkpoint, fingerprint) > 0, config.sample_every,
-                                     config.steps, save_samples, **diversity)
-            monitor.measure_start(initial)
-        generator, _ = distill(teacher_denoiser, config, checkpoint, inputs, fingerprint=fingerprint, processes=processes,
-                               on_step=monitor)
-        if accelerator.is_main_process:
-            save_samples("final.png", generator)
-            save_generator(out, generator, reference)
-            monitor.close()
-            log.info("wrote %s; sample grids in %s (initial.png vs final.png, same noise)", out, samples)
-        accelerator.wait_for_everyone()
+        config = (all_params := load_params(params)).distill
+        accelerator, processes = _processes(config)
+        with single_writer(checkpoint, processes.rank):  # a second run on this checkpoint would overwrite this one's
+            teacher_denoiser, reference = read_teacher(teacher)
+            check_teacher_fits_data(teacher_denoiser, reference, teacher, data)
+            # The real denoiser guides with the pairs' scale (paper: the same cfg for pairs and DM); fake and G never do.
+            real_denoiser, conditions, texts = conditioning(teacher_denoiser, reference, all_params.pairs.guidance, prompts,
+                                                            config.guidance_range)
+            expected_pairs = pair_metadata(teacher_denoiser, all_params.pairs, texts)
+            inputs = DistillInputs(
+                PairDataset(pairs, expected_pairs) if config.lambda_reg > 0 else None,
+                _regression_loss(config, reference, accelerator.device), real_denoiser, conditions,
+                _real_images(data, reference) if config.gan_generator_weight > 0 else None, all_params.pairs.guidance,
+            )
+            fingerprint = hashlib.sha256(json.dumps([config.model_dump(mode="json"), expected_pairs]).encode()).hexdigest()
+            resuming, monitor = resumable_step(checkpoint, fingerprint) > 0, None
+            save_samples = _grid_writer(samples, teacher_denoiser, conditions, image_decoder(reference, config.preview_vae),
+                                        fresh=not resuming and accelerator.is_main_process)
+            if accelerator.is_main_process:
+                initial = Generator.from_teacher(teacher_denoiser, (config.generator_sigmas or [])[:1])  # where G starts
+                save_samples("initial.png", initial)
+                diversity = {} if is_latent(reference) else _diversity_inputs(data, classifier, teacher_denoiser, conditions)
+                monitor = DistillMonitor(live, resuming, config.sample_every, config.steps, save_samples, **diversity)
+                monitor.measure_start(initial)
+            generator, _ = distill(teacher_denoiser, config, checkpoint, inputs, fingerprint=fingerprint, processes=processes,
+                                   on_step=monitor)
+            if accelerator.is_main_process:
+                save_samples("final.png", generator)
+                save_generator(out, generator, reference)
+                monitor.close()
+                log.info("wrote %s; sample grids in %s (initial.png vs final.png, same noise)", out, samples)
+            accelerator.wait_for_everyone()
 
 
-def _grid_writer(folder: Path, teacher: Denoiser, conditions, decoder) -> Callable[[str, Generator], None]:
-    """save(name, generator): a PNG grid of the generator's samples from the same fixed noise and conditions every time."""
+def _processes(config: DistillParams):
+    """accelerate's Accelerator (bf16 autocast if asked) and the Processes view of it that `distill` takes."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(mixed_precision="no" if config.mixed_precision == "fp32" else config.mixed_precision,
+                              cpu=not torch.cuda.is_available())
+    return accelerator, Processes(accelerator.process_index, accelerator.num_processes, accelerator.device, accelerator.autocast)
+
+
+def _grid_writer(folder: Path, teacher: Denoiser, conditions, decoder, fresh: bool) -> Callable[[str, Generator], None]:
+    """save(name, generator): a PNG grid of the generator's samples from the same fixed noise and conditions every time.
+    A fresh (not resumed) run owns the folder: the grids of an earlier run go, so none is mistaken for this run's."""
     columns = min(conditions.count, 10) if conditions is not None else 8
     noise, cond = fixed_inputs(teacher.sample_shape, conditions, 8 * columns)
+    if fresh:
+        shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
 
     def save(name: str, generator: Generator) -> None:

@@ -21,6 +21,7 @@ from dmdlib.evaluation import (
     Measurement,
     ReferenceSet,
     classifier_extractor,
+    count_evaluations,
     find_inception,
     inception_extractor,
     load_statistics,
@@ -35,7 +36,7 @@ from dmdlib.pairs import fixed_inputs, make_sampler, seeded_inputs
 from dmdlib.params import EvaluateParams, load_params
 from stages.common import PARAMS_OPTION, compute_device, setup_logging, user_errors
 from stages.evaluate_text import evaluate_text_to_image
-from stages.teacher_reference import PROMPTS_OPTION, TEACHER_OPTION, image_decoder, read_teacher
+from stages.teacher_reference import PROMPTS_OPTION, TEACHER_OPTION, check_teacher_fits_data, image_decoder, read_teacher
 
 log = logging.getLogger("evaluate")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -58,6 +59,7 @@ def main(
         all_params = load_params(params)
         config = all_params.evaluate
         real_denoiser, reference = read_teacher(teacher)
+        check_teacher_fits_data(real_denoiser, reference, teacher, data)
         device = compute_device()
         real_denoiser = real_denoiser.to(device)
         if reference["kind"] == "stable_diffusion":
@@ -75,8 +77,7 @@ def main(
         decoder = image_decoder(reference)  # a latent (EDM2) teacher: every row is measured on decoded images
         results: dict = {"samples": count, "sample_sets": sets, "reference": f"train split ({len(dataset.subset(TRAIN))} images)",
                          "feature_extractors": list(reference_set.extractors), "device": _device_name(device),
-                         "machine_threads": torch.get_num_threads(),
-                         "noise_floor": rounded(reference_set.quality(heldout[:count]))}
+                         "machine_threads": torch.get_num_threads(), **_noise_floor(reference_set, heldout, count)}
         measured = {}
         models = _models(all_params, real_denoiser, load_generator(generator).to(device), device)
         for name, (sample, nfe) in models.items():
@@ -85,11 +86,20 @@ def main(
             measured[name] = measure_model(sample, nfe, noise, labels, sets, reference_set, speed_batch=config.speed_batch_size,
                                            speed_repeats=config.speed_repeats, grid_inputs=grid_inputs)
             results[name] = measured[name].row
-            save_grid(images / f"{name}.png", measured[name].grid, columns=8, scale=4)
         _add_paired_ratios(results, measured)
         results["speedup_dmd_vs_teacher"] = round(results["dmd_one_step"]["images_per_s"] / results["teacher"]["images_per_s"], 2)
-        _save_comparison(images / "comparison.png", {name: m.grid for name, m in measured.items() if "guidance" not in name})
+        _save_pictures(images, {name: m.grid for name, m in measured.items()})
         _write(metrics, results)
+
+
+def _noise_floor(reference_set: ReferenceSet, heldout: torch.Tensor, count: int) -> dict:
+    """The held-out images' metrics at the models' sample count; omitted, saying why, when there are fewer of them."""
+    if len(heldout) < count:
+        reason = (f"the held-out split has {len(heldout)} images, fewer than evaluate.samples ({count}); a floor of "
+                  "another count would not compare (raise prepare.heldout_fraction or lower evaluate.samples)")
+        log.warning("no noise floor: %s", reason)
+        return {"noise_floor": None, "noise_floor_omitted": reason}
+    return {"noise_floor": rounded(reference_set.quality(heldout[:count]))}
 
 
 def _reference_set(dataset, feature_net, config: EvaluateParams) -> ReferenceSet:
@@ -121,7 +131,10 @@ def _models(all_params, real_denoiser, distilled: Generator, device) -> dict:
     """name -> (sampler, NFE): the teacher with the pairs' sampler, the initial and the distilled generator (and its
     ladder and guidance scales, when it has them)."""
     config, batch = all_params.evaluate, all_params.evaluate.batch_size
-    teacher_nfe = 2 * all_params.pairs.steps - 1 if all_params.pairs.sampler == "heun" else None
+    plain_sample = make_sampler(real_denoiser, all_params.pairs, Conditions.of(real_denoiser), device)
+    shape, classes = real_denoiser.sample_shape, real_denoiser.num_classes
+    probe = torch.zeros(1, *shape), (torch.zeros(1, dtype=torch.long) if classes else None)
+    teacher_nfe = count_evaluations(lambda: plain_sample(*probe), real_denoiser)  # Heun: 2 * steps - 1
     # the teacher at the distilled generator's first noise level: where distillation started (on the teacher's device)
     initial = Generator.from_teacher(real_denoiser, distilled.sigmas[:1]).eval().requires_grad_(False)
 
@@ -130,7 +143,7 @@ def _models(all_params, real_denoiser, distilled: Generator, device) -> dict:
         sample = make_sampler(denoiser, all_params.pairs, Conditions.of(real_denoiser), device)
         return (lambda z, y: torch.cat([sample(z[i : i + batch], None if y is None else y[i : i + batch])
                                         for i in range(0, len(z), batch)]),
-                teacher_nfe if scale == 1 or teacher_nfe is None else 2 * teacher_nfe)
+                teacher_nfe if scale == 1 else 2 * teacher_nfe)  # guidance: conditional and unconditional halves
 
     def generator_rows(generator: Generator, steps: int, scale: float | None = None):
         return lambda z, y: generate(generator, z, y, batch, steps, scale), steps
@@ -166,12 +179,17 @@ def _write(metrics: Path, results: dict) -> None:
     log.info("wrote %s:\n%s", metrics, json.dumps(results, indent=2))
 
 
-def _save_comparison(path: Path, grids: dict[str, np.ndarray]) -> None:
-    """Teacher | initial | distilled, side by side, the same noise in the same place."""
-    panels = [make_grid(grid, columns=8, padding=1) for grid in grids.values()]
+def _save_pictures(folder: Path, grids: dict[str, np.ndarray]) -> None:
+    """Each model's grid, and teacher | initial | distilled side by side (the same noise in the same place), as one
+    folder replaced whole: no grid of an earlier run's model stays beside this run's."""
+    panels = [make_grid(grid, columns=8, padding=1) for name, grid in grids.items() if "guidance" not in name]
     gap = np.full((panels[0].shape[0], 6, panels[0].shape[2]), 255, np.uint8)
-    picture = np.concatenate([part for panel in panels for part in (panel, gap)][:-1], axis=1)
-    save_grid(path, picture[None], columns=1, scale=4)
+    comparison = np.concatenate([part for panel in panels for part in (panel, gap)][:-1], axis=1)
+    with atomic_output(folder) as tmp:
+        tmp.mkdir()
+        for name, grid in grids.items():
+            save_grid(tmp / f"{name}.png", grid, columns=8, scale=4)
+        save_grid(tmp / "comparison.png", comparison[None], columns=1, scale=4)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from dmdlib.conditions import Conditions
 from dmdlib.data import load_image_folder
 from dmdlib.denoisers import GuidedDenoiser
 from dmdlib.errors import ParamsError
-from dmdlib.evaluation import extract_features, find_inception, inception_extractor, peak_tensor_memory_mib, throughput
+from dmdlib.evaluation import count_evaluations, extract_features, find_inception, inception_extractor, peak_tensor_memory_mib, throughput
 from dmdlib.generator import generate, load_generator
 from dmdlib.images import save_grid, to_model_range, to_uint8
 from dmdlib.metrics import clip_score, fid, kid
@@ -62,7 +62,7 @@ def evaluate_text_to_image(all_params, teacher_denoiser, reference: dict, genera
     reference_features = None
     if config.reference_images and inception is not None:
         extract = inception_extractor(inception, torch.device("cpu"))
-        real_images, _, _, _ = load_image_folder(Path(config.reference_images).expanduser(), 299, 3)
+        real_images = load_image_folder(Path(config.reference_images).expanduser(), 299, 3).images
         reference_features = extract_features(extract, to_model_range(real_images), batch)
     else:
         log.info("no FID: needs evaluate.reference_images (a folder of real images) and the Inception weights "
@@ -70,7 +70,9 @@ def evaluate_text_to_image(all_params, teacher_denoiser, reference: dict, genera
 
     results: dict = {"samples": count, "prompts": "evaluation split"}
     ids = torch.arange(count)
-    for name, sample, nfe in [("teacher", teacher_images, pairs.steps), ("dmd_one_step", generator_images, 1)]:
+    probe = noise[:1], ids[:1]
+    teacher_nfe = count_evaluations(lambda: teacher_sample(*probe), teacher_denoiser) * (1 if pairs.guidance == 1 else 2)
+    for name, sample, nfe in [("teacher", teacher_images, teacher_nfe), ("dmd_one_step", generator_images, 1)]:
         log.info("evaluating %s on %d prompts", name, count)
         pictures = sample(noise, ids)
         row: dict = {"nfe": nfe}

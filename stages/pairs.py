@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 import typer
 from tqdm.auto import tqdm
 
+from dmdlib.io import single_writer
 from dmdlib.pairs import ShardPlan, generate_pairs, make_sampler, pair_metadata
 from dmdlib.params import load_params
 from stages.common import PARAMS_OPTION, setup_logging, user_errors
@@ -34,25 +36,26 @@ def main(
     setup_logging()
     with user_errors():
         config = load_params(params).pairs
-        state = PartialState()
-        denoiser, reference = read_teacher(teacher)
-        real_denoiser, conditions, texts = conditioning(denoiser, reference, config.guidance, prompts)
-        real_denoiser = real_denoiser.to(state.device)
-        plan = ShardPlan(config.count, config.shard_size, config.first_seed)
-        if state.is_main_process:
-            for stale in sorted(out.glob("shard-*.parquet"))[plan.shards:]:
-                stale.unlink()  # left from an earlier, larger count
-        bar = tqdm(total=-(-config.count // state.num_processes), desc="pairs", unit="pair",
-                   disable=not state.is_main_process, mininterval=1.0)
-        written = generate_pairs(
-            out, plan, pair_metadata(denoiser, config, texts), make_sampler(real_denoiser, config, conditions, state.device),
-            denoiser.sample_shape, conditions.count if conditions else 0, config.batch_size, state.process_index,
-            state.num_processes, progress=bar.update, prompts=texts,
-        )
-        bar.close()
-        state.wait_for_everyone()
-        log.info("process %d/%d wrote %d shards; %d pairs in %s", state.process_index + 1, state.num_processes,
-                 len(written), config.count, out)
+        state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes under torchrun: gloo
+        with single_writer(out, state.process_index):  # a second run on this folder would write the same shards
+            denoiser, reference = read_teacher(teacher)
+            real_denoiser, conditions, texts = conditioning(denoiser, reference, config.guidance, prompts)
+            real_denoiser = real_denoiser.to(state.device)
+            plan = ShardPlan(config.count, config.shard_size, config.first_seed)
+            if state.is_main_process:
+                for stale in sorted(out.glob("shard-*.parquet"))[plan.shards:]:
+                    stale.unlink()  # left from an earlier, larger count
+            bar = tqdm(total=-(-config.count // state.num_processes), desc="pairs", unit="pair",
+                       disable=not state.is_main_process, mininterval=1.0)
+            written = generate_pairs(
+                out, plan, pair_metadata(denoiser, config, texts), make_sampler(real_denoiser, config, conditions, state.device),
+                denoiser.sample_shape, conditions.count if conditions else 0, config.batch_size, state.process_index,
+                state.num_processes, progress=bar.update, prompts=texts,
+            )
+            bar.close()
+            state.wait_for_everyone()
+            log.info("process %d/%d wrote %d shards; %d pairs in %s", state.process_index + 1, state.num_processes,
+                     len(written), config.count, out)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,13 @@ def main(
     setup_logging()
     with user_errors():
         config = load_params(params).prepare
-        data, skipped = prepare_images(config)
-        for path, reason in skipped:
-            log.warning("skipped unreadable image %s (%s)", path, reason)
+        data, skipped, converted = prepare_images(config)
+        if skipped:
+            log.warning("skipped %d unreadable image(s) (prepare.skip_unreadable): %s", len(skipped),
+                        "; ".join(f"{path} ({reason})" for path, reason in skipped))
+        if converted:
+            log.info("converted to %dx%dx%d: %s", config.resolution, config.resolution, config.channels,
+                     ", ".join(f"{count} {what}" for what, count in converted.most_common()))
         write_image_parquet(out, data, {"heldout_fraction": config.heldout_fraction, "split_seed": config.seed})
         train = data.subset(TRAIN)
         save_grid(preview, data.images[train[:: max(1, len(train) // 64)][:64]], columns=8, scale=4)

@@ -14,7 +14,7 @@ import typer
 from dmdlib.data import TRAIN, read_image_parquet
 from dmdlib.errors import ParamsError
 from dmdlib.images import GRID_CLASSES, save_grid, to_model_range, to_uint8
-from dmdlib.io import atomic_output, resumable_step
+from dmdlib.io import atomic_output, resumable_step, single_writer
 from dmdlib.params import load_params
 from dmdlib.sampling import heun_sample
 from dmdlib.teacher_training import train_teacher
@@ -94,25 +94,26 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
     log.info("teacher: k-diffusion image_v1, %.2fM parameters, %s, %d steps at batch %d on %s",
              sum(p.numel() for p in denoiser.parameters()) / 1e6,
              f"{len(data.class_names)} classes" if labelled else "unconditional", train.steps, train.batch_size, device)
-    fingerprint = hashlib.sha256(
-        json.dumps([train.model_dump(), model_config]).encode() + data.images.tobytes() + data.labels.tobytes()
-    ).hexdigest()
-    resuming = resumable_step(checkpoint, fingerprint) > 0
-    if not resuming:
-        shutil.rmtree(live_dir, ignore_errors=True)
-    with Live(dir=str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    with single_writer(checkpoint):  # a second run on this checkpoint would overwrite this one's
+        fingerprint = hashlib.sha256(
+            json.dumps([train.model_dump(), model_config]).encode() + data.images.tobytes() + data.labels.tobytes()
+        ).hexdigest()
+        resuming = resumable_step(checkpoint, fingerprint) > 0
+        if not resuming:
+            shutil.rmtree(live_dir, ignore_errors=True)
+        with Live(dir=str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None) as live:
 
-        def log_loss(step: int, loss: float) -> None:
-            if step % 10 == 0:
-                live.step = step
-                live.log_metric("loss", loss)
+            def log_loss(step: int, loss: float) -> None:
+                if step % 10 == 0:
+                    live.step = step
+                    live.log_metric("loss", loss)
 
-        ema = train_teacher(denoiser, images, labels, train, checkpoint, fingerprint, on_step=log_loss)
-    reference = {"kind": "kdiffusion", "path": WEIGHTS_FILE, "config": None}
-    with atomic_output(out) as tmp:
-        tmp.mkdir()
-        save_kdiffusion(tmp / WEIGHTS_FILE, ema, model_config)
-        (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
+            ema = train_teacher(denoiser, images, labels, train, checkpoint, fingerprint, on_step=log_loss)
+        reference = {"kind": "kdiffusion", "path": WEIGHTS_FILE, "config": None}
+        with atomic_output(out) as tmp:
+            tmp.mkdir()
+            save_kdiffusion(tmp / WEIGHTS_FILE, ema, model_config)
+            (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
 
 
 def _write_samples(teacher, reference: dict, steps: int, path: Path) -> None:

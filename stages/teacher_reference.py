@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 import typer
 
 from dmdlib.conditions import Conditions
+from dmdlib.data import read_image_shape
 from dmdlib.denoisers import Denoiser, GuidedDenoiser
-from dmdlib.errors import ParamsError, TeacherError
+from dmdlib.errors import DataError, ParamsError, TeacherError
 from dmdlib.latents import LatentDecoder, load_vae
 from dmdlib.teachers import load_teacher
 from dmdlib.text import load_prompt_set
@@ -48,6 +50,24 @@ def image_decoder(reference: dict, vae_folder: str | None = None) -> LatentDecod
     encoder = reference["encoder"]
     return LatentDecoder(load_vae(vae_folder or reference["vae"], subfolder=""), encoder["scale"], encoder["bias"],
                          vae_range=(0.0, 1.0))
+
+
+def check_teacher_fits_data(teacher: Denoiser, reference: dict, folder: Path, data: Path) -> None:
+    """Stop before any work when the teacher's images (decoded, for a latent teacher) and the prepared data differ
+    in channels, size or class count, naming both."""
+    if reference["kind"] == "stable_diffusion":
+        return  # text-to-image: evaluated on prompts, not on the prepared data
+    (data_shape, data_classes), decoder = read_image_shape(data), image_decoder(reference)
+    shape = teacher.sample_shape
+    if decoder is not None:
+        with torch.no_grad():
+            shape = tuple(decoder(torch.zeros(1, *shape)).shape[1:])
+    classes = teacher.num_classes
+    if tuple(shape) != tuple(data_shape) or (classes and data_classes and classes != data_classes):
+        describe = lambda s, k: f"{'x'.join(map(str, s))} images ({k} classes)" if k else f"{'x'.join(map(str, s))} images"  # noqa: E731
+        raise DataError(f"teacher {folder} makes {describe(shape, classes)}, but {data} holds {describe(data_shape, data_classes)}; "
+                        "prepare the data at the teacher's channels and resolution (prepare.channels, prepare.resolution) "
+                        "with its classes, or use a teacher trained on it")
 
 
 def conditioning(teacher: Denoiser, reference: dict, guidance: float, prompts_folder: Path,

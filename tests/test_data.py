@@ -53,19 +53,19 @@ def test_resize_center_crop_keeps_the_centre():
 def test_image_folder_labels_and_reports_corrupt_file(tmp_path):
     root = make_folder(tmp_path / "imgs")
     (root / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
-    images, labels, classes, skipped = load_image_folder(root, resolution=12, channels=3)
-    assert images.shape == (6, 12, 12, 3)
-    assert classes == ["cat", "dog"]
-    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
-    assert len(skipped) == 1 and skipped[0][0].name == "broken.png"
+    folder = load_image_folder(root, resolution=12, channels=3)
+    assert folder.images.shape == (6, 12, 12, 3)
+    assert folder.class_names == ["cat", "dog"]
+    assert sorted(folder.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert len(folder.unreadable) == 1 and folder.unreadable[0][0].name == "broken.png"
 
 
 def test_image_folder_without_classes_and_bad_folders(tmp_path):
     root = tmp_path / "flat"
     root.mkdir()
     Image.fromarray(np.full((9, 9), 7, np.uint8)).save(root / "a.png")
-    images, labels, classes, _ = load_image_folder(root, resolution=8, channels=1)
-    assert images.shape == (1, 8, 8, 1) and labels.tolist() == [-1] and classes == []
+    folder = load_image_folder(root, resolution=8, channels=1)
+    assert folder.images.shape == (1, 8, 8, 1) and folder.labels.tolist() == [-1] and folder.class_names == []
     with pytest.raises(DataError, match="not found"):
         load_image_folder(tmp_path / "missing", 8, 1)
     empty = tmp_path / "empty"
@@ -140,3 +140,37 @@ def test_prepare_stage_bad_params_stops_before_writing(tmp_path, repo_root):
     assert f"{params}: prepare.resolution" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_prepare_names_every_unreadable_image_wherever_it_sits_and_summarises_conversions(tmp_path, caplog):
+    """A corrupt file at the top level got a wrong error without its name; one inside a class folder was skipped
+    with exit 0. Now: named wherever it sits, prepare stops unless skip_unreadable, conversions get one line."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from stages.prepare import app
+
+    root = make_folder(tmp_path / "imgs")
+    Image.fromarray(np.zeros((16, 16, 4), np.uint8), mode="RGBA").save(root / "cat" / "alpha.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(root / "dog" / "grey.png")
+    (root / "stray.png").write_bytes(b"not an image")
+    params = tmp_path / "params.yaml"
+
+    def prepare(extra: str = ""):
+        params.write_text(f"prepare:\n  source: image_folder\n  image_folder: {root}\n  resolution: 16\n  channels: 3\n{extra}")
+        return CliRunner().invoke(app, ["--params", str(params), "--out", str(tmp_path / "p.parquet"),
+                                        "--preview", str(tmp_path / "p.png")])
+
+    result = prepare()
+    assert result.exit_code == 2 and "1 file(s) at the top level beside class sub-folders (stray.png)" in result.output
+    (root / "stray.png").unlink()
+    (root / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    result = prepare()
+    assert result.exit_code == 2 and "1 unreadable image(s): " in result.output and "dog/broken.png" in result.output
+    assert "prepare.skip_unreadable: true" in result.output and not (tmp_path / "p.parquet").exists()
+    with caplog.at_level(logging.INFO):
+        result = prepare("  skip_unreadable: true\n")
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 unreadable image(s) (prepare.skip_unreadable): " in caplog.text and "broken.png" in caplog.text
+    assert "converted to 16x16x3: 6 40x30 resized and centre-cropped, 1 RGBA to RGB, 1 L to RGB" in caplog.text

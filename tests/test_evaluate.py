@@ -93,3 +93,27 @@ def test_fid_to_published_statistics_equals_fid_to_the_features_they_summarise(t
     np.savez(tmp_path / "other.npz", mean=features.mean(0))
     with pytest.raises(ParamsError, match=r"other.npz: expected clean-fid's .npz with arrays 'mu' and 'sigma'"):
         load_statistics(tmp_path / "other.npz")
+
+
+def test_a_diffusers_samplers_evaluations_are_counted_and_an_incomparable_noise_floor_is_omitted(tmp_path):
+    """DDIM with 3 steps makes 3 network evaluations (it was reported as null); with 20 samples per model and
+    15 held-out images, the noise floor would use another count: it is omitted, saying why."""
+    import json
+
+    from tiny_models import save_tiny_ddpm
+    from tiny_project import pipeline_params, run_stages
+
+    from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
+
+    save_tiny_ddpm(tmp_path / "ddpm")
+    images = torch.randint(0, 256, (60, 8, 8, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy()
+    write_image_parquet(tmp_path / "data.parquet", ImageSet(images, (torch.arange(60) % 3).numpy(),
+                                                            split_train_heldout(60, 0.25, 0), ["a", "b", "c"]))
+    params = pipeline_params().replace("  steps: 2\n", "  steps: 3\n  sampler: DDIMScheduler\n", 1)
+    params = params.replace("  samples: 12\n  sample_sets: 2\n", "  samples: 20\n  sample_sets: 1\n")
+    (tmp_path / "params.yaml").write_text(f"teacher:\n  kind: diffusers_ddpm\n  path: {tmp_path / 'ddpm'}\n" + params)
+    run_stages(tmp_path, ["features", "teacher", "pairs", "distill", "evaluate"])
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    assert metrics["teacher"]["nfe"] == 3 and metrics["dmd_one_step"]["nfe"] == 1
+    assert metrics["noise_floor"] is None
+    assert metrics["noise_floor_omitted"].startswith("the held-out split has 15 images, fewer than evaluate.samples (20)")

@@ -44,3 +44,25 @@ def test_nothing_written_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match="nothing was written"):
         with atomic_output(tmp_path / "out"):
             pass
+
+
+def test_atomic_outputs_get_the_umasks_modes_even_from_writers_that_make_private_files(tmp_path):
+    """safetensors writes 0600 files; an output made through atomic_output has the mode a plain open() gives."""
+    import os
+    import stat
+
+    import torch
+    from safetensors.torch import save_file
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "weights.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+        with atomic_output(tmp_path / "folder") as tmp:
+            tmp.mkdir()
+            save_file({"w": torch.zeros(2)}, str(tmp / "inside.safetensors"))
+    finally:
+        os.umask(umask)
+    for path, mode in ((tmp_path / "weights.safetensors", 0o644), (tmp_path / "folder", 0o755),
+                       (tmp_path / "folder" / "inside.safetensors", 0o644)):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path

@@ -117,6 +117,41 @@ def test_corrupt_and_foreign_shards_are_named(tmp_path, teacher_folder):
     load(folder, teacher_folder)
 
 
+def test_bytes_changed_inside_a_shard_are_caught_and_the_stage_remakes_it(tmp_path, teacher_folder, caplog):
+    """Same size, different bytes in the middle of the data: the page checksums catch it, the stage names the
+    shard and re-makes it, and the re-made pairs equal the original ones."""
+    import logging
+
+    folder = make_pairs(tmp_path, teacher_folder, "good")
+    original = load(folder, teacher_folder)
+    shard = folder / "shard-00000.parquet"
+    data = bytearray(shard.read_bytes())
+    middle = len(data) // 3
+    data[middle : middle + 8] = bytes(b ^ 0x5A for b in data[middle : middle + 8])
+    shard.write_bytes(bytes(data))
+    with pytest.raises(PairsError, match="shard-00000.parquet: corrupt or not Parquet.*(CRC|checksum|Couldn't)"):
+        load(folder, teacher_folder)
+    with caplog.at_level(logging.WARNING):
+        make_pairs(tmp_path, teacher_folder, "good")
+    assert "re-making" in caplog.text and "shard-00000.parquet" in caplog.text
+    remade = load(folder, teacher_folder)
+    assert torch.equal(remade.target, original.target) and torch.equal(remade.noise, original.noise)
+
+
+def test_changed_bytes_in_the_prepared_data_are_named(tmp_path):
+    from dmdlib.data import ImageSet, read_image_parquet, split_train_heldout, write_image_parquet
+    from dmdlib.errors import DataError
+
+    images = torch.randint(0, 256, (40, 8, 8, 1), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy()
+    path = tmp_path / "prepared.parquet"
+    write_image_parquet(path, ImageSet(images, (torch.arange(40) % 2).numpy(), split_train_heldout(40, 0.25, 0), ["a", "b"]))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 4] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="prepared.parquet: corrupt or not Parquet.*delete it and re-run the `prepare` stage"):
+        read_image_parquet(path)
+
+
 def test_two_processes_split_the_seeds_without_gaps(tmp_path, teacher_folder, repo_root):
     single = make_pairs(tmp_path, teacher_folder, "single")
     params = tmp_path / "two.yaml"
@@ -126,6 +161,8 @@ def test_two_processes_split_the_seeds_without_gaps(tmp_path, teacher_folder, re
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    # each process makes its own shards (on the CPU under torchrun both used to make all of them, as process 1/1)
+    assert "process 1/2 wrote 2 shards" in result.stderr and "process 2/2 wrote 1 shards" in result.stderr
     a, b = load(single, teacher_folder), load(tmp_path / "two", teacher_folder)
     assert torch.equal(a.noise, b.noise) and torch.equal(a.labels, b.labels)
     assert torch.allclose(a.target, b.target, atol=1e-5)  # other thread counts may change the last bits

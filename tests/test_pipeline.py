@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 
 import torch
 from tiny_project import pipeline_params, run_stages, write_tiny_project
@@ -39,3 +40,26 @@ def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog):
     assert metrics["dmd_one_step"]["fid_classifier_vs_teacher"] > 0 and metrics["dmd_one_step"]["fid_classifier_vs_teacher_std"] >= 0
     assert sorted(x.name for x in (tmp_path / "eval").iterdir()) == [
         "comparison.png", "dmd_one_step.png", "initial_one_step.png", "teacher.png"]
+
+
+def test_a_fresh_run_replaces_its_picture_folders_whole_and_prints_no_third_party_noise(tmp_path, repo_root):
+    """Grids an earlier run left (another step count, a model this run does not have) went on looking current;
+    and every command printed setuptools' pkg_resources warning, evaluate kineto's profiler lines."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    teacher = build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0))
+    write_tiny_project(tmp_path, teacher, pipeline_params())
+    for stale in (tmp_path / "grids" / "step-999999.png", tmp_path / "eval" / "teacher_guidance_2.png"):
+        stale.parent.mkdir(parents=True)
+        stale.write_bytes(b"an earlier run's picture")
+    run_stages(tmp_path, ["features", "teacher", "pairs", "distill", "evaluate"])
+    assert not (tmp_path / "grids" / "step-999999.png").exists() and (tmp_path / "grids" / "final.png").exists()
+    assert not (tmp_path / "eval" / "teacher_guidance_2.png").exists() and (tmp_path / "eval" / "comparison.png").exists()
+
+    code = ("import torch, stages.distill, stages.evaluate; from dmdlib.evaluation import peak_tensor_memory_mib; "
+            "peak_tensor_memory_mib(lambda: torch.ones(64, 64) @ torch.ones(64, 64))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0 and result.stderr == "", result.stderr

@@ -44,6 +44,13 @@ def test_stages_never_import_each_other():
         assert not edges[stage] & (stage_files - {stage}), f"{stage} imports another stage"
 
 
+def test_every_pipeline_ends_with_the_evaluate_stage():
+    """A template that stops at distill would leave its users without metrics (the SD one did)."""
+    for pipeline, path in PIPELINES.items():
+        stages = yaml.safe_load(path.read_text())["stages"]
+        assert list(stages)[-1] == "evaluate" and {"teacher", "pairs", "distill"} <= set(stages), pipeline
+
+
 @pytest.mark.parametrize("pipeline", sorted(PIPELINES))
 def test_dvc_deps_cover_every_project_file_each_stage_imports(pipeline):
     """Editing any file a stage runs must make `dvc status` report that stage as changed."""

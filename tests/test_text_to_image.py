@@ -66,7 +66,8 @@ def test_prompts_to_one_step_pipeline(tmp_path):
         # no reference folder: no FID, not a placeholder
         assert set(metrics[model]) == {"nfe", "clip_score", "images_per_s", "peak_memory_mib"}
         assert 0 <= metrics[model]["clip_score"] <= 100
-    assert metrics["teacher"]["nfe"] == 3 and metrics["dmd_one_step"]["nfe"] == 1
+    # counted: PNDM's 3 steps run the UNet 4 times (its PLMS start repeats one), twice each for guidance
+    assert metrics["teacher"]["nfe"] == 8 and metrics["dmd_one_step"]["nfe"] == 1
     (tmp_path / "sets.yaml").write_text((tmp_path / "params.yaml").read_text().replace("sample_sets: 1", "sample_sets: 2"))
     result = runner.invoke(evaluate_app, ["--params", p("sets.yaml"), "--teacher", p("teacher"), "--prompts", p("prompts"),
                                           "--generator", p("generator"), "--metrics", p("eval2.json"), "--images", p("eval2")])

@@ -1,0 +1,52 @@
+"""`dvc repro` itself, on a copy of the project with tiny params: a stage whose params are rejected leaves every
+output of the last good run as it was, cached (models/generator) and uncached (reports/distill) alike."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+TINY_PARAMS = """\
+prepare: {source: mnist, resolution: 8, channels: 1, heldout_fraction: 0.2, seed: 0}
+features: {steps: 5, batch_size: 16, lr: 2.0e-3, seed: 0}
+teacher:
+  kind: train
+  train: {channels: [8, 8], depths: [1, 1], mapping_width: 8, steps: 4, batch_size: 8, checkpoint_every: 2, sample_steps: 2}
+pairs: {count: 4, shard_size: 2, batch_size: 2, sampler: heun, steps: 2, guidance: 1.0, dtype: float32}
+distill: {steps: 2, batch_size: 2, reg_batch_size: 2, sample_every: 1, checkpoint_every: 1}
+evaluate: {samples: 8, sample_sets: 1, speed_batch_size: 4, speed_repeats: 1}
+"""
+
+
+def _digest(folder) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_a_rejected_param_under_dvc_repro_keeps_every_output(repo_root, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("dmdlib", "stages"):
+        shutil.copytree(repo_root / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(repo_root / "dvc.yaml", project / "dvc.yaml")
+    (project / "params.yaml").write_text(TINY_PARAMS)
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1"}
+    dvc = lambda *args: subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env,  # noqa: E731
+                                       capture_output=True, text=True)
+    assert dvc("init", "--no-scm").returncode == 0
+    first = dvc("repro")
+    if first.returncode != 0:
+        pytest.fail(first.stdout[-3000:] + first.stderr[-3000:])
+    before = {name: _digest(project / name) for name in ("models/generator", "reports/distill", "reports/eval")}
+
+    (project / "params.yaml").write_text(TINY_PARAMS.replace("distill: {steps: 2,", "distill: {steps: -1,"))
+    rejected = dvc("repro")
+    assert rejected.returncode != 0 and "distill.steps" in rejected.stdout + rejected.stderr
+    after = {name: _digest(project / name) for name in before}
+    assert after == before  # the cached generator and the uncached grids, untouched
