@@ -144,3 +144,49 @@ def test_a_snapshot_of_the_other_family_or_a_latent_one_without_vae_is_named(nvl
     assert encoder["class_name"] == "StabilityVAEEncoder" and encoder["vae_name"] == "stabilityai/sd-vae-ft-mse"
     assert torch.allclose(torch.tensor(encoder["scale"]), reference["encoder_scale"].flatten())
     assert torch.allclose(torch.tensor(encoder["bias"]), reference["encoder_bias"].flatten())
+
+
+def _record(module: torch.nn.Module, init_kwargs: dict | None, reconstruct):
+    """`module` as EDM's persistence pickles it: a record (class name, state = the module's __dict__ with its
+    parameters, buffers and children), children likewise; torch containers as themselves."""
+    from collections import OrderedDict
+
+    children = OrderedDict((name, None if child is None else _record(child, None, reconstruct))
+                           for name, child in module._modules.items())
+    state = {"_parameters": OrderedDict(module._parameters), "_buffers": OrderedDict(module._buffers),
+             "_non_persistent_buffers_set": set(module._non_persistent_buffers_set), "_modules": children,
+             "training": False, "_init_args": (), "_init_kwargs": init_kwargs or {}}
+    if isinstance(module, torch.nn.ModuleDict):
+        container = torch.nn.ModuleDict()
+        container.__dict__.update(state)
+        return container
+    meta = {"type": "class", "version": 6, "module_src": "raise RuntimeError('never run')",
+            "class_name": type(module).__name__, "state": state}
+    return _Payload(reconstruct, meta)
+
+
+@pytest.mark.parametrize("class_name, kwargs", [
+    ("VPPrecond", dict(model_type="SongUNet", embedding_type="positional", augment_dim=9, label_dim=10)),
+    ("VEPrecond", dict(model_type="SongUNet", embedding_type="fourier", encoder_type="residual", channel_mult_noise=2,
+                       resample_filter=[1, 3, 3, 1])),
+    ("EDMPrecond", dict(model_type="DhariwalUNet", label_dim=10)),
+    ("Precond", dict(label_dim=10)),
+])
+def test_a_snapshot_in_edms_format_of_the_projects_own_network_round_trips(class_name, kwargs, tmp_path, monkeypatch):
+    """Without NVlabs' fixtures (as in CI): a snapshot written in EDM's persistence format (records, storages
+    pickled through torch.storage._load_from_bytes) converts and loads to the same outputs."""
+    torch.manual_seed(0)
+    init_kwargs = dict(img_resolution=16, img_channels=3, model_channels=16, channel_mult=[1, 2], num_blocks=1,
+                       attn_resolutions=[8], **kwargs)
+    network = build_network(class_name, init_kwargs).eval()
+    snapshot = tmp_path / "network-snapshot.pkl"
+    snapshot.write_bytes(pickle.dumps({"ema": _record(network, init_kwargs, _persistence_reconstructor(monkeypatch)),
+                                       "loss_fn": None}))
+    assert b"torch.storage" in snapshot.read_bytes() and b"_load_from_bytes" in snapshot.read_bytes()
+    family = "edm2" if class_name == "Precond" else "edm"
+    convert_edm_snapshot(snapshot, family, tmp_path / "w.safetensors", tmp_path / "c.json")
+    loaded = load_edm(tmp_path / "w.safetensors", tmp_path / "c.json").eval()
+    x, sigma = torch.randn(3, 3, 16, 16), torch.tensor([0.01, 1.0, 80.0])
+    labels = torch.eye(10)[[0, 3, 9]] if kwargs.get("label_dim") else None
+    with torch.no_grad():
+        assert torch.equal(loaded.network(x, sigma, labels), network(x, sigma, labels))
