@@ -16,7 +16,7 @@ from dmdlib.denoisers.base import Denoiser, trainable_copy
 from dmdlib.denoisers.guidance import GuidanceEmbedding
 from dmdlib.errors import DataError
 from dmdlib.io import atomic_output
-from dmdlib.teachers import load_teacher, save_kdiffusion
+from dmdlib.teachers import EDM_CONFIG_FILE, load_teacher, save_kdiffusion
 
 # c_out of Stable Diffusion v1.5's epsilon UNet at its last timestep (sigma 14.61), where DMD2 starts its generator
 MAX_START_OUTPUT_SCALE = 14.615
@@ -122,7 +122,6 @@ def generate(generator: Generator, noise: torch.Tensor, cond: torch.Tensor | Non
 
 
 GENERATOR_FILE, WEIGHTS_FILE, GUIDANCE_FILE = "generator.json", "generator.safetensors", "guidance.safetensors"
-EDM_CONFIG_FILE = "network.json"
 
 
 def save_generator(folder: str | os.PathLike, generator: Generator, teacher_reference: dict) -> None:

@@ -8,10 +8,8 @@ import torch
 
 def fid(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017), by clean-fid."""
-    from cleanfid.fid import frechet_distance
-
-    a, b = features_a.double().numpy(), features_b.double().numpy()
-    return float(frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)))
+    a = features_a.double().numpy()
+    return fid_to_statistics(a.mean(0), np.cov(a, rowvar=False), features_b)
 
 
 def fid_to_statistics(mu: np.ndarray, sigma: np.ndarray, features: torch.Tensor) -> float:

@@ -155,7 +155,8 @@ def load_stable_diffusion_unet(folder: str | os.PathLike) -> LatentDenoiser:
 
 EDM_CLASSES = {"edm": ("VPPrecond", "VEPrecond", "iDDPMPrecond", "EDMPrecond"), "edm2": ("Precond",)}
 LATENT_ENCODERS = {"edm": (), "edm2": ("StabilityVAEEncoder",)}
-PIXEL_ENCODERS = (None, "StandardRGBEncoder")  # EDM snapshots have no encoder; EDM2's pixel one maps [0, 255] to [-1, 1]
+PIXEL_ENCODERS = ("StandardRGBEncoder",)  # EDM2's pixel encoder maps [0, 255] to [-1, 1]; EDM snapshots have none
+EDM_WEIGHTS_FILE, EDM_CONFIG_FILE = "network.safetensors", "network.json"  # what the teacher stage converts a snapshot to
 
 
 def convert_edm_snapshot(snapshot: str | os.PathLike, kind: str, weights: Path, config: Path) -> dict[str, Any] | None:
@@ -171,7 +172,7 @@ def convert_edm_snapshot(snapshot: str | os.PathLike, kind: str, weights: Path, 
     encoder = record.encoder
     if encoder is not None and encoder["class_name"] not in (*LATENT_ENCODERS[kind], *PIXEL_ENCODERS):
         raise TeacherError(f"{snapshot}: encoder {encoder['class_name']!r} is not supported; expected "
-                           f"{(*LATENT_ENCODERS[kind], *PIXEL_ENCODERS[1:])}")
+                           f"{(*LATENT_ENCODERS[kind], *PIXEL_ENCODERS)}")
     try:
         network = build_network(record.class_name, record.init_kwargs)
     except (TypeError, ValueError) as err:

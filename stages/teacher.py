@@ -18,14 +18,22 @@ from dmdlib.io import atomic_output, resumable_step, single_writer
 from dmdlib.params import load_params
 from dmdlib.sampling import heun_sample
 from dmdlib.teacher_training import train_teacher
-from dmdlib.teachers import EDM_CLASSES, build_kdiffusion, convert_edm_snapshot, kdiffusion_config, load_teacher, save_kdiffusion
+from dmdlib.teachers import (
+    EDM_CLASSES,
+    EDM_CONFIG_FILE,
+    EDM_WEIGHTS_FILE,
+    build_kdiffusion,
+    convert_edm_snapshot,
+    kdiffusion_config,
+    load_teacher,
+    save_kdiffusion,
+)
 from stages.common import PARAMS_OPTION, compute_device, setup_logging, user_errors
 from stages.teacher_reference import REFERENCE_FILE, image_decoder, read_teacher
 
 log = logging.getLogger("teacher")
 app = typer.Typer(add_completion=False, help=__doc__)
 WEIGHTS_FILE = "model.safetensors"
-EDM_WEIGHTS_FILE, EDM_CONFIG_FILE = "network.safetensors", "network.json"
 
 
 @app.command()
@@ -66,7 +74,6 @@ def _convert_snapshot(config, out: Path) -> None:
         reference = {"kind": config.kind, "path": EDM_WEIGHTS_FILE, "config": EDM_CONFIG_FILE,
                      "vae": _absolute(config.vae) if encoder is not None else None, "encoder": encoder}
         (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
-        load_teacher({**reference, "path": str(tmp / EDM_WEIGHTS_FILE), "config": str(tmp / EDM_CONFIG_FILE)})
     log.info("converted %s (%s) into %s", config.path, reference["kind"], out)
 
 

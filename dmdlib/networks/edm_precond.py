@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any
 
@@ -14,7 +15,7 @@ from dmdlib.networks.song_unet import SongUNet
 NETWORKS = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
 
 
-class Preconditioning(nn.Module):
+class Preconditioning(nn.Module, abc.ABC):
     """A UNet F behind one of EDM's preconditionings, called as EDM's networks are: D(x, sigma, class_labels).
 
     `use_fp16` is recorded for the published weights' sake; the network runs in its input's dtype (autocast, if any).
@@ -34,9 +35,9 @@ class Preconditioning(nn.Module):
                                           out_channels=img_channels * self.out_channel_factor, label_dim=label_dim,
                                           **model_kwargs)
 
+    @abc.abstractmethod
     def coefficients(self, sigma: torch.Tensor) -> tuple[Any, Any, Any, torch.Tensor]:
         """(c_skip, c_out, c_in, c_noise) for sigma of shape [batch, 1, 1, 1] (c_noise [batch])."""
-        raise NotImplementedError
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         x = x.float()
