@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +13,7 @@ from torch import nn
 
 from dmdlib.denoisers.base import Denoiser, trainable_copy
 from dmdlib.denoisers.guidance import GuidanceEmbedding
+from dmdlib.diffusers_teachers import NETWORK_FOLDERS, save_one_step_scheduler
 from dmdlib.errors import DataError
 from dmdlib.io import atomic_output
 from dmdlib.teachers import EDM_CONFIG_FILE, load_teacher, save_kdiffusion
@@ -24,22 +24,18 @@ MAX_START_OUTPUT_SCALE = 14.615
 
 def start_sigma(denoiser: Denoiser) -> float:
     """Where a one-step generator starts: the teacher's sigma_max, unless its raw output enters D there with a scale
-    c_out = loss_weight^-1/2 (EDM Table 1) above MAX_START_OUTPUT_SCALE; then the sigma where c_out equals it.
+    c_out = loss_weight^-1/2 (EDM Table 1) above MAX_START_OUTPUT_SCALE; then the largest sigma of the teacher's
+    grid where c_out is at most that (a grid point, so a stock diffusers scheduler can take the one step too).
 
     An epsilon teacher has c_out = sigma (x0 = x - sigma eps), so at a pixel DDPM's sigma_max of 157 its small
-    epsilon error becomes speckle 157 times larger; EDM-preconditioned teachers (c_out <= sigma_data) and SD v1.5
-    keep sigma_max.
+    epsilon error becomes speckle 157 times larger; EDM-preconditioned teachers (c_out <= sigma_data), SD v1.5 and
+    flow teachers (c_out = t < 1) keep sigma_max.
     """
-    def c_out(sigma: float) -> float:
-        return float(denoiser.loss_weight(torch.tensor(sigma, dtype=torch.float64)) ** -0.5)
-
-    if c_out(denoiser.sigma_max) <= MAX_START_OUTPUT_SCALE:
+    grid = denoiser.sigma_grid().double()
+    c_out = denoiser.loss_weight(grid) ** -0.5
+    if c_out[-1] <= MAX_START_OUTPUT_SCALE:
         return denoiser.sigma_max
-    low, high = math.log(denoiser.sigma_min), math.log(denoiser.sigma_max)  # c_out grows with sigma: bisect
-    for _ in range(60):
-        middle = (low + high) / 2
-        low, high = (middle, high) if c_out(math.exp(middle)) <= MAX_START_OUTPUT_SCALE else (low, middle)
-    return math.exp(low)
+    return float(grid[c_out <= MAX_START_OUTPUT_SCALE].max())
 
 
 class Generator(nn.Module):
@@ -128,9 +124,10 @@ def save_generator(folder: str | os.PathLike, generator: Generator, teacher_refe
     """Write a generator folder atomically: weights (safetensors) and generator.json to rebuild it.
 
     A k-diffusion generator is self-contained (its config travels in the weights' metadata), so is an
-    EDM/EDM2 one (weights under EDM's own state-dict names, with the network's JSON config); a Stable
-    Diffusion generator's UNet is saved in diffusers layout under `unet/`, so diffusers loads it directly;
-    other kinds rebuild the architecture from the teacher reference and load the weights.
+    EDM/EDM2 one (weights under EDM's own state-dict names, with the network's JSON config); a diffusers
+    pipeline's network is saved in diffusers layout (`unet/` or `transformer/`) with the scheduler config that
+    takes the one step in that family's stock pipeline (`save_one_step_scheduler`); other kinds rebuild the
+    architecture from the teacher reference and load the weights.
     """
     with atomic_output(folder) as tmp:
         tmp.mkdir()
@@ -143,9 +140,12 @@ def save_generator(folder: str | os.PathLike, generator: Generator, teacher_refe
                       str(tmp / WEIGHTS_FILE))
             shutil.copyfile(teacher_reference["config"], tmp / EDM_CONFIG_FILE)
             description["teacher"] = {**teacher_reference, "path": WEIGHTS_FILE, "config": EDM_CONFIG_FILE}
-        elif teacher_reference["kind"] == "stable_diffusion":
-            generator.denoiser.unet.save_pretrained(tmp / "unet")
-            description.update(teacher=teacher_reference, unet="unet")
+        elif teacher_reference["kind"] in NETWORK_FOLDERS:
+            subfolder = NETWORK_FOLDERS[teacher_reference["kind"]]
+            generator.denoiser.network.save_pretrained(tmp / subfolder)
+            description.update(teacher=teacher_reference, network=subfolder)
+            if len(generator.sigmas) == 1 and generator.guidance is None:
+                save_one_step_scheduler(tmp / "scheduler", generator.denoiser, generator.sigma)
         else:
             save_model(generator.denoiser, str(tmp / WEIGHTS_FILE))
             description.update(teacher=teacher_reference, weights=WEIGHTS_FILE)
@@ -180,10 +180,8 @@ def load_generator(folder: str | os.PathLike) -> Generator:
     denoiser = load_teacher(reference)
     if "weights" in description:
         load_model(denoiser, str(folder / description["weights"]))
-    if "unet" in description:
-        from diffusers import UNet2DConditionModel
-
-        denoiser.unet = UNet2DConditionModel.from_pretrained(folder / description["unet"], local_files_only=True)
+    if "network" in description:
+        denoiser.network = type(denoiser.network).from_pretrained(folder / description["network"], local_files_only=True)
     guidance = None
     if "guidance" in description:
         spec = description["guidance"]

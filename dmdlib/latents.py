@@ -44,8 +44,10 @@ class LatentDecoder(nn.Module):
         self.vae_range = vae_range
 
     @classmethod
-    def stable_diffusion(cls, vae) -> "LatentDecoder":
-        return cls(vae, vae.config.scaling_factor)
+    def diffusers(cls, vae) -> "LatentDecoder":
+        """As diffusers pipelines decode: VAE.decode(z / scaling_factor + shift_factor) (shift: SD3, FLUX)."""
+        scale = vae.config.scaling_factor
+        return cls(vae, scale, -(getattr(vae.config, "shift_factor", None) or 0.0) * scale)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         latents = latents.to(self.scale.device)

@@ -24,7 +24,7 @@ from dmdlib.denoisers import Denoiser
 from dmdlib.errors import PairsError, ParamsError
 from dmdlib.io import read_tagged_parquet, write_parquet
 from dmdlib.params import PairsParams
-from dmdlib.sampling import heun_sample, make_scheduler, scheduler_sample
+from dmdlib.sampling import flow_sample, heun_sample, make_scheduler, scheduler_sample
 from dmdlib.teachers import teacher_digest
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,9 @@ def make_sampler(real_denoiser: Denoiser, params: PairsParams, conditions: Condi
     elif real_denoiser.scheduler_config is None:
         raise ParamsError(f"pairs.sampler {params.sampler!r} needs a discrete-time (diffusers) teacher; use 'heun' for this one")
     else:
-        scheduler = make_scheduler(params.sampler, real_denoiser.scheduler_config)
-        solve = lambda noise, cond: scheduler_sample(real_denoiser, noise, scheduler, params.steps, cond)  # noqa: E731
+        scheduler = make_scheduler(params.sampler, real_denoiser.scheduler_config, real_denoiser.flow)
+        sample = flow_sample if real_denoiser.flow else scheduler_sample
+        solve = lambda noise, cond: sample(real_denoiser, noise, scheduler, params.steps, cond)  # noqa: E731
     return lambda noise, ids: solve(noise.to(device), lookup(ids)).cpu()
 
 

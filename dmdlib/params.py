@@ -94,11 +94,12 @@ class TeacherTrainParams(Section):
 class TeacherParams(Section):
     """The `teacher` stage: train the default teacher or import a real one from a local path."""
 
-    kind: Literal["train", "kdiffusion", "diffusers_ddpm", "stable_diffusion", "edm", "edm2"] = Field(
+    kind: Literal["train", "kdiffusion", "diffusers_ddpm", "stable_diffusion", "sdxl", "dit", "sd3", "flux", "edm", "edm2"] = Field(
         "train",
         description="'train' the default teacher on the prepared data, or import: 'kdiffusion' (checkpoint + config), "
-        "'diffusers_ddpm' (UNet2DModel folder), 'stable_diffusion' (StableDiffusionPipeline folder), 'edm' / 'edm2' "
-        "(an NVlabs EDM / EDM2 network snapshot .pkl, read without running its code).",
+        "'diffusers_ddpm' (UNet2DModel folder), a diffusers pipeline folder: 'stable_diffusion' (StableDiffusionPipeline), "
+        "'sdxl' (StableDiffusionXLPipeline), 'dit' (DiTPipeline), 'sd3' (StableDiffusion3Pipeline), 'flux' (FluxPipeline); "
+        "'edm' / 'edm2' (an NVlabs EDM / EDM2 network snapshot .pkl, read without running its code).",
     )
     path: str | None = Field(None, description="Local checkpoint file or model folder for the import kinds.")
     config: str | None = Field(
@@ -108,12 +109,23 @@ class TeacherParams(Section):
         None, description="Kind 'edm2' with a latent snapshot (edm2-img512-*): local diffusers AutoencoderKL folder of "
         "the VAE it was trained with (stabilityai/sd-vae-ft-mse)."
     )
+    resolution: int | None = Field(
+        None, ge=8, description="Diffusers pipeline kinds: image side in pixels to distil at (null: the network's own "
+        "sample size; FLUX, which has none, 1024)."
+    )
+    embedded_guidance: float | None = Field(
+        None, ge=0, description="Kind 'flux' with a guidance embedding (FLUX.1-dev): the scale fed to the generator and "
+        "the fake denoiser through it (the real denoiser gets pairs.guidance)."
+    )
     train: TeacherTrainParams = Field(default_factory=TeacherTrainParams)
 
     @model_validator(mode="after")
     def _path_needed(self) -> "TeacherParams":
         if self.kind != "train" and not self.path:
             raise ValueError(f"kind {self.kind!r} needs `path`: the local checkpoint or folder, downloaded beforehand")
+        if self.kind == "flux" and self.embedded_guidance is None:
+            raise ValueError("kind 'flux' needs `embedded_guidance`: the guidance-embedding input of the generator and fake "
+                             "denoiser (FLUX.1-schnell ignores it; see pipelines/flux/params.yaml)")
         return self
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from k_diffusion.sampling import get_sigmas_karras, sample_heun
 
 from dmdlib.denoisers.base import Denoiser
+from dmdlib.denoisers.flow import flow_shift, time_of_sigma
 from dmdlib.errors import ParamsError
 
 
@@ -47,11 +51,40 @@ def scheduler_sample(
     return x_t
 
 
-def make_scheduler(name: str, config: dict):
-    """A diffusers scheduler class by name, from a teacher's scheduler config, predicting epsilon."""
+@torch.no_grad()
+def flow_sample(denoiser: Denoiser, noise: torch.Tensor, scheduler, steps: int, cond: torch.Tensor | None = None) -> torch.Tensor:
+    """Run a FlowMatchEulerDiscreteScheduler over a flow-matching denoiser, through D(x, sigma).
+
+    The scheduler's state is the flow's x_t; each step asks D at sigma = t / (1 - t) for x = x_t (1 + sigma) and hands
+    back v = (x_t - D) / t. Time 1 (pure noise, sigma infinite) is evaluated at the grid's largest finite time, where
+    x_t is the same noise. Times as the pipelines set them: the scheduler's own spacing, or with dynamic shifting
+    (FLUX) FluxPipeline's linspace(1, 1 / steps) shifted by the resolution's mu.
+    """
+    options = {}
+    if scheduler.config.get("use_dynamic_shifting"):
+        tokens = denoiser.sample_shape[-1] * denoiser.sample_shape[-2] // 4  # packed 2x2 latent patches
+        options = {"sigmas": np.linspace(1.0, 1 / steps, steps), "mu": math.log(flow_shift(dict(scheduler.config), tokens))}
+    scheduler.set_timesteps(steps, device=noise.device, **options)
+    t_max = float(time_of_sigma(torch.tensor(denoiser.sigma_max, dtype=torch.float64)))
+    x_t = noise
+    for timestep, t in zip(scheduler.timesteps, scheduler.sigmas.tolist()):
+        t = min(t, t_max)
+        sigma = t / (1 - t)
+        velocity = (x_t - denoiser(x_t * (1 + sigma), sigma, cond)) / t
+        x_t = scheduler.step(velocity, timestep, x_t).prev_sample
+    return x_t
+
+
+def make_scheduler(name: str, config: dict, flow: bool = False):
+    """A diffusers scheduler class by name, from a teacher's scheduler config: predicting epsilon for a discrete-time
+    teacher, a FlowMatch scheduler (velocity) for a flow-matching one."""
     import diffusers
 
     scheduler_class = getattr(diffusers, name, None)
     if scheduler_class is None or not name.endswith("Scheduler"):
         raise ParamsError(f"pairs.sampler {name!r}: expected 'heun' or a diffusers scheduler class such as 'PNDMScheduler'")
-    return scheduler_class.from_config({**config, "prediction_type": "epsilon"})
+    if flow != name.startswith("FlowMatch"):
+        expected = "a FlowMatch scheduler (FlowMatchEulerDiscreteScheduler)" if flow else "'heun' or a discrete-time scheduler"
+        raise ParamsError(f"pairs.sampler {name!r}: this teacher is {'a flow-matching' if flow else 'not a flow-matching'} "
+                          f"model; expected {expected}")
+    return scheduler_class.from_config(config if flow else {**config, "prediction_type": "epsilon"})

@@ -19,9 +19,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dmdlib.denoisers import Denoiser, KarrasDenoiser, LatentDenoiser, frozen
+from dmdlib.denoisers import Denoiser, KarrasDenoiser, frozen
 from dmdlib.denoisers.edm import EDMDenoiser, build_network
 from dmdlib.denoisers.loading import load_diffusers_ddpm
+from dmdlib.diffusers_teachers import PIPELINE_CLASSES, load_diffusers_pipeline
 from dmdlib.errors import TeacherError
 from dmdlib.io import atomic_output, load_tensors
 from dmdlib.snapshots import read_snapshot
@@ -132,27 +133,6 @@ def load_kdiffusion(checkpoint: str | os.PathLike, config: str | os.PathLike | N
     return denoiser
 
 
-def load_stable_diffusion_unet(folder: str | os.PathLike) -> LatentDenoiser:
-    """The UNet and scheduler of a `StableDiffusionPipeline` folder (diffusers layout)."""
-    from diffusers import PNDMScheduler, UNet2DConditionModel
-
-    folder = Path(folder)
-    expected = ("expected a StableDiffusionPipeline folder in diffusers layout (model_index.json, unet/, scheduler/, "
-                "vae/, text_encoder/, tokenizer/); download it beforehand, e.g. with `huggingface-cli download`")
-    for required in ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json"):
-        if not (folder / required).is_file():
-            raise TeacherError(f"{folder}: missing {required}; {expected}")
-    try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
-        scheduler = PNDMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise TeacherError(f"{folder}: could not load the Stable Diffusion UNet ({err}); {expected}") from None
-    denoiser = LatentDenoiser(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, dict(scheduler.config))
-    size = unet.config.sample_size
-    denoiser.sample_shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
-    return denoiser
-
-
 EDM_CLASSES = {"edm": ("VPPrecond", "VEPrecond", "iDDPMPrecond", "EDMPrecond"), "edm2": ("Precond",)}
 LATENT_ENCODERS = {"edm": (), "edm2": ("StabilityVAEEncoder",)}
 PIXEL_ENCODERS = ("StandardRGBEncoder",)  # EDM2's pixel encoder maps [0, 255] to [-1, 1]; EDM snapshots have none
@@ -221,11 +201,11 @@ def load_teacher(reference: dict[str, Any]) -> Denoiser:
         denoiser = load_kdiffusion(reference["path"], reference.get("config"))
     elif kind == "diffusers_ddpm":
         denoiser = load_diffusers_ddpm(reference["path"])
-    elif kind == "stable_diffusion":
-        denoiser = load_stable_diffusion_unet(reference["path"])
+    elif kind in PIPELINE_CLASSES:
+        denoiser = load_diffusers_pipeline(reference)
     elif kind in EDM_CLASSES:
         denoiser = load_edm(reference["path"], reference["config"])
     else:
-        raise TeacherError(f"teacher reference kind {kind!r}: expected kdiffusion, diffusers_ddpm, stable_diffusion, edm or "
-                           "edm2; re-run the `teacher` stage")
+        raise TeacherError(f"teacher reference kind {kind!r}: expected kdiffusion, diffusers_ddpm, edm, edm2 or one of "
+                           f"{tuple(PIPELINE_CLASSES)}; re-run the `teacher` stage")
     return frozen(denoiser)

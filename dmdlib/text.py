@@ -1,4 +1,4 @@
-"""Prompts for text-to-image teachers: a prompt file, and CLIP text embeddings computed once."""
+"""Prompts for text-to-image teachers: a prompt file, its train / evaluation split, and the cached embeddings."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from dmdlib.errors import DataError, TeacherError
+from dmdlib.errors import DataError
 from dmdlib.io import atomic_output
 
 
@@ -31,30 +31,6 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     if not prompts:
         raise DataError(f"{path}: no prompts")
     return prompts
-
-
-def load_text_encoder(folder: str | os.PathLike):
-    """The CLIP tokenizer and text encoder of a StableDiffusionPipeline folder."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    folder = Path(folder)
-    for sub in ("tokenizer", "text_encoder"):
-        if not (folder / sub).is_dir():
-            raise TeacherError(f"{folder}: missing {sub}/; expected a StableDiffusionPipeline folder in diffusers layout")
-    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
-    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True)
-    return tokenizer, text_encoder.eval().requires_grad_(False)
-
-
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """CLIP last hidden states [N, tokens, dim], padded to the tokenizer's length, as Stable Diffusion uses them."""
-    outputs = []
-    for start in range(0, len(prompts), batch_size):
-        tokens = tokenizer(prompts[start : start + batch_size], padding="max_length", truncation=True,
-                           max_length=tokenizer.model_max_length, return_tensors="pt")
-        outputs.append(text_encoder(tokens.input_ids)[0].float())
-    return torch.cat(outputs)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from dmdlib.classifier import load_classifier
 from dmdlib.conditions import Conditions
 from dmdlib.data import HELDOUT, TRAIN, read_image_parquet
 from dmdlib.denoisers import GuidedDenoiser
+from dmdlib.diffusers_teachers import TEXT_TO_IMAGE_KINDS
 from dmdlib.errors import ParamsError
 from dmdlib.evaluation import (
     INCEPTION_FILE,
@@ -62,7 +63,7 @@ def main(
         check_teacher_fits_data(real_denoiser, reference, teacher, data)
         device = compute_device()
         real_denoiser = real_denoiser.to(device)
-        if reference["kind"] == "stable_diffusion":
+        if reference["kind"] in TEXT_TO_IMAGE_KINDS:
             _write(metrics, evaluate_text_to_image(all_params, real_denoiser, reference, generator, prompts, images))
             return
         dataset = read_image_parquet(data)

@@ -10,7 +10,6 @@ import torch
 
 from dmdlib.conditions import Conditions
 from dmdlib.data import load_image_folder
-from dmdlib.denoisers import GuidedDenoiser
 from dmdlib.errors import ParamsError
 from dmdlib.evaluation import count_evaluations, extract_features, find_inception, inception_extractor, peak_tensor_memory_mib, throughput
 from dmdlib.generator import generate, load_generator
@@ -18,7 +17,7 @@ from dmdlib.images import save_grid, to_model_range, to_uint8
 from dmdlib.metrics import clip_score, fid, kid
 from dmdlib.pairs import make_sampler, seeded_inputs
 from dmdlib.text import load_prompt_set
-from stages.teacher_reference import image_decoder
+from stages.teacher_reference import guided, image_decoder
 
 log = logging.getLogger("evaluate")
 
@@ -37,7 +36,7 @@ def evaluate_text_to_image(all_params, teacher_denoiser, reference: dict, genera
     noise = torch.stack([seeded_inputs(config.first_seed + i, teacher_denoiser.sample_shape, 0)[0] for i in range(count)])
     device = next(teacher_denoiser.parameters()).device
     decoder = image_decoder(reference).to(device)
-    real = teacher_denoiser if pairs.guidance == 1 else GuidedDenoiser(teacher_denoiser, prompts.uncond, pairs.guidance)
+    real = guided(teacher_denoiser, prompts.uncond, pairs.guidance)
     teacher_sample = make_sampler(real.to(device), pairs, Conditions(count, lambda ids: cond[ids]), device)
     generator = load_generator(generator_folder).to(device)
     batch = config.batch_size

@@ -12,6 +12,7 @@ import torch
 import typer
 
 from dmdlib.data import TRAIN, read_image_parquet
+from dmdlib.diffusers_teachers import PIPELINE_CLASSES, TEXT_TO_IMAGE_KINDS
 from dmdlib.errors import ParamsError
 from dmdlib.images import GRID_CLASSES, save_grid, to_model_range, to_uint8
 from dmdlib.io import atomic_output, resumable_step, single_writer
@@ -55,6 +56,8 @@ def main(
             _convert_snapshot(config, out)
         else:
             reference = {"kind": config.kind, "path": _absolute(config.path), "config": _absolute(config.config)}
+            if config.kind in PIPELINE_CLASSES:
+                reference.update(resolution=config.resolution, embedded_guidance=config.embedded_guidance)
             load_teacher(reference)  # fail now, with the loader's message, rather than in a later stage
             with atomic_output(out) as tmp:
                 tmp.mkdir()
@@ -124,7 +127,7 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
 
 
 def _write_samples(teacher, reference: dict, steps: int, path: Path) -> None:
-    if reference["kind"] == "stable_diffusion":
+    if reference["kind"] in TEXT_TO_IMAGE_KINDS:
         log.info("no sample grid for a %s teacher (text-to-image: the evaluate stage shows its samples)", reference["kind"])
         return
     decoder = image_decoder(reference)

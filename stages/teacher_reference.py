@@ -11,6 +11,9 @@ import typer
 from dmdlib.conditions import Conditions
 from dmdlib.data import read_image_shape
 from dmdlib.denoisers import Denoiser, GuidedDenoiser
+from dmdlib.denoisers.flow_transformers import FluxDenoiser
+from dmdlib.denoisers.guidance import EmbeddedGuidance
+from dmdlib.diffusers_teachers import PIPELINE_CLASSES, TEXT_TO_IMAGE_KINDS
 from dmdlib.errors import DataError, ParamsError, TeacherError
 from dmdlib.latents import LatentDecoder, load_vae
 from dmdlib.teachers import load_teacher
@@ -36,15 +39,15 @@ def read_teacher(folder: Path) -> tuple[Denoiser, dict]:
 
 
 def is_latent(reference: dict) -> bool:
-    """Whether the teacher works in a VAE's latent space (Stable Diffusion, EDM2 img512) rather than on pixels."""
-    return reference["kind"] == "stable_diffusion" or reference.get("encoder") is not None
+    """Whether the teacher works in a VAE's latent space (diffusers pipelines, EDM2 img512) rather than on pixels."""
+    return reference["kind"] in PIPELINE_CLASSES or reference.get("encoder") is not None
 
 
 def image_decoder(reference: dict, vae_folder: str | None = None) -> LatentDecoder | None:
-    """Latents -> images for a latent teacher (None for pixel-space ones): Stable Diffusion's own VAE, or the VAE
+    """Latents -> images for a latent teacher (None for pixel-space ones): a diffusers pipeline's own VAE, or the VAE
     given for an EDM2 latent snapshot with its scale and bias; `vae_folder` swaps in another VAE (e.g. TAESD)."""
-    if reference["kind"] == "stable_diffusion":
-        return LatentDecoder.stable_diffusion(load_vae(vae_folder, subfolder="") if vae_folder else load_vae(reference["path"]))
+    if reference["kind"] in PIPELINE_CLASSES:
+        return LatentDecoder.diffusers(load_vae(vae_folder, subfolder="") if vae_folder else load_vae(reference["path"]))
     if not is_latent(reference):
         return None
     encoder = reference["encoder"]
@@ -55,7 +58,7 @@ def image_decoder(reference: dict, vae_folder: str | None = None) -> LatentDecod
 def check_teacher_fits_data(teacher: Denoiser, reference: dict, folder: Path, data: Path) -> None:
     """Stop before any work when the teacher's images (decoded, for a latent teacher) and the prepared data differ
     in channels, size or class count, naming both."""
-    if reference["kind"] == "stable_diffusion":
+    if reference["kind"] in TEXT_TO_IMAGE_KINDS:
         return  # text-to-image: evaluated on prompts, not on the prepared data
     (data_shape, data_classes), decoder = read_image_shape(data), image_decoder(reference)
     shape = teacher.sample_shape
@@ -76,17 +79,28 @@ def conditioning(teacher: Denoiser, reference: dict, guidance: float, prompts_fo
 
     Text-to-image teachers draw `cond` from the cached training-prompt embeddings, others use their
     class labels. When guidance is not 1 (or a guidance-conditioned generator is trained), the real
-    denoiser applies classifier-free guidance, with the empty prompt or the 'no class' label.
+    denoiser applies classifier-free guidance, with the negative prompt or the 'no class' label; FLUX.1-dev
+    instead always takes the scale through its guidance embedding, in one pass.
     """
-    if reference["kind"] != "stable_diffusion":
+    if reference["kind"] not in TEXT_TO_IMAGE_KINDS:
         conditions, texts, uncond = Conditions.of(teacher), None, teacher.uncond
     else:
         prompts, _ = load_prompt_set(prompts_folder)
         embeddings = prompts.train_embeddings
         conditions, texts, uncond = Conditions(len(prompts.train), lambda ids: embeddings[ids]), prompts.train, prompts.uncond
+    return guided(teacher, uncond, guidance, guidance_range), conditions, texts
+
+
+def guided(teacher: Denoiser, uncond, guidance: float, guidance_range: tuple[float, float] | None = None) -> Denoiser:
+    """The real denoiser at guidance scale `guidance`, guided as the teacher's own pipeline guides it."""
+    if isinstance(teacher, FluxDenoiser) and teacher.guidance is not None:
+        if guidance_range is not None:
+            raise ParamsError("distill.guidance_range: a FLUX teacher with a guidance embedding takes its scale as an input "
+                              "already; set pairs.guidance (the real denoiser's) and teacher.embedded_guidance instead")
+        return EmbeddedGuidance(teacher, guidance)
     if guidance == 1 and guidance_range is None:
-        return teacher, conditions, texts
+        return teacher
     if uncond is None:
         raise ParamsError("classifier-free guidance (pairs.guidance != 1 or distill.guidance_range) needs a teacher that serves "
                          "'no condition': a text-to-image teacher, or the default teacher trained with teacher.train.label_dropout > 0")
-    return GuidedDenoiser(teacher, uncond, guidance), conditions, texts
+    return GuidedDenoiser(teacher, uncond, guidance)

@@ -42,7 +42,7 @@ class EpsilonMixture(DiscreteDenoiser):
         sigma = self.schedule.t_to_sigma(t)
         x = x_t * expand((sigma**2 + 1).sqrt(), x_t)
         exact = (x - MIXTURE(x, sigma)) / expand(sigma, x)
-        return exact + self.unet(x_t, t / 1000)
+        return exact + self.network(x_t, t / 1000)
 
 
 class EDMMixture(Denoiser):
@@ -50,7 +50,7 @@ class EDMMixture(Denoiser):
 
     def __init__(self, grid: torch.Tensor):
         super().__init__()
-        self.unet, self.grid = Residual(), grid
+        self.network, self.grid = Residual(), grid
         self.sigma_min, self.sigma_max, self.sigma_data = float(grid[0]), float(grid[-1]), MIXTURE.sigma_data
 
     def sigma_grid(self):
@@ -60,7 +60,7 @@ class EDMMixture(Denoiser):
         s, sd = expand(sigma, x), self.sigma_data
         c_skip, c_out, c_in = sd**2 / (s**2 + sd**2), s * sd / (s**2 + sd**2).sqrt(), (s**2 + sd**2).rsqrt()
         exact = (MIXTURE(x, sigma) - c_skip * x) / c_out
-        return c_skip * x + c_out * (exact + self.unet(c_in * x, sigma.log() / 4))
+        return c_skip * x + c_out * (exact + self.network(c_in * x, sigma.log() / 4))
 
 
 class Pairs:
@@ -76,7 +76,7 @@ def teachers():
     epsilon = EpsilonMixture(Residual(), DDPMScheduler(num_train_timesteps=1000).alphas_cumprod, "epsilon")
     epsilon.sample_shape = (2,)
     edm = EDMMixture(epsilon.sigma_grid())
-    edm.unet.load_state_dict(epsilon.unet.state_dict())
+    edm.network.load_state_dict(epsilon.network.state_dict())
     edm.sample_shape = (2,)
     return {"epsilon": epsilon.requires_grad_(False), "edm": edm.requires_grad_(False)}
 
@@ -97,7 +97,11 @@ def test_the_one_step_generator_starts_at_the_teachers_own_x0_prediction_where_i
     epsilon, edm = teachers().values()
     assert epsilon.sigma_max == pytest.approx(157.4, abs=0.1) and edm.sigma_max == epsilon.sigma_max
     assert start_sigma(edm) == edm.sigma_max  # EDM preconditioning: c_out <= sigma_data everywhere
-    assert start_sigma(epsilon) == pytest.approx(MAX_START_OUTPUT_SCALE)  # epsilon: c_out = sigma
+    # epsilon: c_out = sigma; the start is the largest grid sigma within the cap, so a diffusers scheduler can take it
+    grid = epsilon.sigma_grid()
+    start = start_sigma(epsilon)
+    assert start in grid.tolist() and start <= MAX_START_OUTPUT_SCALE < grid[grid > start].min()
+    assert start == pytest.approx(MAX_START_OUTPUT_SCALE, rel=0.02)
     for teacher in (epsilon, edm):
         z, sigma = torch.randn(16, 2), start_sigma(teacher)
         generator = Generator.from_teacher(teacher)
@@ -119,7 +123,7 @@ class EpsilonMLP(DiscreteDenoiser):
     """A DDPM network of 2-D points: epsilon from (x_t, t) by the residual MLP alone, trained here."""
 
     def call_model(self, x_t, t, cond):
-        return self.unet(x_t, t / 1000)
+        return self.network(x_t, t / 1000)
 
 
 def test_a_trained_epsilon_teacher_starts_the_generator_where_its_x0_prediction_is_well_conditioned():

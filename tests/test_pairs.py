@@ -176,7 +176,7 @@ def test_diffusers_scheduler_sampling_matches_the_diffusers_pipeline(tmp_path):
     noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     scheduler = make_scheduler("DDIMScheduler", teacher.scheduler_config)
     ours = scheduler_sample(teacher, noise, scheduler, steps=5)
-    pipeline = DDIMPipeline(unet=teacher.unet, scheduler=make_scheduler("DDIMScheduler", teacher.scheduler_config))
+    pipeline = DDIMPipeline(unet=teacher.network, scheduler=make_scheduler("DDIMScheduler", teacher.scheduler_config))
     pipeline.set_progress_bar_config(disable=True)
     reference = pipeline(batch_size=2, num_inference_steps=5, eta=0.0, output_type="np",
                          generator=torch.Generator().manual_seed(0))

@@ -18,7 +18,12 @@ def write(tmp_path, text):
 def test_repository_params_files_are_valid(repo_root):
     params = load_params(repo_root / "params.yaml")
     assert params.prepare.source == "mnist"
-    assert load_params(repo_root / "pipelines" / "sd" / "params.yaml").teacher.kind == "stable_diffusion"
+    kinds = {"sd": "stable_diffusion", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux", "dit-imagenet256": "dit",
+             "edm-cifar10": "edm", "edm-imagenet64": "edm", "edm2-img512": "edm2"}
+    profiles = {path.parent.name: path for path in (repo_root / "pipelines").glob("*/params.yaml")}
+    assert set(profiles) == set(kinds)
+    for profile, path in profiles.items():
+        assert load_params(path).teacher.kind == kinds[profile], profile
 
 
 def test_defaults_when_section_is_absent(tmp_path):

@@ -2,13 +2,13 @@
 cannot drift from the code."""
 
 import re
-import shutil
 
+import pytest
 import torch
-from tiny_models import save_tiny_stable_diffusion
+from tiny_models import save_tiny_dit, save_tiny_flux, save_tiny_sd3, save_tiny_sdxl
 
 from dmdlib.generator import Generator, save_generator
-from dmdlib.teachers import build_kdiffusion, kdiffusion_config, save_kdiffusion
+from dmdlib.teachers import build_kdiffusion, kdiffusion_config, load_teacher, save_kdiffusion
 
 
 def readme_snippets(repo_root) -> list[str]:
@@ -26,10 +26,9 @@ def test_every_python_snippet_of_the_readme_runs(repo_root, tmp_path, monkeypatc
     save_kdiffusion(weights, teacher, config)
     generator = Generator.from_teacher(teacher, [80.0, 1.0], (1.0, 3.0))
     save_generator(tmp_path / "models" / "generator", generator, {"kind": "kdiffusion", "path": str(weights)})
-    # ~/models/sd15 and models/sd/generator/unet: a tiny Stable Diffusion and a UNet of its kind
+    # ~/models/sdxl and models/sdxl/generator: a tiny SDXL and a one-step generator of it, as `distill` writes it
     home = tmp_path / "home"
-    save_tiny_stable_diffusion(home / "models" / "sd15")
-    shutil.copytree(home / "models" / "sd15" / "unet", tmp_path / "models" / "sd" / "generator" / "unet")
+    _save_generator_of(save_tiny_sdxl(home / "models" / "sdxl"), "sdxl", tmp_path / "models" / "sdxl" / "generator")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(tmp_path)
 
@@ -38,5 +37,26 @@ def test_every_python_snippet_of_the_readme_runs(repo_root, tmp_path, monkeypatc
     assert namespace["images"].shape == (16, 1, 8, 8)
     assert namespace["images"].min() >= -1 and namespace["images"].max() <= 1
     namespace = {}
-    exec(compile(snippets[1], "README.md (Stable Diffusion)", "exec"), namespace)
+    exec(compile(snippets[1], "README.md (diffusers pipelines)", "exec"), namespace)
     assert namespace["image"].size == (8, 8)
+
+
+def _save_generator_of(folder, kind: str, out, **reference) -> None:
+    reference = {"kind": kind, "path": str(folder), **reference}
+    save_generator(out, Generator.from_teacher(load_teacher(reference)), reference)
+
+
+@pytest.mark.parametrize("family", ["SD3", "FLUX", "DiT"])
+def test_the_readmes_one_step_call_of_each_family_runs(repo_root, tmp_path, family):
+    """The commented calls under the pipeline snippet, with the snippet's own `one_step_pipeline`."""
+    build, kind, reference = {"SD3": (save_tiny_sd3, "sd3", {}), "DiT": (lambda folder: save_tiny_dit(folder, num_classes=1000), "dit", {}),
+                              "FLUX": (save_tiny_flux, "flux", {"resolution": 16, "embedded_guidance": 3.5})}[family]
+    _save_generator_of(build(tmp_path / kind), kind, tmp_path / "generator", **reference)
+    snippet = readme_snippets(repo_root)[1]
+    call = re.search(rf"^# {family}: +(pipe\(.*?\))", snippet, flags=re.MULTILINE).group(1)
+    namespace: dict = {}
+    exec(compile(snippet.split("\n\npipe = ")[0], "README.md (diffusers pipelines)", "exec"), namespace)
+    pipe = namespace["one_step_pipeline"](str(tmp_path / kind), str(tmp_path / "generator"))
+    size = {"height": 16, "width": 16} if family == "FLUX" else {}
+    image = eval(call.replace("prompt,", "'a cat',").rstrip(")") + ", **size)", {"pipe": pipe, "size": size}).images[0]
+    assert image.size == ((16, 16) if family == "FLUX" else (8, 8))

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from import_graph import ROOT, closure, cycles, graph, imports_of, module_file, project_files
+from import_graph import PIPELINE_FILES, ROOT, closure, cycles, graph, imports_of, module_file, project_files
 
 # Libraries that cost seconds to import and that only some paths need: imported where used.
 HEAVY_OPTIONAL = ("accelerate", "cleanfid", "diffusers", "dvclive", "lpips", "mlxtend", "torch.profiler", "torchvision", "transformers")
-PIPELINES = {name: ROOT / name for name in ("dvc.yaml", "pipelines/sd/dvc.template.yaml", "pipelines/edm/dvc.template.yaml")}
+PIPELINES = {name: ROOT / name for name in PIPELINE_FILES}
 
 
 def stage_modules(pipeline: Path) -> dict[str, str]:

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from dmdlib.generator import load_generator
 from dmdlib.pairs import PairDataset, pair_metadata
-from dmdlib.text import encode_prompts, load_prompt_set, load_text_encoder
+from dmdlib.prompt_encoders import PromptEncoder
+from dmdlib.text import load_prompt_set
 from stages.distill import app as distill_app
 from stages.evaluate import app as evaluate_app
 from stages.pairs import app as pairs_app
@@ -87,9 +88,8 @@ def test_prompts_to_one_step_pipeline(tmp_path):
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     latents = pipeline("a cat", num_inference_steps=1, guidance_scale=1.0, latents=z.clone(), output_type="latent").images
     generator = load_generator(tmp_path / "generator")
-    tokenizer, text_encoder = load_text_encoder(sd)
     with torch.no_grad():
-        ours = generator(z, encode_prompts(tokenizer, text_encoder, ["a cat"]))
+        ours = generator(z, PromptEncoder(sd, "stable_diffusion", (4, 8, 8))(["a cat"]))
     assert torch.allclose(latents, ours, atol=1e-4)
     image = pipeline("a cat", num_inference_steps=1, guidance_scale=1.0, output_type="np").images
     assert image.shape == (1, 8, 8, 3)

@@ -29,6 +29,7 @@ class Denoiser(nn.Module, abc.ABC):
     num_classes: int = 0  # > 0 when `cond` is an integer class label
     scheduler_config: dict | None = None  # diffusers scheduler config, for discrete-time teachers
     uncond: torch.Tensor | None = None  # the `cond` of "no condition" when the model serves one (for guidance)
+    flow: bool = False  # a flow-matching model: its diffusers samplers step on x_t = x / (1 + sigma) and velocity
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         return self.denoise(x, per_sample(sigma, x), cond)

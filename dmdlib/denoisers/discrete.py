@@ -10,6 +10,7 @@ from k_diffusion.external import DiscreteSchedule
 from torch import nn
 
 from dmdlib.denoisers.base import Denoiser, expand
+from dmdlib.denoisers.text_condition import unpack
 from dmdlib.errors import TeacherError
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
@@ -25,7 +26,7 @@ class DiscreteDenoiser(Denoiser):
 
     def __init__(
         self,
-        unet: nn.Module,
+        network: nn.Module,
         alphas_cumprod: torch.Tensor,
         prediction_type: PredictionType = "epsilon",
         scheduler_config: dict | None = None,
@@ -33,7 +34,7 @@ class DiscreteDenoiser(Denoiser):
         super().__init__()
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise TeacherError(f"prediction_type {prediction_type!r}: expected 'epsilon', 'v_prediction' or 'sample'")
-        self.unet = unet
+        self.network = network
         alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         self.schedule = DiscreteSchedule(((1 - alphas_cumprod) / alphas_cumprod).sqrt().float(), quantize=False)
         self.prediction_type = prediction_type
@@ -63,13 +64,13 @@ class DiscreteDenoiser(Denoiser):
         return output
 
     def bottleneck(self) -> nn.Module:
-        return self.unet.mid_block
+        return self.network.mid_block
 
     def time_embedding(self) -> tuple[nn.Module, int]:
-        return self.unet.time_embedding, self.unet.time_embedding.linear_2.out_features
+        return self.network.time_embedding, self.network.time_embedding.linear_2.out_features
 
     def enable_gradient_checkpointing(self) -> None:
-        self.unet.enable_gradient_checkpointing()
+        self.network.enable_gradient_checkpointing()
 
     def prior_scale(self, sigma: float) -> float:
         """sqrt(sigma^2 + 1): unit noise z is then exactly the VP sample x_T = z that diffusers samplers start from."""
@@ -92,7 +93,7 @@ class DDPMDenoiser(DiscreteDenoiser):
     """A diffusers `UNet2DModel` (optionally class-conditional through `class_labels`)."""
 
     def call_model(self, x_t, t, cond):
-        return self.unet(x_t, t, class_labels=cond).sample
+        return self.network(x_t, t, class_labels=cond).sample
 
 
 class LatentDenoiser(DiscreteDenoiser):
@@ -101,4 +102,36 @@ class LatentDenoiser(DiscreteDenoiser):
     def call_model(self, x_t, t, cond):
         if cond is None:
             raise ValueError("a text-conditioned UNet needs `cond`: the prompt embeddings [batch, tokens, dim]")
-        return self.unet(x_t, t, encoder_hidden_states=cond).sample
+        return self.network(x_t, t, encoder_hidden_states=cond).sample
+
+
+class SDXLDenoiser(DiscreteDenoiser):
+    """SDXL's `UNet2DConditionModel`: token embeddings of both text encoders, plus (packed after them, see
+    `text_condition`) the pooled embedding and the six size/crop ids as its `added_cond_kwargs`."""
+
+    def __init__(self, network: nn.Module, *args, **kwargs):
+        super().__init__(network, *args, **kwargs)
+        config = network.config
+        self.pooled_width = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+
+    def call_model(self, x_t, t, cond):
+        if cond is None:
+            raise ValueError("SDXL needs `cond`: the packed prompt embeddings from the prompts stage")
+        tokens, extras = unpack(cond, self.pooled_width + 6)
+        added = {"text_embeds": extras[:, : self.pooled_width], "time_ids": extras[:, self.pooled_width :]}
+        return self.network(x_t, t, encoder_hidden_states=tokens, added_cond_kwargs=added).sample
+
+
+class DiTDenoiser(DiscreteDenoiser):
+    """A class-conditional DiT (`DiTTransformer2DModel`); of a learned-variance output only the epsilon half is used,
+    as DiTPipeline does. Its null class (index num_classes) serves classifier-free guidance."""
+
+    def call_model(self, x_t, t, cond):
+        output = self.network(x_t, timestep=t, class_labels=cond.long()).sample
+        return output[:, : x_t.shape[1]]
+
+    def bottleneck(self) -> nn.Module:
+        return Denoiser.bottleneck(self)
+
+    def time_embedding(self) -> tuple[nn.Module, int]:
+        return Denoiser.time_embedding(self)

@@ -55,6 +55,8 @@ class FlowMatchDenoiser(Denoiser):
     the network's timestep convention (SD3: t * 1000; FLUX: t).
     """
 
+    flow = True
+
     def __init__(self, network: nn.Module, shift: float = 1.0, train_timesteps: int = TRAIN_TIMESTEPS):
         super().__init__()
         self.network, self.shift, self.train_timesteps = network, float(shift), train_timesteps
@@ -66,10 +68,10 @@ class FlowMatchDenoiser(Denoiser):
     def call_model(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """The network's velocity at x_t and flow time t in [0, 1] ([batch])."""
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None, **model_inputs) -> torch.Tensor:
         t = time_of_sigma(sigma.double()).float()
         x_t = x / expand(1 + sigma, x)
-        return x_t - expand(t, x) * self.call_model(x_t, t, cond).to(x.dtype)
+        return x_t - expand(t, x) * self.call_model(x_t, t, cond, **model_inputs).to(x.dtype)
 
     def sigma_grid(self) -> torch.Tensor:
         """The scheduler's training times i / N (i = 1..N-1: t = 1 has no finite sigma), shifted, as sigmas, ascending."""

@@ -19,7 +19,7 @@ class _Wrapping(Denoiser):
         self.denoiser = denoiser
         self.sigma_min, self.sigma_max, self.sigma_data = denoiser.sigma_min, denoiser.sigma_max, denoiser.sigma_data
         self.sample_shape, self.num_classes = denoiser.sample_shape, denoiser.num_classes
-        self.scheduler_config = denoiser.scheduler_config
+        self.scheduler_config, self.flow = denoiser.scheduler_config, denoiser.flow
 
     def sigma_grid(self):
         return self.denoiser.sigma_grid()
@@ -52,6 +52,17 @@ class GuidedDenoiser(_Wrapping):
         scale = torch.as_tensor(self.scale, dtype=x.dtype, device=x.device)
         scale = expand(scale.expand(x.shape[0]), x) if scale.ndim else scale
         return denoised_uncond + scale * (denoised_cond - denoised_uncond)
+
+
+class EmbeddedGuidance(_Wrapping):
+    """A real denoiser guided through its own guidance-scale input (FLUX.1-dev): one pass, as FluxPipeline does."""
+
+    def __init__(self, denoiser: Denoiser, scale: float):
+        super().__init__(denoiser)
+        self.scale = float(scale)
+
+    def denoise(self, x, sigma, cond):
+        return self.denoiser.denoise(x, sigma, cond, guidance=self.scale)
 
 
 class GuidanceEmbedding(nn.Module):

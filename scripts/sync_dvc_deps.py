@@ -1,0 +1,43 @@
+"""Rewrite each stage's code deps in the DVC pipeline files as the files its module imports (tests/import_graph.py).
+
+Run after changing imports: `python scripts/sync_dvc_deps.py`; tests/test_structure.py checks the result.
+Data deps (anything outside dmdlib/ and stages/) are kept, in their order, before the code deps.
+"""
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from import_graph import PIPELINE_FILES, closure, compact, graph, module_file  # noqa: E402
+
+
+def sync(path: Path, edges) -> None:
+    lines, out, stage_module, i = path.read_text().splitlines(), [], None, 0
+    while i < len(lines):
+        line = lines[i]
+        if "python -m " in line:
+            stage_module = module_file(line.split("python -m ", 1)[1].split()[0])
+        out.append(line)
+        if line.strip() == "deps:" and stage_module:
+            indent = re.match(r"\s*", lines[i + 1]).group(0)
+            i += 1
+            kept = []
+            while i < len(lines) and lines[i].startswith(indent + "- "):
+                dep = lines[i].strip()[2:]
+                if not dep.startswith(("dmdlib", "stages")):
+                    kept.append(dep)
+                i += 1
+            out.extend(f"{indent}- {dep}" for dep in kept + compact(closure(stage_module, edges)))
+            stage_module = None
+            continue
+        i += 1
+    path.write_text("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    edges = graph()
+    for name in PIPELINE_FILES:
+        sync(ROOT / name, edges)
