@@ -29,7 +29,7 @@ class PromptEncoder:
             raise TeacherError(f"prompts need a text-to-image teacher (kind {' / '.join(TEXT_TO_IMAGE_KINDS)}), not {kind!r}")
         self.folder, self.kind = Path(folder).expanduser(), kind
         self.index = pipeline_index(self.folder, kind)
-        names = {"stable_diffusion": ["", "_2"][:1], "sdxl": ["", "_2"], "sd3": ["", "_2", "_3"], "flux": ["", "_2"]}[kind]
+        names = {"stable_diffusion": [""], "sdxl": ["", "_2"], "sd3": ["", "_2", "_3"], "flux": ["", "_2"]}[kind]
         self.tokenizers = [self._load(f"tokenizer{suffix}") for suffix in names]
         self.text_encoders = [self._load(f"text_encoder{suffix}").eval().requires_grad_(False) for suffix in names]
         side = sample_shape[-1] * vae_scale_factor(self.folder)
