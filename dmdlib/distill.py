@@ -1,4 +1,4 @@
-"""The DMD training loop: checkpointed, resumable, data-parallel across processes (paper Algorithm 1)."""
+"""The DMD training loop: checkpointed, resumable, data-parallel across processes by DDP or FSDP (paper Algorithm 1)."""
 
 from __future__ import annotations
 
@@ -28,11 +28,14 @@ from dmdlib.dmd import (
     fake_denoiser_step,
     generator_step,
 )
+from dmdlib.draws import Draws
 from dmdlib.errors import DataError, DivergedError, ParamsError
 from dmdlib.gan import GANHead
 from dmdlib.generator import Generator
 from dmdlib.io import CORRUPT_CHECKPOINT, atomic_output, load_tensors
-from dmdlib.pairs import PairDataset
+from dmdlib.memory import adamw, add_lora, merge_lora, run_in_bfloat16
+from dmdlib.pairs import PairReader
+from dmdlib.parallel import Strategy, distribute, full_optimizer_state, full_state, load_full_state, load_optimizer_state
 from dmdlib.params import DistillParams
 
 log = logging.getLogger(__name__)
@@ -42,21 +45,12 @@ StepCallback = Callable[[int, dict[str, float], Generator], None]  # (step, loss
 
 @dataclass
 class Processes:
-    """Where this process runs and how it talks to the others (one process: rank 0 of 1)."""
+    """Where this process runs among the others of the default process group (one process: rank 0 of 1)."""
 
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # e.g. accelerate's, for bf16
-
-    def average_gradients(self, module: torch.nn.Module) -> None:
-        """Mean of each gradient over processes, so every process takes the same optimizer step."""
-        if self.world_size == 1:
-            return
-        for parameter in module.parameters():
-            if parameter.grad is not None:
-                torch.distributed.all_reduce(parameter.grad)
-                parameter.grad /= self.world_size
 
 
 @dataclass
@@ -69,7 +63,7 @@ class DistillInputs:
     `pair_guidance` is the scale the pairs were made with.
     """
 
-    pairs: PairDataset | None = None
+    pairs: PairReader | None = None
     regression_loss: RegressionLoss | None = None
     real_denoiser: Denoiser | None = None
     conditions: Conditions | None = None
@@ -89,11 +83,14 @@ class _Run:
     gan: GAN | None
     objective: GeneratorObjective  # at full weights; warm-up steps switch terms off
     conditions: Conditions | None  # what `cond` the generator is trained on
+    strategy: Strategy | None = None  # how processes share generator and fake denoiser; None for one process
+    unsharded: Generator | None = None  # under FSDP: a CPU generator the gathered weights are loaded into
 
 
-def step_rng(seed: int, rank: int, step: int) -> torch.Generator:
-    """The random stream of one step on one process: a function of (seed, rank, step), so resuming repeats it."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + rank) * 10_000_019 + step)
+def step_rng(seed: int, step: int) -> torch.Generator:
+    """The random stream of one step, shared by all processes (each keeps its slice of every draw, `Draws`):
+    a function of (seed, step) only, so resuming repeats it and the process count does not change it."""
+    return torch.Generator().manual_seed(seed * 1_000_003 * 10_000_019 + step)
 
 
 def dm_sigma_fractions(grid: torch.Tensor, params: DistillParams) -> tuple[float, float]:
@@ -115,6 +112,9 @@ def distill(
 
     Generator and fake denoiser start as copies of the (unguided) teacher. Resumes from `checkpoint`
     when its fingerprint matches. A non-finite loss stops the run, keeping the last good checkpoint.
+    Several processes (an initialised default process group) split each step's global batch and share
+    generator and fake denoiser by params.data_parallel. params.real_denoiser_bf16 casts the real
+    denoiser (the teacher, unless `inputs` give one) in place.
     """
     processes, inputs, checkpoint = processes or Processes(), inputs or DistillInputs(), Path(checkpoint)
     run = _build(teacher, params, inputs, processes)
@@ -122,7 +122,7 @@ def distill(
     progress = tqdm(range(start, params.steps), initial=start, total=params.steps, desc="distill", unit="step",
                     disable=processes.rank != 0, mininterval=1.0)
     for step in progress:
-        rng = step_rng(params.seed, processes.rank, step)
+        rng = Draws(step_rng(params.seed, step), processes.rank, processes.world_size)
         for update in (run.generator_update, run.fake_update):  # linear learning-rate warm-up
             for group in update.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * min(1.0, (step + 1) / max(1, params.warmup_steps))
@@ -139,17 +139,38 @@ def distill(
             ema_update(run.generator, run.ema, params.ema_decay)
         done = step + 1
         progress.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
-        if processes.rank == 0 and (done % params.checkpoint_every == 0 or done == params.steps):
-            _save(checkpoint, done, fingerprint, run)
+        if done % params.checkpoint_every == 0 or done == params.steps:
+            _save(checkpoint, done, fingerprint, run, processes.rank)
+        if run.strategy == "fsdp" and (done % params.sample_every == 0 or done == params.steps):
+            _gather(run)  # every process takes part; the callback samples from the gathered copy
         if on_step is not None:
-            on_step(done, metrics, run.ema if run.ema is not None else run.generator)
-    final = run.ema if run.ema is not None else run.generator
+            on_step(done, metrics, _shown(run))
+    final = _shown(run) if run.strategy != "fsdp" else _gather(run)
+    if params.generator_lora_rank is not None:
+        merge_lora(final.denoiser)
     return final.eval().requires_grad_(False), run.fake_denoiser.eval()
 
 
+def _shown(run: _Run) -> Generator:
+    """The generator that is sampled and saved: the EMA if any; under FSDP its gathered copy."""
+    if run.strategy == "fsdp":
+        return run.unsharded
+    return run.ema if run.ema is not None else run.generator
+
+
+def _gather(run: _Run) -> Generator:
+    """Load the whole weights of the (EMA) generator from all shards into the unsharded copy (FSDP)."""
+    source = run.ema if run.ema is not None else run.generator
+    run.unsharded.load_state_dict(full_state(source, "fsdp", everywhere=True))
+    return run.unsharded
+
+
 def _build(teacher: Denoiser, params: DistillParams, inputs: DistillInputs, processes: Processes) -> _Run:
-    """Generator, fake denoiser, EMA, GAN head and optimizers, each checked against the teacher and params."""
+    """Generator, fake denoiser, EMA, GAN head and optimizers with the memory and data-parallel options,
+    each checked against the teacher and params."""
     device = processes.device
+    strategy = params.data_parallel if processes.world_size > 1 else None
+    _check_strategy(strategy, params)
     teacher = teacher.to(device)
     real_denoiser = (inputs.real_denoiser or teacher).to(device)
     if params.guidance_range is not None and not isinstance(real_denoiser, GuidedDenoiser):
@@ -161,6 +182,8 @@ def _build(teacher: Denoiser, params: DistillParams, inputs: DistillInputs, proc
     if generator.sigma > teacher.sigma_max:
         raise ParamsError(f"distill.generator_sigmas starts at {generator.sigma}, above the teacher's sigma_max {teacher.sigma_max}")
     fake_denoiser = trainable_copy(teacher)
+    if params.fake_lora_rank is not None:  # before the scale embedding, which trains whole
+        add_lora(fake_denoiser, params.fake_lora_rank, "distill.fake_lora_rank")
     if params.guidance_range is not None:  # D_fake must model G's distribution at each scale, not their mixture
         fake_denoiser = ScaleConditionedDenoiser(fake_denoiser, *params.guidance_range)
     gan = None
@@ -169,48 +192,74 @@ def _build(teacher: Denoiser, params: DistillParams, inputs: DistillInputs, proc
             raise ParamsError("distill.gan_generator_weight > 0 needs real images (the prepared data) for the GAN head")
         head = make_gan_head(fake_denoiser, conditions, device)
         gan = GAN(head, params.gan_generator_weight, params.gan_head_weight, inputs.real_images)
+    if params.generator_lora_rank is not None:
+        add_lora(generator.denoiser, params.generator_lora_rank, "distill.generator_lora_rank")
     if params.gradient_checkpointing:
         generator.denoiser.enable_gradient_checkpointing()
         fake_denoiser.enable_gradient_checkpointing()
+    ema = copy.deepcopy(generator).requires_grad_(False) if params.ema_decay is not None else None
+    unsharded = copy.deepcopy(ema or generator).cpu() if strategy == "fsdp" else None
+    if params.real_denoiser_bf16:  # after the copies, which train in full precision
+        run_in_bfloat16(real_denoiser)
+    if strategy is not None:  # before the optimizers: FSDP replaces the parameters by their shards
+        for module in (generator.denoiser, fake_denoiser, *([ema.denoiser] if ema is not None and strategy == "fsdp" else [])):
+            distribute(module, strategy, device)
+        if generator.guidance is not None:
+            distribute(generator.guidance.net, strategy, device)
+    if params.compile:
+        generator.denoiser.compile()
+        fake_denoiser.compile()
     fake_parameters = [*fake_denoiser.parameters(), *(gan.head.parameters() if gan is not None else [])]
     objective = GeneratorObjective(real_denoiser, fake_denoiser, params.dm_weight, dm_sigma_fractions(real_denoiser.sigma_grid(), params),
                                    params.lambda_reg if inputs.pairs is not None else 0.0, inputs.regression_loss, gan)
     return _Run(
-        generator, fake_denoiser, copy.deepcopy(generator).requires_grad_(False) if params.ema_decay is not None else None,
-        _adamw(list(generator.parameters()), params.generator_lr, params, processes),
-        _adamw(fake_parameters, params.fake_lr, params, processes), gan, objective, conditions,
+        generator, fake_denoiser, ema, _update(generator.parameters(), params.generator_lr, params, device),
+        _update(fake_parameters, params.fake_lr, params, device), gan, objective, conditions, strategy, unsharded,
     )
 
 
-def _adamw(parameters: list[torch.nn.Parameter], lr: float, params: DistillParams, processes: Processes) -> Update:
-    """AdamW (paper: weight decay 0.01) with clipping; `base_lr` is the rate after warm-up."""
-    optimizer = torch.optim.AdamW([{"params": parameters, "base_lr": lr}], lr, params.betas, weight_decay=params.weight_decay)
-    return Update(optimizer, params.max_grad_norm, processes.average_gradients)
+def _check_strategy(strategy: Strategy | None, params: DistillParams) -> None:
+    """Refuse the combinations that several processes do not support yet, naming the params."""
+    if strategy is not None and params.gan_generator_weight > 0:
+        raise ParamsError("distill.gan_generator_weight > 0 runs on one process only for now (its generator term "
+                          "calls the fake denoiser without its gradients); launch one process or set it to 0")
+    if strategy == "fsdp":
+        for name in ("guidance_range", "fake_lora_rank", "generator_lora_rank"):
+            if getattr(params, name) is not None:
+                raise ParamsError(f"distill.{name} is not supported with distill.data_parallel 'fsdp' yet; use 'ddp' or null")
 
 
-def _draw_batch(run: _Run, params: DistillParams, inputs: DistillInputs, rng: torch.Generator, device) -> GeneratorBatch:
+def _update(parameters, lr: float, params: DistillParams, device: torch.device) -> Update:
+    """AdamW (paper: weight decay 0.01) on the trainable parameters, with clipping; `base_lr` is the rate after warm-up."""
+    trainable = [parameter for parameter in parameters if parameter.requires_grad]
+    eight_bit = params.optimizer == "adamw8bit"
+    optimizer = adamw([{"params": trainable, "base_lr": lr}], lr, params.betas, params.weight_decay, eight_bit, device)
+    return Update(optimizer, params.max_grad_norm)
+
+
+def _draw_batch(run: _Run, params: DistillParams, inputs: DistillInputs, rng: Draws, device) -> GeneratorBatch:
     """This step's noise, cond, ladder step, guidance scales and pairs, in that order from `rng`.
 
     Draws happen only when their option is on, so the default's random stream is unchanged.
     """
     conditions = run.conditions
-    z = torch.randn((params.batch_size, *run.generator.denoiser.sample_shape), generator=rng).to(device)
+    z = rng.randn((params.batch_size, *run.generator.denoiser.sample_shape)).to(device)
     cond = None
     if conditions is not None:
-        cond = conditions.lookup(torch.randint(0, conditions.count, (params.batch_size,), generator=rng)).to(device)
+        cond = conditions.lookup(rng.randint(0, conditions.count, params.batch_size)).to(device)
     ladder = run.generator.sigmas
-    step_index = int(torch.randint(0, len(ladder), (), generator=rng)) if len(ladder) > 1 else 0
+    step_index = int(torch.randint(0, len(ladder), (), generator=rng.generator)) if len(ladder) > 1 else 0  # one for all
     scale = None
     if params.guidance_range is not None:
         low, high = params.guidance_range
-        scale = (low + (high - low) * torch.rand(params.batch_size, generator=rng)).to(device)
+        scale = (low + (high - low) * rng.rand(params.batch_size)).to(device)
         run.objective.real_denoiser.scale = run.fake_denoiser.scale = scale
     pairs = None
     if inputs.pairs is not None and params.lambda_reg > 0:
-        index = torch.randint(0, len(inputs.pairs), (params.reg_batch_size,), generator=rng)
-        pair_cond = conditions.lookup(inputs.pairs.labels[index]).to(device) if conditions is not None else None
-        pair_scale = torch.full((len(index),), inputs.pair_guidance, device=device) if scale is not None else None
-        pairs = Pairs(inputs.pairs.noise[index].to(device), inputs.pairs.target[index].to(device), pair_cond, pair_scale)
+        noise, target, labels = inputs.pairs.batch(rng.randint(0, len(inputs.pairs), params.reg_batch_size))
+        pair_cond = conditions.lookup(labels).to(device) if conditions is not None else None
+        pair_scale = torch.full((len(labels),), inputs.pair_guidance, device=device) if scale is not None else None
+        pairs = Pairs(noise.to(device), target.to(device), pair_cond, pair_scale)
     return GeneratorBatch(z, cond, step_index, scale, pairs)
 
 
@@ -221,7 +270,7 @@ def _objective_at(step: int, run: _Run, params: DistillParams, batch: GeneratorB
     return dataclasses.replace(run.objective, dm_weight=0.0 if warming_up else params.dm_weight, gan=gan)
 
 
-def _fake_steps(run: _Run, count: int, x: torch.Tensor, cond, rng: torch.Generator, processes: Processes) -> dict[str, float]:
+def _fake_steps(run: _Run, count: int, x: torch.Tensor, cond, rng: Draws, processes: Processes) -> dict[str, float]:
     """`count` fake-denoiser updates on the same generator samples (DMD2's two time-scales); their mean losses."""
     fake_losses, head_losses = [], []
     for _ in range(count):
@@ -254,30 +303,37 @@ def make_gan_head(fake_denoiser: Denoiser, conditions: Conditions | None, device
     return GANHead(features.shape[1]).to(device)
 
 
-def _save(path: Path, step: int, fingerprint: str, run: _Run) -> None:
+def _save(path: Path, step: int, fingerprint: str, run: _Run, rank: int) -> None:
+    """Write the checkpoint from rank 0; under FSDP every process first gives its shards to the whole state."""
+    strategy = run.strategy
     state = {
-        "step": step, "fingerprint": fingerprint, "generator": run.generator.state_dict(),
-        "fake_denoiser": run.fake_denoiser.state_dict(), "generator_optimizer": run.generator_update.optimizer.state_dict(),
-        "fake_optimizer": run.fake_update.optimizer.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else {},
+        "step": step, "fingerprint": fingerprint, "generator": full_state(run.generator, strategy),
+        "fake_denoiser": full_state(run.fake_denoiser, strategy),
+        "generator_optimizer": full_optimizer_state(run.generator, run.generator_update.optimizer, strategy),
+        "fake_optimizer": full_optimizer_state(run.fake_denoiser, run.fake_update.optimizer, strategy),
+        "ema": full_state(run.ema, strategy) if run.ema is not None else {},
         "gan_head": run.gan.head.state_dict() if run.gan is not None else {},
     }
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)
+    if rank == 0:
+        with atomic_output(path) as tmp:
+            torch.save(state, tmp)
 
 
 def _resume(path: Path, fingerprint: str, run: _Run) -> int:
+    """Load a matching checkpoint into every process (each keeps its shards under FSDP); the step to go on from."""
     if not path.is_file():
         return 0
     state = load_tensors(path, DataError, CORRUPT_CHECKPOINT)
     if state.get("fingerprint") != fingerprint:
         log.info("ignoring checkpoint %s: it was made with other params, teacher or pairs", path)
         return 0
-    run.generator.load_state_dict(state["generator"])
-    run.fake_denoiser.load_state_dict(state["fake_denoiser"])
-    run.generator_update.optimizer.load_state_dict(state["generator_optimizer"])
-    run.fake_update.optimizer.load_state_dict(state["fake_optimizer"])
+    strategy = run.strategy
+    load_full_state(run.generator, state["generator"], strategy)
+    load_full_state(run.fake_denoiser, state["fake_denoiser"], strategy)
+    load_optimizer_state(run.generator, run.generator_update.optimizer, state["generator_optimizer"], strategy)
+    load_optimizer_state(run.fake_denoiser, run.fake_update.optimizer, state["fake_optimizer"], strategy)
     if run.ema is not None:
-        run.ema.load_state_dict(state["ema"])
+        load_full_state(run.ema, state["ema"], strategy)
     if run.gan is not None:
         run.gan.head.load_state_dict(state["gan_head"])
     log.info("resuming distillation from %s at step %d", path, state["step"])

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from dmdlib.denoisers.base import Denoiser, expand
+from dmdlib.draws import Draws, as_draws
 from dmdlib.gan import GANHead, denoise_with_logits, generator_gan_loss, head_gan_loss, without_parameter_grads
 from dmdlib.generator import Generator
 from dmdlib.losses import (
@@ -77,18 +78,18 @@ class GeneratorObjective:
 
 @dataclass
 class Update:
-    """One network's optimizer and the paper's update rule around it: clip at max_grad_norm, average across processes."""
+    """One network's optimizer and the paper's update rule around it: clip at max_grad_norm.
+
+    Under DDP or FSDP (`dmdlib.parallel`) backward itself leaves the gradients averaged over processes.
+    """
 
     optimizer: torch.optim.Optimizer
     max_grad_norm: float | None = 10.0
-    average_gradients: Callable[[nn.Module], None] | None = None
 
     def step(self, module: nn.Module, loss: torch.Tensor) -> None:
-        """Backward, average gradients (data-parallel), clip, step."""
+        """Backward, clip, step."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.average_gradients is not None:
-            self.average_gradients(module)
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(module.parameters(), self.max_grad_norm)
         self.optimizer.step()
@@ -104,7 +105,7 @@ class GeneratorStepResult:
 
 
 def generator_step(
-    generator: Generator, update: Update, batch: GeneratorBatch, rng: torch.Generator | None = None, *,
+    generator: Generator, update: Update, batch: GeneratorBatch, rng: Draws | torch.Generator | None = None, *,
     objective: GeneratorObjective,
 ) -> GeneratorStepResult:
     """Algorithm 1 lines 3-10: update G on dm_weight * L_DM + lambda_reg * L_reg (+ DMD2's GAN term).
@@ -118,7 +119,7 @@ def generator_step(
     if objective.dm_weight > 0:
         real_denoiser, fake_denoiser = objective.real_denoiser, objective.fake_denoiser
         sigma = sample_sigmas(real_denoiser.sigma_grid(), len(x), *objective.dm_sigma_fractions, generator=rng).to(x.device)
-        noise = torch.randn(x.shape, generator=rng).to(x.device)
+        noise = as_draws(rng).randn(x.shape).to(x.device)
         dm = distribution_matching_loss(x, real_denoiser, fake_denoiser, sigma, noise, batch.cond)
         loss, loss_dm = objective.dm_weight * dm.loss, dm.loss
         grad_norm_dm = dm.grad.flatten(1).norm(dim=1).mean()
@@ -154,7 +155,7 @@ def _generate(generator: Generator, batch: GeneratorBatch, rng, use_pairs: bool)
 def _generator_gan_loss(x, cond, fake_denoiser: Denoiser, head: GANHead, rng) -> torch.Tensor:
     """DMD2 eq. 5, generator side, on x noised at random levels of the fake denoiser's grid."""
     sigma = sample_sigmas(fake_denoiser.sigma_grid(), len(x), generator=rng).to(x.device)
-    noise = torch.randn(x.shape, generator=rng).to(x.device)
+    noise = as_draws(rng).randn(x.shape).to(x.device)
     with without_parameter_grads(fake_denoiser, head):  # the head and D_fake learn in their own step only
         _, logits = denoise_with_logits(fake_denoiser, head, x + expand(sigma, x) * noise, sigma, cond)
     return generator_gan_loss(logits)
@@ -168,7 +169,7 @@ def _cat_cond(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | 
 
 def fake_denoiser_step(
     fake_denoiser: Denoiser, update: Update, x: torch.Tensor, cond: torch.Tensor | None,
-    rng: torch.Generator | None = None, *, gan: GAN | None = None,
+    rng: Draws | torch.Generator | None = None, *, gan: GAN | None = None,
 ) -> tuple[float, float]:
     """Algorithm 1 lines 11-14: denoising loss of the fake denoiser on detached generator samples.
 
@@ -180,13 +181,13 @@ def fake_denoiser_step(
     real = _draw_real(gan.real_images, len(x), rng, x.device) if gan is not None else None
     grid = fake_denoiser.sigma_grid()
     sigma = sample_sigmas(grid, len(x), generator=rng).to(x.device)
-    noise = torch.randn(x.shape, generator=rng).to(x.device)
+    noise = as_draws(rng).randn(x.shape).to(x.device)
     if gan is None:
         loss = denoising_loss(fake_denoiser, x, sigma, noise, cond)
         update.step(fake_denoiser, loss)
         return float(loss.detach()), 0.0
     real_sigma = sample_sigmas(grid, len(real.images), generator=rng).to(x.device)
-    real_noise = torch.randn(real.images.shape, generator=rng).to(x.device)
+    real_noise = as_draws(rng).randn(real.images.shape).to(x.device)
     noisy = torch.cat([x + expand(sigma, x) * noise, real.images + expand(real_sigma, real.images) * real_noise])
     denoised, logits = denoise_with_logits(fake_denoiser, gan.head, noisy, torch.cat([sigma, real_sigma]), _cat_cond(cond, real.cond))
     loss_denoising = weighted_denoising_error(fake_denoiser, denoised[: len(x)], x, sigma)
@@ -199,6 +200,6 @@ def _draw_real(real_images: RealBatch | None, count: int, rng, device) -> RealBa
     """`count` real images (with their cond) drawn at random: the GAN head's positives of one fake step."""
     if real_images is None:
         raise ValueError("the GAN term needs real images (GAN.real_images)")
-    index = torch.randint(0, len(real_images.images), (count,), generator=rng)
+    index = as_draws(rng).randint(0, len(real_images.images), count)
     cond = real_images.cond[index].to(device) if real_images.cond is not None else None
     return RealBatch(real_images.images[index].to(device), cond)

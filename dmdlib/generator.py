@@ -14,6 +14,7 @@ from torch import nn
 from dmdlib.denoisers.base import Denoiser, trainable_copy
 from dmdlib.denoisers.guidance import GuidanceEmbedding
 from dmdlib.diffusers_teachers import NETWORK_FOLDERS, save_one_step_scheduler
+from dmdlib.draws import Draws, as_draws
 from dmdlib.errors import DataError
 from dmdlib.io import atomic_output
 from dmdlib.teachers import EDM_CONFIG_FILE, load_teacher, save_kdiffusion
@@ -84,18 +85,18 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None, scale=None) -> torch.Tensor:
         return self.denoise(z * self.denoiser.prior_scale(self.sigma), self.sigma, cond, scale)
 
-    def noisy_input(self, z, cond=None, step: int = 0, scale=None, rng: torch.Generator | None = None) -> torch.Tensor:
+    def noisy_input(self, z, cond=None, step: int = 0, scale=None, rng: Draws | torch.Generator | None = None) -> torch.Tensor:
         """The input of ladder step `step` from noise z, made by the generator itself without gradients
         (DMD2's backward simulation): `step` evaluations, each re-noised with fresh noise."""
         x = z * self.denoiser.prior_scale(self.sigma)
         with torch.no_grad():
             for k in range(step):
                 denoised = self.denoise(x, self.sigmas[k], cond, scale)
-                x = denoised + self.sigmas[k + 1] * torch.randn(x.shape, generator=rng).to(x)
+                x = denoised + self.sigmas[k + 1] * as_draws(rng).randn(x.shape).to(x)
         return x
 
     @torch.no_grad()
-    def sample(self, z, cond=None, steps: int | None = None, scale=None, rng: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, z, cond=None, steps: int | None = None, scale=None, rng: Draws | torch.Generator | None = None) -> torch.Tensor:
         """Samples with exactly `steps` evaluations (default: the whole ladder), on the ladder's first `steps` sigmas."""
         steps = len(self.sigmas) if steps is None else steps
         if not 1 <= steps <= len(self.sigmas):

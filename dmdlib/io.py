@@ -115,10 +115,10 @@ def resumable_step(checkpoint: str | os.PathLike, fingerprint: str) -> int:
     return int(state["step"]) if state.get("fingerprint") == fingerprint else 0
 
 
-def write_parquet(table: pa.Table, path: str | os.PathLike) -> None:
+def write_parquet(table: pa.Table, path: str | os.PathLike, row_group_size: int | None = None) -> None:
     """Write a Parquet file atomically, with a CRC-32 per page that `read_tagged_parquet` verifies."""
     with atomic_output(path) as tmp:
-        pq.write_table(table, tmp, write_page_checksum=True)
+        pq.write_table(table, tmp, row_group_size=row_group_size, write_page_checksum=True)
 
 
 def read_tagged_parquet(path: str | os.PathLike, metadata_key: bytes, columns: tuple[str, ...],

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dmdlib.denoisers.base import Denoiser, expand
+from dmdlib.draws import Draws, as_draws
 
 DM_MIN_FRACTION, DM_MAX_FRACTION = 0.02, 0.98  # paper: T_min = 0.02 T, T_max = 0.98 T
 
@@ -23,11 +24,11 @@ def sample_sigmas(
     count: int,
     low: float = 0.0,
     high: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Draws | torch.Generator | None = None,
 ) -> torch.Tensor:
     """Draw `count` sigmas uniformly over the indices of an ascending grid between fractions low and high."""
     first, last = grid_range(grid, low, high)
-    index = torch.randint(first, last, (count,), generator=generator).to(grid.device)
+    index = as_draws(generator).randint(first, last, count).to(grid.device)
     return grid[index]
 
 

@@ -10,13 +10,14 @@ import hashlib
 import json
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
-from torch.utils.data import Dataset
 
 from dmdlib import tensor_codec
 from dmdlib.conditions import Conditions
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 FORMAT = "dmd-pairs/1"
 METADATA_KEY = b"dmd-pairs"
 COLUMNS = ("seed", "noise", "target", "label", "prompt")
+ROW_GROUP_BYTES = 4 * 2**20  # a row group is the unit `PairReader` reads: small enough to read for a few pairs
 
 
 GRID_SEED = 2_000_000  # fixed noise of every sample grid: seeds GRID_SEED + i
@@ -111,18 +113,24 @@ def write_shard(path: Path, seeds: range, noise: torch.Tensor, target: torch.Ten
         "label": pa.array(labels, pa.int64()),
         "prompt": pa.array(prompts if prompts is not None else [None] * len(labels), pa.string()),
     })
-    write_parquet(table.replace_schema_metadata({METADATA_KEY: json.dumps({**metadata, "format": FORMAT}).encode()}), path)
+    row_bytes = 2 * max(1, len(table.column("noise")[0].as_py())) if len(table) else 1
+    write_parquet(table.replace_schema_metadata({METADATA_KEY: json.dumps({**metadata, "format": FORMAT}).encode()}), path,
+                  row_group_size=max(1, ROW_GROUP_BYTES // row_bytes))
 
 
 def read_shard(path: Path, expected: dict, seeds: range | None = None) -> pa.Table:
     """Read a shard and check it against the expected metadata (and seeds); raise PairsError naming the mismatch."""
     table, found = read_tagged_parquet(path, METADATA_KEY, COLUMNS, PairsError, "pairs")
-    for key, value in {**expected, "format": FORMAT}.items():
-        if found.get(key) != value:
-            raise PairsError(f"{path}: {key} is {found.get(key)!r}, expected {value!r} (pairs made for another teacher or settings)")
+    _check_metadata(path, found, expected)
     if seeds is not None and table.column("seed").to_pylist() != list(seeds):
         raise PairsError(f"{path}: holds other seeds than {seeds.start}..{seeds.stop - 1}; delete it and re-run")
     return table
+
+
+def _check_metadata(path: Path, found: dict, expected: dict) -> None:
+    for key, value in {**expected, "format": FORMAT}.items():
+        if found.get(key) != value:
+            raise PairsError(f"{path}: {key} is {found.get(key)!r}, expected {value!r} (pairs made for another teacher or settings)")
 
 
 def generate_pairs(
@@ -170,26 +178,81 @@ def generate_pairs(
     return written
 
 
-class PairDataset(Dataset):
-    """All pairs of a shard folder in memory, validated against the teacher and settings they are used with."""
+class PairReader:
+    """The pairs of a shard folder, read on demand by Parquet row group: resident memory is bounded by
+    `cache_bytes` of decoded row groups (least recently used go first), not by the number of pairs.
 
-    def __init__(self, folder: str | os.PathLike, expected: dict):
+    Only metadata is read on opening (checked against the teacher and settings the pairs are used with);
+    every row group read is checked against its page CRCs.
+    """
+
+    def __init__(self, folder: str | os.PathLike, expected: dict, cache_bytes: int = 256 * 2**20):
         folder = Path(folder)
         paths = sorted(folder.glob("shard-*.parquet"))
         if not paths:
             raise PairsError(f"{folder}: no pair shards; run the `pairs` stage first (`dvc repro pairs`)")
-        noise, target, labels = [], [], []
-        for path in paths:
-            table = read_shard(path, expected)
-            meta = json.loads(table.schema.metadata[METADATA_KEY])
-            shape, dtype = tuple(meta["shape"]), meta["dtype"]
-            noise.append(tensor_codec.decode(table.column("noise").to_pylist(), dtype, shape))
-            target.append(tensor_codec.decode(table.column("target").to_pylist(), dtype, shape))
-            labels.append(torch.tensor(table.column("label").to_pylist()))
-        self.noise, self.target, self.labels = torch.cat(noise), torch.cat(target), torch.cat(labels)
+        self._paths, self._files = paths, [_open_shard(path, expected) for path in paths]
+        meta = json.loads(self._files[0].schema_arrow.metadata[METADATA_KEY])
+        self._shape, self._dtype = tuple(meta["shape"]), meta["dtype"]
+        self._groups = [(f, g) for f, file in enumerate(self._files) for g in range(file.num_row_groups)]
+        sizes = [self._files[f].metadata.row_group(g).num_rows for f, g in self._groups]
+        self._starts = torch.tensor([0, *sizes]).cumsum(0)
+        self._cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache_bytes, self._cached_bytes = cache_bytes, 0
 
     def __len__(self) -> int:
-        return len(self.noise)
+        return int(self._starts[-1])
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.noise[index], self.target[index], self.labels[index]
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noise, target, labels) of the pairs at `index` (positions in seed order), in that order."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        if len(index) and not 0 <= int(index.min()) <= int(index.max()) < len(self):
+            raise IndexError(f"pair index out of range 0..{len(self) - 1}")
+        group = torch.searchsorted(self._starts, index, right=True) - 1
+        noise = torch.empty((len(index), *self._shape))
+        target, labels = torch.empty_like(noise), torch.empty(len(index), dtype=torch.long)
+        for g in group.unique().tolist():
+            rows = (group == g).nonzero().flatten()
+            within = index[rows] - self._starts[g]
+            group_noise, group_target, group_labels = self._row_group(g)
+            noise[rows], target[rows], labels[rows] = group_noise[within], group_target[within], group_labels[within]
+        return noise, target, labels
+
+    def _row_group(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if g in self._cache:
+            self._cache.move_to_end(g)
+            return self._cache[g]
+        f, within = self._groups[g]
+        try:
+            table = self._files[f].read_row_group(within, columns=["noise", "target", "label"])
+        except (pa.ArrowInvalid, OSError) as err:
+            raise PairsError(f"{self._paths[f]}: corrupt or not Parquet ({str(err).splitlines()[0]}); "
+                             "delete it and re-run the `pairs` stage") from None
+        noise, target = (tensor_codec.decode(table.column(name).to_pylist(), self._dtype, self._shape) for name in ("noise", "target"))
+        decoded = (noise, target, torch.tensor(table.column("label").to_pylist(), dtype=torch.long))
+        self._cache[g] = decoded
+        self._cached_bytes += sum(t.nbytes for t in decoded)
+        while self._cached_bytes > self._cache_bytes and len(self._cache) > 1:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached_bytes -= sum(t.nbytes for t in dropped)
+        return decoded
+
+
+def _open_shard(path: Path, expected: dict) -> pq.ParquetFile:
+    """A shard opened for reading by row group, its metadata and columns checked; PairsError naming the fault."""
+    try:
+        file = pq.ParquetFile(path, page_checksum_verification=True)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise PairsError(f"{path}: corrupt or not Parquet ({str(err).splitlines()[0]}); delete it and re-run the `pairs` stage") from None
+    raw = (file.schema_arrow.metadata or {}).get(METADATA_KEY)
+    try:
+        found = json.loads(raw) if raw is not None else None
+    except ValueError:
+        found = None
+    if found is None:
+        raise PairsError(f"{path}: no valid '{METADATA_KEY.decode()}' metadata; expected a shard written by the `pairs` stage")
+    missing = set(COLUMNS) - set(file.schema_arrow.names)
+    if missing:
+        raise PairsError(f"{path}: missing columns {sorted(missing)}")
+    _check_metadata(path, found, expected)
+    return file

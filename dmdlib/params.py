@@ -209,7 +209,22 @@ class DistillParams(Section):
     ema_decay: float | None = Field(0.99, ge=0, lt=1, description="EMA of the generator that is saved (paper: none); null for none.")
     mixed_precision: Literal["fp32", "bf16"] = Field("fp32", description="'bf16' autocast (GPU), or plain 'fp32'.")
     gradient_checkpointing: bool = Field(
-        False, description="Recompute UNet block activations in backward (diffusers, EDM, EDM2 teachers): less memory, more time."
+        False, description="Recompute network block activations in backward (diffusers, k-diffusion, EDM, EDM2 teachers): "
+        "less memory, more time."
+    )
+    real_denoiser_bf16: bool = Field(False, description="Keep the frozen real denoiser's weights in bf16 and run it under bf16 autocast.")
+    fake_lora_rank: int | None = Field(
+        None, ge=1, description="Train the fake denoiser as LoRA adapters of this rank on a frozen teacher copy (peft; "
+        "DMD2's SDXL); null: all weights."
+    )
+    generator_lora_rank: int | None = Field(
+        None, ge=1, description="Train the generator as LoRA adapters of this rank (merged into the saved generator); null: all weights."
+    )
+    optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description="'adamw8bit': bitsandbytes' 8-bit AdamW state (CUDA only).")
+    compile: bool = Field(False, description="torch.compile the generator and fake denoiser networks.")
+    data_parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="With several processes: 'ddp' replicates generator and fake denoiser, 'fsdp' shards their weights, "
+        "gradients and optimizer state (FSDP2). Unused by one process."
     )
     preview_vae: str | None = Field(
         None, description="Latent teachers: a diffusers AutoencoderKL/AutoencoderTiny folder to decode previews; null: the teacher's VAE."

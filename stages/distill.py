@@ -1,7 +1,8 @@
 """`distill` stage: DMD training of the one-step generator from the teacher (paper Algorithm 1).
 
-One process by default; data-parallel with `accelerate launch --num_processes N -m stages.distill ...`
-(CPU: gloo) or `torchrun`. Re-running the same command, or `dvc repro`, resumes from the checkpoint.
+One process by default; data-parallel (distill.data_parallel: DDP or FSDP) with `accelerate launch --num_processes N
+-m stages.distill ...` or `torchrun --nproc_per_node N -m stages.distill ...` (CPU: gloo), on several machines with
+the launcher's node rank and rendezvous options. Re-running the same command, or `dvc repro`, resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dmdlib.errors import ParamsError
 from dmdlib.generator import Generator, generate, save_generator
 from dmdlib.images import save_grid, to_model_range, to_uint8
 from dmdlib.io import resumable_step, single_writer
-from dmdlib.pairs import GRID_SEED, PairDataset, fixed_inputs, pair_metadata
+from dmdlib.pairs import GRID_SEED, PairReader, fixed_inputs, pair_metadata
 from dmdlib.params import DistillParams, load_params
 from dmdlib.regression import decoded_regression, make_regression_loss
 from stages.common import PARAMS_OPTION, setup_logging, user_errors
@@ -70,7 +71,7 @@ def main(
                                                             config.guidance_range)
             expected_pairs = pair_metadata(teacher_denoiser, all_params.pairs, texts)
             inputs = DistillInputs(
-                PairDataset(pairs, expected_pairs) if config.lambda_reg > 0 else None,
+                PairReader(pairs, expected_pairs) if config.lambda_reg > 0 else None,
                 _regression_loss(config, reference, accelerator.device), real_denoiser, conditions,
                 _real_images(data, reference) if config.gan_generator_weight > 0 else None, all_params.pairs.guidance,
             )

@@ -7,7 +7,7 @@ import torch
 from tiny_project import pipeline_params, run_stages, write_tiny_project
 
 from dmdlib.generator import load_generator
-from dmdlib.pairs import PairDataset, pair_metadata
+from dmdlib.pairs import PairReader, pair_metadata
 from dmdlib.params import PairsParams, TeacherTrainParams
 from dmdlib.sampling import heun_sample
 from dmdlib.teacher_training import train_teacher
@@ -51,9 +51,10 @@ def test_stages_run_on_the_gpu(tmp_path, precision):
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill", "evaluate"])
 
     teacher, _ = read_teacher(tmp_path / "teacher")
-    pairs = PairDataset(tmp_path / "pairs", pair_metadata(teacher, PairsParams(count=6, shard_size=3, steps=2)))
-    on_cpu = heun_sample(teacher, pairs.noise, 2, pairs.labels)
-    assert torch.allclose(pairs.target, on_cpu, atol=1e-3)  # the pairs were sampled on the GPU
+    pairs = PairReader(tmp_path / "pairs", pair_metadata(teacher, PairsParams(count=6, shard_size=3, steps=2)))
+    noise, target, labels = pairs.batch(torch.arange(6))
+    on_cpu = heun_sample(teacher, noise, 2, labels)
+    assert torch.allclose(target, on_cpu, atol=1e-3)  # the pairs were sampled on the GPU
 
     generator = load_generator(tmp_path / "generator")
     assert torch.isfinite(generator(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))).all()

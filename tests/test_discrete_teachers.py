@@ -70,6 +70,9 @@ class Pairs:
     def __len__(self):
         return len(self.noise)
 
+    def batch(self, index):  # as PairReader
+        return self.noise[index], self.target[index], self.labels[index]
+
 
 def teachers():
     torch.manual_seed(0)

@@ -6,30 +6,29 @@ import sys
 
 import pytest
 import torch
+from distributed_distill import PAIRS_META, run_params, tiny_teacher
 
 from dmdlib.distill import DistillInputs, distill
 from dmdlib.errors import DivergedError
-from dmdlib.pairs import PairDataset, ShardPlan, generate_pairs
+from dmdlib.pairs import PairReader, ShardPlan, generate_pairs
 from dmdlib.params import DistillParams
 from dmdlib.regression import l2_loss
 from dmdlib.sampling import heun_sample
-from dmdlib.teachers import build_kdiffusion, kdiffusion_config
 
 SHAPE = (1, 8, 8)
 
 
-def tiny_teacher():
-    torch.manual_seed(0)
-    return build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0)).requires_grad_(False)
-
-
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
+def pairs_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pairs")
     teacher = tiny_teacher()
-    meta = {"teacher": "t", "sampler": "heun", "steps": 2, "guidance": 1.0, "shape": list(SHAPE), "dtype": "float32"}
-    generate_pairs(folder, ShardPlan(8, 8), meta, lambda z, y: heun_sample(teacher, z, 2, y), SHAPE, 3, 8)
-    return PairDataset(folder, meta)
+    generate_pairs(folder, ShardPlan(8, 4), PAIRS_META, lambda z, y: heun_sample(teacher, z, 2, y), SHAPE, 3, 8)
+    return folder
+
+
+@pytest.fixture()
+def pairs(pairs_folder):
+    return PairReader(pairs_folder, PAIRS_META)
 
 
 def params(**overrides):
@@ -69,28 +68,53 @@ def test_resume_after_kill_repeats_the_uninterrupted_run(tmp_path, pairs):
         assert torch.equal(a, b), name  # same random streams: (seed, rank, step) decide them
 
 
-def test_nan_stops_with_the_loss_and_step_named(tmp_path, pairs):
-    pairs.target[0] = float("nan")
-    try:
-        with pytest.raises(DivergedError, match=r"loss_reg is nan at step 1; stopped \(last good checkpoint: none\)"):
-            distill(tiny_teacher(), params(steps=2, reg_batch_size=8), tmp_path / "ck.pt", DistillInputs(pairs, l2_loss))
-    finally:
-        pairs.target[0] = 0.0
+def test_nan_stops_with_the_loss_and_step_named(tmp_path, pairs, monkeypatch):
+    read = pairs.batch
+
+    def with_nan(index):
+        noise, target, labels = read(index)
+        return noise, target.fill_(float("nan")), labels
+
+    monkeypatch.setattr(pairs, "batch", with_nan)
+    with pytest.raises(DivergedError, match=r"loss_reg is nan at step 1; stopped \(last good checkpoint: none\)"):
+        distill(tiny_teacher(), params(steps=2, reg_batch_size=8), tmp_path / "ck.pt", DistillInputs(pairs, l2_loss))
     assert not (tmp_path / "ck.pt").exists()
 
 
-def test_two_gloo_processes_hold_identical_generators(tmp_path, repo_root):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
-               str(repo_root / "tests" / "distributed_distill.py"), str(tmp_path)]
+def launch(tmp_path, repo_root, pairs_folder, *runs, port):
+    """Two gloo processes of tests/distributed_distill.py: the return code and stderr."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               str(repo_root / "tests" / "distributed_distill.py"), str(tmp_path), str(pairs_folder), *runs]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    start = tiny_teacher().state_dict()
-    assert any(not torch.equal(rank0[f"denoiser.{k}"], v) for k, v in start.items())  # it trained
-    for name in rank0:
-        assert torch.equal(rank0[name], rank1[name]), name
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, env=env, timeout=600)
+    return result.returncode, result.stderr[-3000:]
 
+
+def test_ddp_and_fsdp_on_two_processes_equal_one_process_and_fsdp_resumes_exactly(tmp_path, repo_root, pairs_folder):
+    """Two gloo processes, each half the global batch: after 4 steps DDP's and FSDP's generators equal the
+    one-process run's within float tolerance; an FSDP run killed after its step-2 checkpoint resumes to
+    exactly the weights of the uninterrupted FSDP run."""
+    code, err = launch(tmp_path, repo_root, pairs_folder, "ddp:4:0", "fsdp:4:0", port=29518)
+    assert code == 0, err
+    one, _ = distill(tiny_teacher(), run_params("ddp", 4, 1), tmp_path / "one.pt",
+                     DistillInputs(PairReader(pairs_folder, PAIRS_META), l2_loss))
+    start = tiny_teacher().state_dict()
+    assert any(not torch.allclose(one.state_dict()[f"denoiser.{k}"], v) for k, v in start.items())  # it trained
+    for strategy in ("ddp", "fsdp"):
+        rank0, rank1 = (torch.load(tmp_path / f"rank{r}-{strategy}-4.pt") for r in (0, 1))
+        for name, value in one.state_dict().items():
+            assert torch.equal(rank0[name], rank1[name]), (strategy, name)
+            assert torch.allclose(rank0[name], value, atol=1e-5, rtol=1e-4), (strategy, name)
+
+    whole = torch.load(tmp_path / "rank0-fsdp-4.pt")
+    (tmp_path / "fsdp.pt").unlink()
+    code, _ = launch(tmp_path, repo_root, pairs_folder, "fsdp:4:3", port=29519)  # dies after the checkpoint of step 2
+    assert code != 0 and not (tmp_path / "rank0-fsdp-4.pt").unlink() and (tmp_path / "fsdp.pt").exists()
+    code, err = launch(tmp_path, repo_root, pairs_folder, "fsdp:4:0", port=29520)
+    assert code == 0, err
+    resumed = torch.load(tmp_path / "rank0-fsdp-4.pt")
+    for name, value in whole.items():
+        assert torch.equal(resumed[name], value), name
 
 
 def test_dm_only_ignores_the_regression_warm_up(tmp_path):

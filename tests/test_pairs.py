@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from collections import namedtuple
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from dmdlib.denoisers.loading import load_diffusers_ddpm
 from dmdlib.errors import PairsError
-from dmdlib.pairs import PairDataset, ShardPlan, generate_pairs, make_sampler, pair_metadata, seeded_inputs
+from dmdlib.pairs import PairReader, ShardPlan, generate_pairs, make_sampler, pair_metadata, seeded_inputs
 from dmdlib.sampling import heun_sample, make_scheduler, scheduler_sample
 from dmdlib.teachers import build_kdiffusion, kdiffusion_config, save_kdiffusion
 from stages.pairs import app
@@ -43,13 +44,15 @@ def make_pairs(tmp_path, teacher_folder, name, batch=4, extra_env=None):
     assert result.exit_code == 0, result.output
     return out
 
+Loaded = namedtuple("Loaded", "noise target labels")  # every pair of a folder
+
 
 def load(folder, teacher_folder, batch=4):
     from dmdlib.params import PairsParams
 
     teacher, _ = read_teacher(teacher_folder)
     params = PairsParams(count=10, shard_size=4, batch_size=batch, steps=3)
-    return PairDataset(folder, pair_metadata(teacher, params))
+    return Loaded(*PairReader(folder, pair_metadata(teacher, params)).batch(torch.arange(10)))
 
 
 def test_seeded_inputs_depend_only_on_the_seed():
@@ -67,7 +70,7 @@ def test_batch_size_changes_only_the_last_bits(tmp_path, teacher_folder):
     assert torch.equal(one.noise, eight.noise) and torch.equal(one.labels, eight.labels)
     assert torch.allclose(one.target, eight.target, atol=1e-5)  # float kernels differ across batch shapes
     assert torch.equal(eight.target, again.target)  # the same settings repeat bit for bit
-    assert len(one) == 10 and set(one.labels.tolist()) <= {0, 1, 2}
+    assert len(one.noise) == 10 and set(one.labels.tolist()) <= {0, 1, 2}
 
 
 def test_killed_run_resumes_to_the_same_set(tmp_path, teacher_folder):
@@ -92,8 +95,8 @@ def test_killed_run_resumes_to_the_same_set(tmp_path, teacher_folder):
     resumed = generate_pairs(tmp_path / "killed", plan, meta, sample, (1, 8, 8), 3, 2)
     assert resumed == [1, 2]  # the complete first shard was kept
     generate_pairs(tmp_path / "whole", plan, meta, sample, (1, 8, 8), 3, 2)
-    a, b = PairDataset(tmp_path / "killed", meta), PairDataset(tmp_path / "whole", meta)
-    assert torch.equal(a.noise, b.noise) and torch.equal(a.target, b.target)
+    a, b = (PairReader(tmp_path / folder, meta).batch(torch.arange(10)) for folder in ("killed", "whole"))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_corrupt_and_foreign_shards_are_named(tmp_path, teacher_folder):
@@ -109,9 +112,9 @@ def test_corrupt_and_foreign_shards_are_named(tmp_path, teacher_folder):
 
     expected = pair_metadata(teacher, PairsParams(count=10, shard_size=4, batch_size=4, steps=3))
     with pytest.raises(PairsError, match="shard-00000.parquet: teacher is '[0-9a-f]+', expected 'another'"):
-        PairDataset(other, {**expected, "teacher": "another"})
+        PairReader(other, {**expected, "teacher": "another"})
     with pytest.raises(PairsError, match="shape is \\[1, 8, 8\\], expected \\[1, 16, 16\\]"):
-        PairDataset(other, {**expected, "shape": [1, 16, 16]})
+        PairReader(other, {**expected, "shape": [1, 16, 16]})
     # Re-running the stage re-makes only the corrupt shard.
     make_pairs(tmp_path, teacher_folder, "good")
     load(folder, teacher_folder)

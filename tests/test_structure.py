@@ -9,7 +9,8 @@ import yaml
 from import_graph import PIPELINE_FILES, ROOT, closure, cycles, graph, imports_of, module_file, project_files
 
 # Libraries that cost seconds to import and that only some paths need: imported where used.
-HEAVY_OPTIONAL = ("accelerate", "cleanfid", "diffusers", "dvclive", "lpips", "mlxtend", "torch.profiler", "torchvision", "transformers")
+HEAVY_OPTIONAL = ("accelerate", "bitsandbytes", "cleanfid", "diffusers", "dvclive", "lpips", "mlxtend", "peft", "torch.profiler",
+                  "torchvision", "transformers")
 PIPELINES = {name: ROOT / name for name in PIPELINE_FILES}
 
 

@@ -8,7 +8,7 @@ from tiny_models import save_tiny_clip, save_tiny_stable_diffusion
 from typer.testing import CliRunner
 
 from dmdlib.generator import load_generator
-from dmdlib.pairs import PairDataset, pair_metadata
+from dmdlib.pairs import PairReader, pair_metadata
 from dmdlib.prompt_encoders import PromptEncoder
 from dmdlib.text import load_prompt_set
 from stages.distill import app as distill_app
@@ -55,8 +55,8 @@ def test_prompts_to_one_step_pipeline(tmp_path):
     from dmdlib.params import PairsParams
 
     pair_params = PairsParams(count=4, shard_size=2, batch_size=2, sampler="PNDMScheduler", steps=3, guidance=3.0)
-    pairs = PairDataset(tmp_path / "pairs", pair_metadata(teacher, pair_params, prompts.train))
-    assert pairs.target.shape == (4, 4, 8, 8)  # latents, not pixels
+    pairs = PairReader(tmp_path / "pairs", pair_metadata(teacher, pair_params, prompts.train))
+    assert pairs.batch(torch.arange(4))[1].shape == (4, 4, 8, 8)  # latents, not pixels
     import pyarrow.parquet as pq
 
     shard = pq.read_table(tmp_path / "pairs" / "shard-00000.parquet")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import abc
 import copy
+import functools
+import types
 
 import torch
 from k_diffusion.sampling import get_sigmas_karras
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from dmdlib.errors import TeacherError
 
@@ -66,7 +69,22 @@ class Denoiser(nn.Module, abc.ABC):
     def enable_gradient_checkpointing(self) -> None:
         """Recompute the network's block activations in backward instead of storing them (distill.gradient_checkpointing)."""
         raise TeacherError(f"distill.gradient_checkpointing: {type(self).__name__} teachers do not support it; "
-                           "it works for diffusers, EDM and EDM2 teachers")
+                           "it works for diffusers, k-diffusion, EDM and EDM2 teachers")
+
+
+def checkpoint_forward(module: nn.Module) -> None:
+    """Run `module` through activation checkpointing whenever gradients are on (recomputed in backward).
+
+    A bound method on the instance, so deep copies (the EMA) rebind to themselves; state-dict keys are unchanged.
+    """
+    module.forward = types.MethodType(_checkpointed_forward, module)
+
+
+def _checkpointed_forward(self: nn.Module, *args, **kwargs):
+    forward = functools.partial(type(self).forward, self)
+    if torch.is_grad_enabled():
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
 
 
 def per_sample(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 from k_diffusion.layers import Denoiser as KarrasPreconditioner
+from k_diffusion.models.image_v1 import ResConvBlock
 from torch import nn
 
-from dmdlib.denoisers.base import Denoiser
+from dmdlib.denoisers.base import Denoiser, checkpoint_forward
 from dmdlib.errors import TeacherError
 
 
@@ -50,3 +51,8 @@ class KarrasDenoiser(Denoiser):
     def time_embedding(self) -> tuple[nn.Module, int]:
         fourier = self._image_v1().timestep_embed
         return fourier, 2 * fourier.weight.shape[0]  # cos and sin of each frequency
+
+    def enable_gradient_checkpointing(self) -> None:
+        for block in self._image_v1().modules():
+            if isinstance(block, ResConvBlock):
+                checkpoint_forward(block)
