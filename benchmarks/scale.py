@@ -14,7 +14,8 @@ networks only), `all` the three together. Each configuration runs in a fresh pro
 are each step's remainder (backward, clipping, AdamW). Peak memory: the CUDA allocator's peak on a GPU; on the
 CPU the resident set (sampled every 5 ms) during the timed steps, and before them ("before step" = weights,
 gradients, AdamW state). The pair reader rows write SD v1.5-sized pairs (4x64x64 latents, float16) with the
-`pairs` stage's writer, then draw 200 random batches of 32 through `PairReader` in a fresh process.
+`pairs` stage's writer (the smallest count distinct, larger ones hard-linking those shards), then draw 200
+random batches of 32 through `PairReader` in a fresh process.
 """
 
 from __future__ import annotations
@@ -229,19 +230,26 @@ def reader_memory(folder: Path, count: int) -> dict:
 PAIR_META = {"teacher": "benchmark", "sampler": "heun", "steps": 1, "guidance": 1.0, "shape": [4, 64, 64], "dtype": "float16"}
 
 
-def write_pairs(folder: Path, count: int, shard_size: int = 1000) -> None:
-    """`count` SD v1.5-sized random pairs in the `pairs` stage's shard format."""
+def write_pairs(folder: Path, count: int, distinct: int, shard_size: int = 1000) -> None:
+    """`count` SD v1.5-sized random pairs in the `pairs` stage's shard format; shards past the first `distinct`
+    pairs are hard links of those (the same bytes under further shard names: reads and memory as for distinct
+    pairs, without writing gigabytes of random numbers)."""
     import torch
 
     from dmdlib.pairs import ShardPlan, write_shard
 
     plan = ShardPlan(count, shard_size)
+    originals = -(-distinct // shard_size)
     for shard in range(plan.shards):
         path = folder / plan.name(shard)
-        if not path.exists():
-            seeds = plan.seeds(shard)
-            noise, target = torch.randn(len(seeds), 4, 64, 64), torch.randn(len(seeds), 4, 64, 64)
-            write_shard(path, seeds, noise, target, [-1] * len(seeds), PAIR_META)
+        if path.exists():
+            continue
+        if shard >= originals:
+            os.link(folder / plan.name(shard % originals), path)
+            continue
+        seeds = plan.seeds(shard)
+        noise, target = torch.randn(len(seeds), 4, 64, 64), torch.randn(len(seeds), 4, 64, 64)
+        write_shard(path, seeds, noise, target, [-1] * len(seeds), PAIR_META)
 
 
 def arithmetic_table() -> None:
@@ -303,7 +311,7 @@ def main() -> None:
             for count in args.pairs:
                 folder = (args.pairs_folder or Path(scratch)) / f"pairs-{count}"
                 folder.mkdir(parents=True, exist_ok=True)
-                write_pairs(folder, count)
+                write_pairs(folder, count, distinct=min(args.pairs))
                 output = subprocess.run([sys.executable, __file__, "--reader", f"{folder},{count}"], check=True,
                                         capture_output=True, text=True).stdout
                 r = json.loads(output.strip().splitlines()[-1])

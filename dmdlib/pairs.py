@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 FORMAT = "dmd-pairs/1"
 METADATA_KEY = b"dmd-pairs"
 COLUMNS = ("seed", "noise", "target", "label", "prompt")
-ROW_GROUP_BYTES = 4 * 2**20  # a row group is the unit `PairReader` reads: small enough to read for a few pairs
+ROW_GROUP_BYTES = 2**20  # a row group is the unit `PairReader` reads: small, so a random batch reads little more than itself
 
 
 GRID_SEED = 2_000_000  # fixed noise of every sample grid: seeds GRID_SEED + i
