@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from dmdlib.errors import DataError
-from dmdlib.io import read_tagged_parquet, write_parquet
+from dmdlib.images import to_model_range
+from dmdlib.io import RowGroupReader, read_tagged_parquet, write_parquet
 from dmdlib.params import PrepareParams
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,7 @@ FORMAT = "dmd-images/1"
 METADATA_KEY = b"dmd"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 TRAIN, HELDOUT = "train", "heldout"
+ROW_GROUP_BYTES = 2 * 2**20  # a row group is what `PreparedImageReader` reads for one image
 
 
 @dataclass
@@ -150,7 +153,9 @@ def write_image_parquet(path: str | os.PathLike, data: ImageSet, extra_metadata:
         "source": data.source,
         **(extra_metadata or {}),
     }
-    write_parquet(table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()}), path)
+    image_bytes = max(1, data.resolution**2 * data.channels)
+    write_parquet(table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()}), path,
+                  row_group_size=max(1, ROW_GROUP_BYTES // image_bytes))
 
 
 def read_image_shape(path: str | os.PathLike) -> tuple[tuple[int, int, int], int]:
@@ -162,6 +167,36 @@ def read_image_shape(path: str | os.PathLike) -> tuple[tuple[int, int, int], int
     except (OSError, KeyError, TypeError, ValueError, pa.ArrowInvalid) as err:
         raise DataError(f"{path}: not a prepared-data file ({err}); delete it and re-run the `prepare` stage") from None
     return (metadata["channels"], metadata["resolution"], metadata["resolution"]), metadata["num_classes"]
+
+
+class PreparedImageReader:
+    """One split of a prepared file, its images read on demand by row group (`RowGroupReader`, images kept as
+    uint8), so resident memory is flat in the number of images: the GAN head's real images."""
+
+    def __init__(self, path: str | os.PathLike, split: str = TRAIN):
+        (self._channels, self._res, _), num_classes = read_image_shape(path)
+        self._rows = RowGroupReader([Path(path)], ["image"], self._decode, DataError, "prepare")
+        columns = pq.read_table(path, columns=["split", "label"])
+        self._index = torch.from_numpy(np.flatnonzero(np.asarray(columns.column("split").to_pylist(), dtype=object) == split))
+        self._labels = torch.from_numpy(columns.column("label").to_numpy().copy()) if num_classes else None
+        self._path = path
+
+    def _decode(self, table: pa.Table) -> tuple[torch.Tensor]:
+        blobs = table.column("image").to_pylist()
+        size = self._res * self._res * self._channels
+        if any(len(blob) != size for blob in blobs):
+            raise DataError(f"{self._path}: an image has other than {self._res}x{self._res}x{self._channels} bytes; re-run `prepare`")
+        images = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), self._res, self._res, self._channels)
+        return (torch.from_numpy(images.copy()),)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(images in model range [N, C, H, W], class labels or None) of the split's images at `index`."""
+        rows = self._index[torch.as_tensor(index, dtype=torch.long)]
+        (images,) = self._rows.take(rows)
+        return to_model_range(images.numpy()), (self._labels[rows] if self._labels is not None else None)
 
 
 def read_image_parquet(path: str | os.PathLike) -> ImageSet:

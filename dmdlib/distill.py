@@ -16,6 +16,7 @@ from k_diffusion.utils import ema_update
 from tqdm.auto import tqdm
 
 from dmdlib.conditions import Conditions
+from dmdlib.data import PreparedImageReader
 from dmdlib.denoisers import Denoiser, GuidedDenoiser, ScaleConditionedDenoiser, denoise_capturing, trainable_copy
 from dmdlib.dmd import (
     GAN,
@@ -67,7 +68,7 @@ class DistillInputs:
     regression_loss: RegressionLoss | None = None
     real_denoiser: Denoiser | None = None
     conditions: Conditions | None = None
-    real_images: RealBatch | None = None
+    real_images: RealBatch | PreparedImageReader | None = None
     pair_guidance: float = 1.0
 
 
@@ -170,7 +171,6 @@ def _build(teacher: Denoiser, params: DistillParams, inputs: DistillInputs, proc
     each checked against the teacher and params."""
     device = processes.device
     strategy = params.data_parallel if processes.world_size > 1 else None
-    _check_strategy(strategy, params)
     teacher = teacher.to(device)
     real_denoiser = (inputs.real_denoiser or teacher).to(device)
     if params.guidance_range is not None and not isinstance(real_denoiser, GuidedDenoiser):
@@ -202,10 +202,9 @@ def _build(teacher: Denoiser, params: DistillParams, inputs: DistillInputs, proc
     if params.real_denoiser_bf16:  # after the copies, which train in full precision
         run_in_bfloat16(real_denoiser)
     if strategy is not None:  # before the optimizers: FSDP replaces the parameters by their shards
-        for module in (generator.denoiser, fake_denoiser, *([ema.denoiser] if ema is not None and strategy == "fsdp" else [])):
+        sharded_ema = ema is not None and strategy == "fsdp"  # updated shard by shard from the generator's
+        for module in (*_units(generator), fake_denoiser, *(_units(ema) if sharded_ema else []), *([gan.head] if gan else [])):
             distribute(module, strategy, device)
-        if generator.guidance is not None:
-            distribute(generator.guidance.net, strategy, device)
     if params.compile:
         generator.denoiser.compile()
         fake_denoiser.compile()
@@ -218,15 +217,9 @@ def _build(teacher: Denoiser, params: DistillParams, inputs: DistillInputs, proc
     )
 
 
-def _check_strategy(strategy: Strategy | None, params: DistillParams) -> None:
-    """Refuse the combinations that several processes do not support yet, naming the params."""
-    if strategy is not None and params.gan_generator_weight > 0:
-        raise ParamsError("distill.gan_generator_weight > 0 runs on one process only for now (its generator term "
-                          "calls the fake denoiser without its gradients); launch one process or set it to 0")
-    if strategy == "fsdp":
-        for name in ("guidance_range", "fake_lora_rank", "generator_lora_rank"):
-            if getattr(params, name) is not None:
-                raise ParamsError(f"distill.{name} is not supported with distill.data_parallel 'fsdp' yet; use 'ddp' or null")
+def _units(generator: Generator) -> list[torch.nn.Module]:
+    """The generator's modules that are called by themselves: its denoiser and its guidance input's network."""
+    return [generator.denoiser, *([generator.guidance.net] if generator.guidance is not None else [])]
 
 
 def _update(parameters, lr: float, params: DistillParams, device: torch.device) -> Update:
@@ -310,13 +303,18 @@ def _save(path: Path, step: int, fingerprint: str, run: _Run, rank: int) -> None
         "step": step, "fingerprint": fingerprint, "generator": full_state(run.generator, strategy),
         "fake_denoiser": full_state(run.fake_denoiser, strategy),
         "generator_optimizer": full_optimizer_state(run.generator, run.generator_update.optimizer, strategy),
-        "fake_optimizer": full_optimizer_state(run.fake_denoiser, run.fake_update.optimizer, strategy),
+        "fake_optimizer": full_optimizer_state(_fake_trained(run), run.fake_update.optimizer, strategy),
         "ema": full_state(run.ema, strategy) if run.ema is not None else {},
-        "gan_head": run.gan.head.state_dict() if run.gan is not None else {},
+        "gan_head": full_state(run.gan.head, strategy) if run.gan is not None else {},
     }
     if rank == 0:
         with atomic_output(path) as tmp:
             torch.save(state, tmp)
+
+
+def _fake_trained(run: _Run) -> torch.nn.Module:
+    """What the fake step's optimizer trains: the fake denoiser and, with the GAN term, the head."""
+    return torch.nn.ModuleList([run.fake_denoiser, run.gan.head]) if run.gan is not None else run.fake_denoiser
 
 
 def _resume(path: Path, fingerprint: str, run: _Run) -> int:
@@ -331,10 +329,10 @@ def _resume(path: Path, fingerprint: str, run: _Run) -> int:
     load_full_state(run.generator, state["generator"], strategy)
     load_full_state(run.fake_denoiser, state["fake_denoiser"], strategy)
     load_optimizer_state(run.generator, run.generator_update.optimizer, state["generator_optimizer"], strategy)
-    load_optimizer_state(run.fake_denoiser, run.fake_update.optimizer, state["fake_optimizer"], strategy)
+    load_optimizer_state(_fake_trained(run), run.fake_update.optimizer, state["fake_optimizer"], strategy)
     if run.ema is not None:
         load_full_state(run.ema, state["ema"], strategy)
     if run.gan is not None:
-        run.gan.head.load_state_dict(state["gan_head"])
+        load_full_state(run.gan.head, state["gan_head"], strategy)
     log.info("resuming distillation from %s at step %d", path, state["step"])
     return int(state["step"])

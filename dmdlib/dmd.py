@@ -36,10 +36,17 @@ class Pairs:
 
 @dataclass
 class RealBatch:
-    """Real images (and their conditioning): the GAN head's positives."""
+    """Real images (and their conditioning) in memory: the GAN head's positives. Anything with `len` and
+    `batch(index) -> (images, cond)` serves as well (e.g. `dmdlib.data.PreparedImageReader`, from disk)."""
 
     images: torch.Tensor
     cond: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.images[index], (self.cond[index] if self.cond is not None else None)
 
 
 @dataclass
@@ -49,7 +56,7 @@ class GAN:
     head: GANHead
     generator_weight: float
     head_weight: float
-    real_images: RealBatch | None = None  # all of them: each fake step draws as many as it has generated samples
+    real_images: RealBatch | None = None  # all of them (or a reader): each fake step draws as many as it generated
 
 
 @dataclass
@@ -200,6 +207,5 @@ def _draw_real(real_images: RealBatch | None, count: int, rng, device) -> RealBa
     """`count` real images (with their cond) drawn at random: the GAN head's positives of one fake step."""
     if real_images is None:
         raise ValueError("the GAN term needs real images (GAN.real_images)")
-    index = as_draws(rng).randint(0, len(real_images.images), count)
-    cond = real_images.cond[index].to(device) if real_images.cond is not None else None
-    return RealBatch(real_images.images[index].to(device), cond)
+    images, cond = real_images.batch(as_draws(rng).randint(0, len(real_images), count))
+    return RealBatch(images.to(device), cond.to(device) if cond is not None else None)

@@ -48,12 +48,20 @@ def head_gan_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch
 
 @contextlib.contextmanager
 def without_parameter_grads(*modules: nn.Module) -> Iterator[None]:
-    """Gradients flow through the modules to their inputs, but none lands on their own parameters."""
+    """Gradients flow through the modules to their inputs, but none lands on their own parameters.
+
+    A DDP-replicated module (`dmdlib.parallel`) also skips its gradient all-reduce for this backward.
+    """
     parameters = [p for module in modules for p in module.parameters() if p.requires_grad]
+    replicated = [module for module in modules if hasattr(module, "set_requires_gradient_sync")]
     for parameter in parameters:
         parameter.requires_grad_(False)
+    for module in replicated:
+        module.set_requires_gradient_sync(False)
     try:
         yield
     finally:
         for parameter in parameters:
             parameter.requires_grad_(True)
+        for module in replicated:
+            module.set_requires_gradient_sync(True)

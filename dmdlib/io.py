@@ -1,4 +1,4 @@
-"""Atomic outputs: a path appears complete or not at all."""
+"""Atomic outputs (a path appears complete or not at all), checked Parquet and checkpoint reads, and rows read by row group."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import re
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -141,3 +142,72 @@ def read_tagged_parquet(path: str | os.PathLike, metadata_key: bytes, columns: t
     if missing:
         raise error(f"{path}: missing columns {sorted(missing)}")
     return table, metadata
+
+
+class RowGroupReader:
+    """Rows of Parquet files read on demand by row group: resident memory is bounded by `cache_bytes` of decoded
+    row groups (least recently used go first), not by the number of rows. Every row group read is checked against
+    its page CRCs; a fault raises `error` naming the file and the `stage` that writes it.
+
+    `decode(table)` turns a row group's `columns` into tensors with one row per table row.
+    """
+
+    def __init__(self, paths: list[Path], columns: list[str], decode: Callable[[pa.Table], tuple[torch.Tensor, ...]],
+                 error: type[Exception], stage: str, cache_bytes: int = 256 * 2**20):
+        self._paths, self._columns, self._decode, self._error, self._stage = paths, columns, decode, error, stage
+        self._files = [self._open(path) for path in paths]
+        self._groups = [(f, g) for f, file in enumerate(self._files) for g in range(file.num_row_groups)]
+        sizes = [self._files[f].metadata.row_group(g).num_rows for f, g in self._groups]
+        self._starts = torch.tensor([0, *sizes], dtype=torch.long).cumsum(0)
+        self._cache: OrderedDict[int, tuple[torch.Tensor, ...]] = OrderedDict()
+        self._cache_bytes, self._cached_bytes = cache_bytes, 0
+
+    def _open(self, path: Path) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(path, page_checksum_verification=True)
+        except FileNotFoundError:
+            raise self._error(f"{path}: not found; run the `{self._stage}` stage first (`dvc repro {self._stage}`)") from None
+        except (pa.ArrowInvalid, OSError) as err:
+            raise self._corrupt(path, err) from None
+
+    def _corrupt(self, path: Path, err: Exception) -> Exception:
+        return self._error(f"{path}: corrupt or not Parquet ({str(err).splitlines()[0]}); delete it and re-run the `{self._stage}` stage")
+
+    def schema(self, f: int = 0) -> pa.Schema:
+        """The Arrow schema (with its metadata) of the f-th file."""
+        return self._files[f].schema_arrow
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def take(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The decoded tensors of `rows` (positions over all files in order), in that order."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        if len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < len(self):
+            raise IndexError(f"row index out of range 0..{len(self) - 1}")
+        group = torch.searchsorted(self._starts, rows, right=True) - 1
+        out: list[torch.Tensor] | None = None
+        for g in group.unique().tolist():
+            where = (group == g).nonzero().flatten()
+            decoded = self._row_group(g)
+            if out is None:
+                out = [torch.empty((len(rows), *t.shape[1:]), dtype=t.dtype) for t in decoded]
+            for target, values in zip(out, decoded):
+                target[where] = values[rows[where] - self._starts[g]]
+        return tuple(out) if out is not None else ()
+
+    def _row_group(self, g: int) -> tuple[torch.Tensor, ...]:
+        if g in self._cache:
+            self._cache.move_to_end(g)
+            return self._cache[g]
+        f, within = self._groups[g]
+        try:
+            table = self._files[f].read_row_group(within, columns=self._columns)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise self._corrupt(self._paths[f], err) from None
+        decoded = self._cache[g] = self._decode(table)
+        self._cached_bytes += sum(t.nbytes for t in decoded)
+        while self._cached_bytes > self._cache_bytes and len(self._cache) > 1:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached_bytes -= sum(t.nbytes for t in dropped)
+        return decoded

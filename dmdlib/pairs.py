@@ -10,20 +10,18 @@ import hashlib
 import json
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from dmdlib import tensor_codec
 from dmdlib.conditions import Conditions
 from dmdlib.denoisers import Denoiser
 from dmdlib.errors import PairsError, ParamsError
-from dmdlib.io import read_tagged_parquet, write_parquet
+from dmdlib.io import RowGroupReader, read_tagged_parquet, write_parquet
 from dmdlib.params import PairsParams
 from dmdlib.sampling import flow_sample, heun_sample, make_scheduler, scheduler_sample
 from dmdlib.teachers import teacher_digest
@@ -179,80 +177,43 @@ def generate_pairs(
 
 
 class PairReader:
-    """The pairs of a shard folder, read on demand by Parquet row group: resident memory is bounded by
-    `cache_bytes` of decoded row groups (least recently used go first), not by the number of pairs.
-
-    Only metadata is read on opening (checked against the teacher and settings the pairs are used with);
-    every row group read is checked against its page CRCs.
-    """
+    """The pairs of a shard folder, read on demand by Parquet row group (`RowGroupReader`): resident memory is
+    flat in the number of pairs. Opening reads only the shards' metadata, checked against the teacher and
+    settings the pairs are used with."""
 
     def __init__(self, folder: str | os.PathLike, expected: dict, cache_bytes: int = 256 * 2**20):
         folder = Path(folder)
         paths = sorted(folder.glob("shard-*.parquet"))
         if not paths:
             raise PairsError(f"{folder}: no pair shards; run the `pairs` stage first (`dvc repro pairs`)")
-        self._paths, self._files = paths, [_open_shard(path, expected) for path in paths]
-        meta = json.loads(self._files[0].schema_arrow.metadata[METADATA_KEY])
+        self._rows = RowGroupReader(paths, ["noise", "target", "label"], self._decode, PairsError, "pairs", cache_bytes)
+        for f, path in enumerate(paths):
+            _check_metadata(path, _shard_metadata(path, self._rows.schema(f)), expected)
+        meta = _shard_metadata(paths[0], self._rows.schema())
         self._shape, self._dtype = tuple(meta["shape"]), meta["dtype"]
-        self._groups = [(f, g) for f, file in enumerate(self._files) for g in range(file.num_row_groups)]
-        sizes = [self._files[f].metadata.row_group(g).num_rows for f, g in self._groups]
-        self._starts = torch.tensor([0, *sizes]).cumsum(0)
-        self._cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._cache_bytes, self._cached_bytes = cache_bytes, 0
+
+    def _decode(self, table: pa.Table) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        noise, target = (tensor_codec.decode(table.column(name).to_pylist(), self._dtype, self._shape) for name in ("noise", "target"))
+        return noise, target, torch.tensor(table.column("label").to_pylist(), dtype=torch.long)
 
     def __len__(self) -> int:
-        return int(self._starts[-1])
+        return len(self._rows)
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(noise, target, labels) of the pairs at `index` (positions in seed order), in that order."""
-        index = torch.as_tensor(index, dtype=torch.long)
-        if len(index) and not 0 <= int(index.min()) <= int(index.max()) < len(self):
-            raise IndexError(f"pair index out of range 0..{len(self) - 1}")
-        group = torch.searchsorted(self._starts, index, right=True) - 1
-        noise = torch.empty((len(index), *self._shape))
-        target, labels = torch.empty_like(noise), torch.empty(len(index), dtype=torch.long)
-        for g in group.unique().tolist():
-            rows = (group == g).nonzero().flatten()
-            within = index[rows] - self._starts[g]
-            group_noise, group_target, group_labels = self._row_group(g)
-            noise[rows], target[rows], labels[rows] = group_noise[within], group_target[within], group_labels[within]
-        return noise, target, labels
-
-    def _row_group(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if g in self._cache:
-            self._cache.move_to_end(g)
-            return self._cache[g]
-        f, within = self._groups[g]
-        try:
-            table = self._files[f].read_row_group(within, columns=["noise", "target", "label"])
-        except (pa.ArrowInvalid, OSError) as err:
-            raise PairsError(f"{self._paths[f]}: corrupt or not Parquet ({str(err).splitlines()[0]}); "
-                             "delete it and re-run the `pairs` stage") from None
-        noise, target = (tensor_codec.decode(table.column(name).to_pylist(), self._dtype, self._shape) for name in ("noise", "target"))
-        decoded = (noise, target, torch.tensor(table.column("label").to_pylist(), dtype=torch.long))
-        self._cache[g] = decoded
-        self._cached_bytes += sum(t.nbytes for t in decoded)
-        while self._cached_bytes > self._cache_bytes and len(self._cache) > 1:
-            _, dropped = self._cache.popitem(last=False)
-            self._cached_bytes -= sum(t.nbytes for t in dropped)
-        return decoded
+        return self._rows.take(index)
 
 
-def _open_shard(path: Path, expected: dict) -> pq.ParquetFile:
-    """A shard opened for reading by row group, its metadata and columns checked; PairsError naming the fault."""
-    try:
-        file = pq.ParquetFile(path, page_checksum_verification=True)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise PairsError(f"{path}: corrupt or not Parquet ({str(err).splitlines()[0]}); delete it and re-run the `pairs` stage") from None
-    raw = (file.schema_arrow.metadata or {}).get(METADATA_KEY)
+def _shard_metadata(path: Path, schema: pa.Schema) -> dict:
+    """A shard's JSON metadata, its columns checked; PairsError naming the fault."""
+    raw = (schema.metadata or {}).get(METADATA_KEY)
     try:
         found = json.loads(raw) if raw is not None else None
     except ValueError:
         found = None
-    if found is None:
+    if not isinstance(found, dict):
         raise PairsError(f"{path}: no valid '{METADATA_KEY.decode()}' metadata; expected a shard written by the `pairs` stage")
-    missing = set(COLUMNS) - set(file.schema_arrow.names)
+    missing = set(COLUMNS) - set(schema.names)
     if missing:
         raise PairsError(f"{path}: missing columns {sorted(missing)}")
-    _check_metadata(path, found, expected)
-    return file
+    return found

@@ -18,10 +18,9 @@ import torch
 import typer
 
 from dmdlib.classifier import load_classifier
-from dmdlib.data import TRAIN, read_image_parquet
+from dmdlib.data import TRAIN, PreparedImageReader, read_image_parquet
 from dmdlib.denoisers import Denoiser
 from dmdlib.distill import DistillInputs, Processes, distill
-from dmdlib.dmd import RealBatch
 from dmdlib.errors import ParamsError
 from dmdlib.generator import Generator, generate, save_generator
 from dmdlib.images import save_grid, to_model_range, to_uint8
@@ -133,15 +132,12 @@ def _regression_loss(config: DistillParams, reference: dict, device: torch.devic
     return regression
 
 
-def _real_images(data: Path, reference: dict) -> RealBatch:
-    """The training split in model range, with class labels as cond when the data has them: the GAN's positives."""
+def _real_images(data: Path, reference: dict) -> PreparedImageReader:
+    """The training split, read from disk as drawn, with class labels as cond when the data has them: the GAN's positives."""
     if is_latent(reference):
         raise ParamsError("distill.gan_generator_weight: the GAN head needs real images in the teacher's space; latent "
                           "teachers are not supported yet")
-    dataset = read_image_parquet(data)
-    train = dataset.subset(TRAIN)
-    labels = torch.from_numpy(dataset.labels[train]).long() if dataset.class_names else None
-    return RealBatch(to_model_range(dataset.images[train]), labels)
+    return PreparedImageReader(data, TRAIN)
 
 
 def _diversity_inputs(data: Path, classifier: Path, teacher: Denoiser, conditions) -> dict:

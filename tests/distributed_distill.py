@@ -1,5 +1,5 @@
-"""Run by the tests under torchrun: DMD runs on the CPU (gloo), each `strategy:steps:kill_at` in turn (kill_at 0:
-never); rank 0 saves each run's generator as <strategy>-<steps>.pt, every rank as rank<r>-<strategy>-<steps>.pt."""
+"""Run by the tests under torchrun: DMD runs on the CPU (gloo), each `strategy[-gan][-lora][-guided]:steps:kill_at` in turn
+(kill_at 0: never); every rank saves the run's generator as rank<r>-<run name>-<steps>.pt."""
 
 import sys
 from pathlib import Path
@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from dmdlib.denoisers import GuidedDenoiser
 from dmdlib.distill import DistillInputs, Processes, distill
+from dmdlib.dmd import RealBatch
 from dmdlib.pairs import PairReader
 from dmdlib.params import DistillParams
 from dmdlib.regression import l2_loss
@@ -16,15 +18,29 @@ from dmdlib.teachers import build_kdiffusion, kdiffusion_config
 PAIRS_META = {"teacher": "t", "sampler": "heun", "steps": 2, "guidance": 1.0, "shape": [1, 8, 8], "dtype": "float32"}
 
 
-def tiny_teacher():
+def tiny_teacher(label_dropout: float = 0.0):
     torch.manual_seed(0)  # the same teacher on every rank, and as the tests' one-process run
-    return build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0)).requires_grad_(False)
+    config = kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0, label_dropout)
+    return build_kdiffusion(config).requires_grad_(False)
 
 
-def run_params(strategy: str, steps: int, processes: int) -> DistillParams:
-    """The same global batch (4 samples, 4 pairs) whatever the process count."""
+def run_params(name: str, steps: int, processes: int) -> DistillParams:
+    """The same global batch (4 samples, 4 pairs) whatever the process count; `name` is strategy[-gan][-lora][-guided]."""
+    strategy, *extras = name.split("-")
+    options = {"gan_generator_weight": 3e-3} if "gan" in extras else {}
+    options |= {"fake_lora_rank": 2, "generator_lora_rank": 2} if "lora" in extras else {}
+    options |= {"guidance_range": (1.0, 2.0)} if "guided" in extras else {}
     return DistillParams(steps=steps, batch_size=4 // processes, reg_batch_size=4 // processes, warmup_steps=1,
-                         checkpoint_every=2, regression_loss="l2", regression_warmup_steps=1, data_parallel=strategy)
+                         checkpoint_every=2, regression_loss="l2", regression_warmup_steps=1, data_parallel=strategy, **options)
+
+
+def run_setup(name: str, pairs: PairReader) -> tuple:
+    """The teacher and the inputs of a run: pairs, 16 seeded random 'real' images with class labels (for the GAN
+    head), and for a guided run a teacher serving "no class" and its classifier-free guided real denoiser."""
+    teacher = tiny_teacher(0.1 if "guided" in name else 0.0)
+    real_denoiser = GuidedDenoiser(teacher, teacher.uncond, 1.0) if "guided" in name else None
+    images = torch.rand((16, *PAIRS_META["shape"]), generator=torch.Generator().manual_seed(1)) * 2 - 1
+    return teacher, DistillInputs(pairs, l2_loss, real_denoiser, real_images=RealBatch(images, torch.arange(16) % 3))
 
 
 class Killed(Exception):
@@ -36,16 +52,17 @@ if __name__ == "__main__":
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     for run in sys.argv[3:]:
-        strategy, steps, kill_at = run.split(":")
+        name, steps, kill_at = run.split(":")
 
         def kill(step, metrics, generator, kill_at=int(kill_at)):
             if step == kill_at:
                 raise Killed
 
         try:
-            generator, _ = distill(tiny_teacher(), run_params(strategy, int(steps), world), out / f"{strategy}.pt",
-                                   DistillInputs(pairs, l2_loss), processes=Processes(rank, world), on_step=kill)
+            teacher, inputs = run_setup(name, pairs)
+            generator, _ = distill(teacher, run_params(name, int(steps), world), out / f"{name}.pt", inputs,
+                                   processes=Processes(rank, world), on_step=kill)
         except Killed:
             sys.exit(3)
-        torch.save(generator.state_dict(), out / f"rank{rank}-{strategy}-{steps}.pt")
+        torch.save(generator.state_dict(), out / f"rank{rank}-{name}-{steps}.pt")
     dist.destroy_process_group()

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from distributed_distill import PAIRS_META, run_params, tiny_teacher
+from distributed_distill import PAIRS_META, run_params, run_setup, tiny_teacher
 
 from dmdlib.distill import DistillInputs, distill
 from dmdlib.errors import DivergedError
@@ -91,28 +91,30 @@ def launch(tmp_path, repo_root, pairs_folder, *runs, port):
 
 
 def test_ddp_and_fsdp_on_two_processes_equal_one_process_and_fsdp_resumes_exactly(tmp_path, repo_root, pairs_folder):
-    """Two gloo processes, each half the global batch: after 4 steps DDP's and FSDP's generators equal the
-    one-process run's within float tolerance; an FSDP run killed after its step-2 checkpoint resumes to
-    exactly the weights of the uninterrupted FSDP run."""
-    code, err = launch(tmp_path, repo_root, pairs_folder, "ddp:4:0", "fsdp:4:0", port=29518)
+    """Two gloo processes, each half the global batch: after 4 steps DDP's and FSDP's generators (also with the
+    GAN term, LoRA adapters, a guidance-conditioned generator) equal the one-process run's within float
+    tolerance; an FSDP run (with the GAN head) killed after its step-2 checkpoint resumes to exactly the
+    weights of the uninterrupted FSDP run."""
+    runs = ("ddp", "fsdp", "ddp-gan", "fsdp-gan", "ddp-lora", "fsdp-lora", "ddp-guided", "fsdp-guided")
+    code, err = launch(tmp_path, repo_root, pairs_folder, *(f"{name}:4:0" for name in runs), port=29518)
     assert code == 0, err
-    one, _ = distill(tiny_teacher(), run_params("ddp", 4, 1), tmp_path / "one.pt",
-                     DistillInputs(PairReader(pairs_folder, PAIRS_META), l2_loss))
     start = tiny_teacher().state_dict()
-    assert any(not torch.allclose(one.state_dict()[f"denoiser.{k}"], v) for k, v in start.items())  # it trained
-    for strategy in ("ddp", "fsdp"):
-        rank0, rank1 = (torch.load(tmp_path / f"rank{r}-{strategy}-4.pt") for r in (0, 1))
-        for name, value in one.state_dict().items():
-            assert torch.equal(rank0[name], rank1[name]), (strategy, name)
-            assert torch.allclose(rank0[name], value, atol=1e-5, rtol=1e-4), (strategy, name)
+    for name in runs:
+        teacher, inputs = run_setup(name, PairReader(pairs_folder, PAIRS_META))
+        one, _ = distill(teacher, run_params(name, 4, 1), tmp_path / f"one-{name}.pt", inputs)
+        assert any(not torch.allclose(one.state_dict()[f"denoiser.{k}"], v) for k, v in start.items()), name  # it trained
+        rank0, rank1 = (torch.load(tmp_path / f"rank{r}-{name}-4.pt") for r in (0, 1))
+        for key, value in one.state_dict().items():
+            assert torch.equal(rank0[key], rank1[key]), (name, key)
+            assert torch.allclose(rank0[key], value, atol=1e-5, rtol=1e-4), (name, key)
 
-    whole = torch.load(tmp_path / "rank0-fsdp-4.pt")
-    (tmp_path / "fsdp.pt").unlink()
-    code, _ = launch(tmp_path, repo_root, pairs_folder, "fsdp:4:3", port=29519)  # dies after the checkpoint of step 2
-    assert code != 0 and not (tmp_path / "rank0-fsdp-4.pt").unlink() and (tmp_path / "fsdp.pt").exists()
-    code, err = launch(tmp_path, repo_root, pairs_folder, "fsdp:4:0", port=29520)
+    whole = torch.load(tmp_path / "rank0-fsdp-gan-4.pt")
+    (tmp_path / "fsdp-gan.pt").unlink()
+    code, _ = launch(tmp_path, repo_root, pairs_folder, "fsdp-gan:4:3", port=29519)  # dies after the checkpoint of step 2
+    assert code != 0 and not (tmp_path / "rank0-fsdp-gan-4.pt").unlink() and (tmp_path / "fsdp-gan.pt").exists()
+    code, err = launch(tmp_path, repo_root, pairs_folder, "fsdp-gan:4:0", port=29520)
     assert code == 0, err
-    resumed = torch.load(tmp_path / "rank0-fsdp-4.pt")
+    resumed = torch.load(tmp_path / "rank0-fsdp-gan-4.pt")
     for name, value in whole.items():
         assert torch.equal(resumed[name], value), name
 
