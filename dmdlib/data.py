@@ -26,7 +26,7 @@ FORMAT = "dmd-images/1"
 METADATA_KEY = b"dmd"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 TRAIN, HELDOUT = "train", "heldout"
-ROW_GROUP_BYTES = 2 * 2**20  # a row group is what `PreparedImageReader` reads for one image
+ROW_GROUP_BYTES = 2 * 2**20  # a row group is what `PreparedImageReader` reads to serve any one of its images
 
 
 @dataclass

@@ -131,17 +131,23 @@ def read_tagged_parquet(path: str | os.PathLike, metadata_key: bytes, columns: t
         raise error(f"{path}: not found; run the `{stage}` stage first (`dvc repro {stage}`)") from None
     except (pa.ArrowInvalid, OSError) as err:
         raise error(f"{path}: corrupt or not Parquet ({str(err).splitlines()[0]}); delete it and re-run the `{stage}` stage") from None
-    raw = (table.schema.metadata or {}).get(metadata_key)
+    return table, schema_metadata(path, table.schema, metadata_key, columns, error, stage)
+
+
+def schema_metadata(path: str | os.PathLike, schema: pa.Schema, metadata_key: bytes, columns: tuple[str, ...],
+                    error: type[Exception], stage: str) -> dict:
+    """The JSON metadata a stage wrote into a Parquet schema, its columns checked; `error` naming the fault."""
+    raw = (schema.metadata or {}).get(metadata_key)
     if raw is None:
         raise error(f"{path}: no '{metadata_key.decode()}' metadata; expected a file written by the `{stage}` stage")
     try:
         metadata = json.loads(raw)
     except ValueError:
         raise error(f"{path}: corrupt '{metadata_key.decode()}' metadata; delete it and re-run the `{stage}` stage") from None
-    missing = set(columns) - set(table.column_names)
+    missing = set(columns) - set(schema.names)
     if missing:
         raise error(f"{path}: missing columns {sorted(missing)}")
-    return table, metadata
+    return metadata
 
 
 class RowGroupReader:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 
 import torch
@@ -23,7 +24,8 @@ def add_lora(module: nn.Module, rank: int, option: str) -> None:
         raise ParamsError(f"{option}: {type(module).__name__} has no torch.nn.Linear or Conv2d layers for LoRA "
                           "(EDM and EDM2 networks use their own layer classes); set it to null")
     module.requires_grad_(False)
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets), module)
+    exact = "|".join(re.escape(name) for name in targets)  # a string is matched whole; a list would also match suffixes
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=f"({exact})"), module)
 
 
 def merge_lora(module: nn.Module) -> nn.Module:

@@ -21,7 +21,7 @@ from dmdlib import tensor_codec
 from dmdlib.conditions import Conditions
 from dmdlib.denoisers import Denoiser
 from dmdlib.errors import PairsError, ParamsError
-from dmdlib.io import RowGroupReader, read_tagged_parquet, write_parquet
+from dmdlib.io import RowGroupReader, read_tagged_parquet, schema_metadata, write_parquet
 from dmdlib.params import PairsParams
 from dmdlib.sampling import flow_sample, heun_sample, make_scheduler, scheduler_sample
 from dmdlib.teachers import teacher_digest
@@ -188,9 +188,9 @@ class PairReader:
             raise PairsError(f"{folder}: no pair shards; run the `pairs` stage first (`dvc repro pairs`)")
         self._rows = RowGroupReader(paths, ["noise", "target", "label"], self._decode, PairsError, "pairs", cache_bytes)
         for f, path in enumerate(paths):
-            _check_metadata(path, _shard_metadata(path, self._rows.schema(f)), expected)
-        meta = _shard_metadata(paths[0], self._rows.schema())
-        self._shape, self._dtype = tuple(meta["shape"]), meta["dtype"]
+            meta = schema_metadata(path, self._rows.schema(f), METADATA_KEY, COLUMNS, PairsError, "pairs")
+            _check_metadata(path, meta, expected)
+        self._shape, self._dtype = tuple(meta["shape"]), meta["dtype"]  # equal in every shard: `expected` has both
 
     def _decode(self, table: pa.Table) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         noise, target = (tensor_codec.decode(table.column(name).to_pylist(), self._dtype, self._shape) for name in ("noise", "target"))
@@ -203,17 +203,3 @@ class PairReader:
         """(noise, target, labels) of the pairs at `index` (positions in seed order), in that order."""
         return self._rows.take(index)
 
-
-def _shard_metadata(path: Path, schema: pa.Schema) -> dict:
-    """A shard's JSON metadata, its columns checked; PairsError naming the fault."""
-    raw = (schema.metadata or {}).get(METADATA_KEY)
-    try:
-        found = json.loads(raw) if raw is not None else None
-    except ValueError:
-        found = None
-    if not isinstance(found, dict):
-        raise PairsError(f"{path}: no valid '{METADATA_KEY.decode()}' metadata; expected a shard written by the `pairs` stage")
-    missing = set(COLUMNS) - set(schema.names)
-    if missing:
-        raise PairsError(f"{path}: missing columns {sorted(missing)}")
-    return found
