@@ -1,11 +1,13 @@
-"""Train a class-conditional diffusers DDPM teacher on the prepared data with the plain diffusers recipe, and save it.
+"""Train a diffusers DDPM teacher on the prepared data with the plain diffusers recipe, and save it.
 
-    python benchmarks/ddpm_teacher.py OUT_FOLDER [--data data/prepared.parquet] [--steps 3000]
+    python benchmarks/ddpm_teacher.py OUT_FOLDER [--unconditional] [--betas linear|cosine] [--prediction epsilon|v]
+                                      [--data data/prepared.parquet] [--steps 3000]
 
-A `UNet2DModel` predicting epsilon, a `DDPMScheduler` with 1000 linear betas, uniform timesteps and the
-epsilon MSE (as diffusers' `train_unconditional.py`, with class labels), AdamW with warm-up, an EMA of the
-weights. The folder is written with `save_pretrained` (`unet/`, `scheduler/`), the layout of
-`teacher.kind: diffusers_ddpm`, so the pipeline distils it as it would a downloaded DDPM checkpoint.
+A `UNet2DModel` (class-conditional unless --unconditional), a `DDPMScheduler` with 1000 betas (linear, or the
+improved-DDPM cosine schedule `squaredcos_cap_v2`), uniform timesteps and the MSE of the epsilon or velocity
+target (as diffusers' `train_unconditional.py`), AdamW with warm-up, an EMA of the weights. The folder is written
+with `save_pretrained` (`unet/`, `scheduler/`), the layout of `teacher.kind: diffusers_ddpm`, so the pipeline
+distils it as it would a downloaded DDPM checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from tqdm.auto import tqdm
 from dmdlib.data import TRAIN, read_image_parquet
 from dmdlib.images import to_model_range
 
+BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction"}
+
 
 def unet(resolution: int, channels: int, classes: int) -> UNet2DModel:
     """About 1.5M parameters at 16x16: widths 32/64/64, two residual blocks per level, no attention."""
@@ -37,6 +42,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="folder to write (unet/ and scheduler/, diffusers layout)")
     parser.add_argument("--data", type=Path, default=Path("data/prepared.parquet"))
+    parser.add_argument("--unconditional", action="store_true", help="no class labels, as google/ddpm-* checkpoints")
+    parser.add_argument("--betas", choices=BETA_SCHEDULES, default="linear", help="the DDPMScheduler's beta schedule")
+    parser.add_argument("--prediction", choices=PREDICTIONS, default="epsilon", help="what the network predicts")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -48,22 +56,26 @@ def main() -> None:
     data = read_image_parquet(args.data)
     train = data.subset(TRAIN)
     images = to_model_range(data.images[train])
-    labels = torch.from_numpy(data.labels[train]).long() if data.class_names else None
+    conditional = bool(data.class_names) and not args.unconditional
+    labels = torch.from_numpy(data.labels[train]).long() if conditional else None
     torch.manual_seed(args.seed)
-    model = unet(data.resolution, data.channels, len(data.class_names))
+    model = unet(data.resolution, data.channels, len(data.class_names) if conditional else 0)
     ema = copy.deepcopy(model).requires_grad_(False)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=BETA_SCHEDULES[args.betas],
+                              prediction_type=PREDICTIONS[args.prediction])
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / args.warmup))
     rng = torch.Generator().manual_seed(args.seed)
-    print(f"UNet2DModel: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {args.steps} steps")
+    print(f"UNet2DModel ({'class-conditional' if conditional else 'unconditional'}, {args.betas} betas, {args.prediction} "
+          f"prediction): {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {args.steps} steps")
     start = time.perf_counter()
     for _ in tqdm(range(args.steps), desc="ddpm teacher", mininterval=5):
         index = torch.randint(0, len(images), (args.batch_size,), generator=rng)
         x0, noise = images[index], torch.randn((args.batch_size, *images.shape[1:]), generator=rng)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=rng)
         prediction = model(scheduler.add_noise(x0, noise, t), t, class_labels=None if labels is None else labels[index]).sample
-        loss = F.mse_loss(prediction, noise)
+        target = noise if args.prediction == "epsilon" else scheduler.get_velocity(x0, noise, t)
+        loss = F.mse_loss(prediction, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

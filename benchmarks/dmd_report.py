@@ -38,20 +38,24 @@ def median_seconds(function, repeats: int) -> float:
 def quality_table(metrics: dict) -> None:
     teacher_speed = metrics["teacher"]["images_per_s"]
     extractor = metrics["feature_extractors"][0]
-    print(f"\n{metrics.get('sample_sets', 1)} set(s) of {metrics['samples']} samples per row (the noise floor: one); "
-          f"FID/KID in the `{extractor}` feature space\n")
-    print("| model | NFE | FID | FID / teacher's | KID | precision | recall | min class share ratio | images/s | speed-up |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    fid = f"fid_{extractor}"
+    print(f"\n{metrics.get('sample_sets', 1)} set(s) of {metrics['samples']} samples per row, mean ± standard error over "
+          f"the sets (the noise floor: one set); FID/KID in the `{extractor}` feature space; precision and recall against "
+          "a class-stratified subset of the training split as large as a set\n")
+    print("| model | NFE | FID | FID - floor | FID / teacher's | (FID - floor) / (teacher's - floor) | KID | precision | recall | "
+          "min class share ratio | images/s | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in ("noise_floor", "teacher", "initial_one_step", "dmd_one_step"):
         row = metrics[name]
         if row is None:  # the noise floor, omitted when the held-out split is smaller than the sample count
             print(f"| {name} | omitted: {metrics.get('noise_floor_omitted', '')} |")
             continue
         speed = row.get("images_per_s")
-        print(f"| {name} | {row.get('nfe', '-')} | {spread(row, f'fid_{extractor}')} | {spread(row, f'fid_{extractor}_vs_teacher', 2)} | "
-              f"{row[f'kid_{extractor}']:.4f} | "
-              f"{row['precision_classifier']:.3f} | {row['recall_classifier']:.3f} | {row.get('min_class_share_ratio', '-')} | "
-              f"{f'{speed:,.1f}' if speed else '-'} | {f'{speed / teacher_speed:.1f}x' if speed else '-'} |")
+        print(f"| {name} | {row.get('nfe', '-')} | {spread(row, fid)} | {spread(row, f'{fid}_above_floor')} | "
+              f"{spread(row, f'{fid}_vs_teacher', 2)} | {spread(row, f'{fid}_above_floor_vs_teacher', 2)} | "
+              f"{row[f'kid_{extractor}']:.4f} | {row['precision_classifier']:.3f} | {row['recall_classifier']:.3f} | "
+              f"{row.get('min_class_share_ratio', '-')} | {f'{speed:,.1f}' if speed else '-'} | "
+              f"{f'{speed / teacher_speed:.1f}x' if speed else '-'} |")
 
 
 def step_table(teacher_folder: Path, params_file: Path, repeats: int) -> None:

@@ -5,7 +5,7 @@
 
 Reads `dvc exp show --json` (the committed run is the baseline) or the files (the first is the baseline) and
 prints, for the baseline and every experiment, the params it changed and each generator row of its metrics: FID/KID in the pipeline's
-feature space (mean ± spread over `evaluate.sample_sets` sets, and the ratio to the teacher's FID on the same
+feature space (mean ± standard error over `evaluate.sample_sets` sets, and the ratio to the teacher's FID on the same
 sets), recall, the smallest class-share ratio, NFE, images/s and the speed-up over the teacher.
 """
 
@@ -47,11 +47,11 @@ def runs(node, found: list) -> list:
 
 
 def spread(row: dict, key: str, digits: int = 3) -> str:
-    """`mean ± std` over the sample sets when the run measured several, else the value, or '-' when absent."""
+    """`mean ± standard error` over the sample sets when the run measured several, else the value; '-' when absent."""
     if key not in row:
         return "-"
-    std = row.get(f"{key}_std", 0)
-    return f"{row[key]:.{digits}f}" + (f" ± {std:.{digits}f}" if std else "")
+    error = row.get(f"{key}_se", 0)
+    return f"{row[key]:.{digits}f}" + (f" ± {error:.{digits}f}" if error else "")
 
 
 def main() -> None:
@@ -71,8 +71,9 @@ def main() -> None:
     extractor = next(key for key in base["teacher"] if key.startswith("fid_")).removeprefix("fid_")
     print(f"FID/KID in the `{extractor}` feature space, {base.get('sample_sets', 1)} set(s) of {base['samples']} samples per row; "
           f"baseline: {found[0][0] if args.files else 'the committed run ' + found[0][0][:7]}\n")
-    print("| run | changed params | model | NFE | FID | FID / teacher's | KID | recall | min class share ratio | images/s | speed-up |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | changed params | model | NFE | FID | FID / teacher's | (FID - floor) / (teacher's - floor) | KID | recall | "
+          "min class share ratio | images/s | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, params, metrics in found:
         results = metrics[args.metrics]
         changed = ", ".join(f"{k}={params[k]}" for k in params if params[k] != base_params.get(k)) or ("(defaults)" if params else "-")
@@ -83,7 +84,7 @@ def main() -> None:
                 continue
             speed = row["images_per_s"]
             print(f"| {label} | {changed} | {model} | {row['nfe']} | {spread(row, f'fid_{extractor}')} | "
-                  f"{spread(row, f'fid_{extractor}_vs_teacher', 2)} | "
+                  f"{spread(row, f'fid_{extractor}_vs_teacher', 2)} | {spread(row, f'fid_{extractor}_above_floor_vs_teacher', 2)} | "
                   f"{row[f'kid_{extractor}']:.4f} | {row['recall_classifier']:.3f} | {row.get('min_class_share_ratio', '-')} | "
                   f"{speed:,.0f} | {speed / teacher_speed:.0f}x |")
     print(f"\nteacher (baseline run): FID {spread(base['teacher'], f'fid_{extractor}')}, {base['teacher']['nfe']} NFE")

@@ -4,7 +4,7 @@
 # WORK/summary.md, the results table in WORK/table.md.
 # Each VARIANT (name:key=value;key=value) is distilled and evaluated after them, from the same teacher and pairs.
 #   bash benchmarks/gpu_default.sh [WORK [VARIANT...]]   QUICK=1 shrinks every step count for a dry run on the CPU
-set -uo pipefail
+set -euo pipefail  # a failing step stops the script, not an empty table
 W=${1:-/tmp/gpu_default}
 shift || true
 mkdir -p "$W"
@@ -24,7 +24,7 @@ stage() {
 }
 
 quick=()
-[[ "${QUICK:-0}" == 1 ]] && quick=(teacher.train.steps=20 features.steps=20 pairs.count=200 distill.steps=10 evaluate.samples=100)
+[[ "${QUICK:-0}" != 1 ]] || quick=(teacher.train.steps=20 features.steps=20 pairs.count=200 distill.steps=10 evaluate.samples=100)
 variant "$W/fp32.yaml" "${quick[@]}"
 variant "$W/bf16.yaml" "${quick[@]}" distill.mixed_precision=bf16
 runs=(fp32 bf16)
@@ -38,7 +38,10 @@ log "device: $(python3 -c 'import torch; print(torch.cuda.get_device_name() if t
 # the results of every finished run so far, in WORK/table.md (rewritten after each run, so a timeout keeps it)
 summarise() {
   for run in "${runs[@]}"; do
-    [[ -f "$W/eval_$run.json" ]] && { echo "## $run"; python3 -m benchmarks.dmd_report --metrics "$W/eval_$run.json" --repeats 0; }
+    if [[ -f "$W/eval_$run.json" ]]; then
+      echo "## $run"
+      python3 benchmarks/dmd_report.py --metrics "$W/eval_$run.json" --repeats 0
+    fi
   done >"$W/table.md"
 }
 
@@ -50,12 +53,14 @@ stage features "$W/fp32.yaml" features --data "$W/prepared.parquet" --out "$W/cl
 stage pairs "$W/fp32.yaml" pairs --teacher "$W/teacher" --out "$W/pairs" || exit 1
 
 for run in "${runs[@]}"; do
-  stage "distill_$run" "$W/$run.yaml" distill --teacher "$W/teacher" --pairs "$W/pairs" \
-    --data "$W/prepared.parquet" --classifier "$W/classifier.safetensors" --out "$W/generator_$run" \
-    --samples "$W/grids_$run" --checkpoint "$W/distill_$run.pt" --live "$W/live_$run" &&
-  stage "evaluate_$run" "$W/$run.yaml" evaluate --data "$W/prepared.parquet" --teacher "$W/teacher" \
-    --generator "$W/generator_$run" --classifier "$W/classifier.safetensors" \
-    --metrics "$W/eval_$run.json" --images "$W/eval_$run"
+  if ! { stage "distill_$run" "$W/$run.yaml" distill --teacher "$W/teacher" --pairs "$W/pairs" \
+           --data "$W/prepared.parquet" --classifier "$W/classifier.safetensors" --out "$W/generator_$run" \
+           --samples "$W/grids_$run" --checkpoint "$W/distill_$run.pt" --live "$W/live_$run" &&
+         stage "evaluate_$run" "$W/$run.yaml" evaluate --data "$W/prepared.parquet" --teacher "$W/teacher" \
+           --generator "$W/generator_$run" --classifier "$W/classifier.safetensors" \
+           --metrics "$W/eval_$run.json" --images "$W/eval_$run"; }; then
+    log "$run: failed; going on with the next run"
+  fi
   summarise
 done
 

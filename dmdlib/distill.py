@@ -33,10 +33,18 @@ from dmdlib.draws import Draws
 from dmdlib.errors import DataError, DivergedError, ParamsError
 from dmdlib.gan import GANHead
 from dmdlib.generator import Generator
-from dmdlib.io import CORRUPT_CHECKPOINT, atomic_output, load_tensors
+from dmdlib.io import CORRUPT_CHECKPOINT, atomic_output, checkpoint_identity, load_tensors
 from dmdlib.memory import adamw, add_lora, merge_lora, run_in_bfloat16
 from dmdlib.pairs import PairReader
-from dmdlib.parallel import Strategy, distribute, full_optimizer_state, full_state, load_full_state, load_optimizer_state
+from dmdlib.parallel import (
+    Strategy,
+    distribute,
+    full_optimizer_state,
+    full_state,
+    load_full_state,
+    load_optimizer_state,
+    reshard,
+)
 from dmdlib.params import DistillParams
 
 log = logging.getLogger(__name__)
@@ -107,19 +115,20 @@ def dm_sigma_fractions(grid: torch.Tensor, params: DistillParams) -> tuple[float
 
 def distill(
     teacher: Denoiser, params: DistillParams, checkpoint: str | os.PathLike, inputs: DistillInputs | None = None, *,
-    fingerprint: str = "", processes: Processes | None = None, on_step: StepCallback | None = None,
+    settings: dict | None = None, processes: Processes | None = None, on_step: StepCallback | None = None,
 ) -> tuple[Generator, Denoiser]:
     """Train a generator from `teacher` (Algorithm 1); return (generator or its EMA, fake denoiser).
 
     Generator and fake denoiser start as copies of the (unguided) teacher. Resumes from `checkpoint`
-    when its fingerprint matches. A non-finite loss stops the run, keeping the last good checkpoint.
-    Several processes (an initialised default process group) split each step's global batch and share
-    generator and fake denoiser by params.data_parallel. params.real_denoiser_bf16 casts the real
-    denoiser (the teacher, unless `inputs` give one) in place.
+    when it was made with `settings` (what the run learns from: `dmdlib.io.claim_checkpoint`). A
+    non-finite loss stops the run, keeping the last good checkpoint. Several processes (an initialised
+    default process group) split each step's global batch and share generator and fake denoiser by
+    params.data_parallel. params.real_denoiser_bf16 casts the real denoiser (the teacher, unless
+    `inputs` give one) in place.
     """
     processes, inputs, checkpoint = processes or Processes(), inputs or DistillInputs(), Path(checkpoint)
-    run = _build(teacher, params, inputs, processes)
-    start = _resume(checkpoint, fingerprint, run)
+    run, identity = _build(teacher, params, inputs, processes), checkpoint_identity(settings or {})
+    start = _resume(checkpoint, identity["fingerprint"], run)
     progress = tqdm(range(start, params.steps), initial=start, total=params.steps, desc="distill", unit="step",
                     disable=processes.rank != 0, mininterval=1.0)
     for step in progress:
@@ -134,14 +143,14 @@ def distill(
         if run.gan is not None:
             metrics["loss_gan_generator"] = result.loss_gan
         if params.dm_weight > 0 or run.gan is not None:  # lines 11-14: fake-score update(s)
-            metrics.update(_fake_steps(run, params.fake_steps, result.x, batch.cond, rng, processes))
+            metrics.update(_fake_steps(run, params, batch, result.x, rng, processes))
         _stop_if_diverged(metrics, step, checkpoint, params.checkpoint_every)
         if run.ema is not None:
             ema_update(run.generator, run.ema, params.ema_decay)
         done = step + 1
         progress.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
         if done % params.checkpoint_every == 0 or done == params.steps:
-            _save(checkpoint, done, fingerprint, run, processes.rank)
+            _save(checkpoint, done, identity, run, processes.rank)
         if run.strategy == "fsdp" and (done % params.sample_every == 0 or done == params.steps):
             _gather(run)  # every process takes part; the callback samples from the gathered copy
         if on_step is not None:
@@ -263,18 +272,37 @@ def _objective_at(step: int, run: _Run, params: DistillParams, batch: GeneratorB
     return dataclasses.replace(run.objective, dm_weight=0.0 if warming_up else params.dm_weight, gan=gan)
 
 
-def _fake_steps(run: _Run, count: int, x: torch.Tensor, cond, rng: Draws, processes: Processes) -> dict[str, float]:
-    """`count` fake-denoiser updates on the same generator samples (DMD2's two time-scales); their mean losses."""
-    fake_losses, head_losses = [], []
-    for _ in range(count):
+def _fake_steps(run: _Run, params: DistillParams, batch: GeneratorBatch, x: torch.Tensor, rng: Draws,
+                processes: Processes) -> dict[str, float]:
+    """params.fake_steps fake-denoiser updates (DMD2's two time-scales) and their mean losses: the first on this step's
+    generator samples `x`, each later one on fresh samples of the updated generator (new noise and cond, the same
+    ladder step and guidance scales), as DMD2 makes new samples for every fake-score update."""
+    fake_losses, head_losses, cond = [], [], batch.cond
+    for update in range(params.fake_steps):
         with processes.autocast():
+            if update > 0:
+                x, cond = _fresh_samples(run, params, batch, rng, processes.device)
             fake_loss, head_loss = fake_denoiser_step(run.fake_denoiser, run.fake_update, x, cond, rng, gan=run.gan)
         fake_losses.append(fake_loss)
         head_losses.append(head_loss)
-    metrics = {"loss_fake": sum(fake_losses) / count}
+    metrics = {"loss_fake": sum(fake_losses) / params.fake_steps}
     if run.gan is not None:
-        metrics["loss_gan_head"] = sum(head_losses) / count
+        metrics["loss_gan_head"] = sum(head_losses) / params.fake_steps
     return metrics
+
+
+@torch.no_grad()
+def _fresh_samples(run: _Run, params: DistillParams, batch: GeneratorBatch, rng: Draws, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """New generator samples (and their cond) at this step's ladder step and guidance scales, without gradients."""
+    generator, conditions = run.generator, run.conditions
+    z = rng.randn((params.batch_size, *generator.denoiser.sample_shape)).to(device)
+    cond = conditions.lookup(rng.randint(0, conditions.count, params.batch_size)).to(device) if conditions is not None else None
+    x = generator.noisy_input(z, cond, batch.step_index, batch.scale, rng)
+    x = generator.denoise(x, generator.sigmas[batch.step_index], cond, batch.scale)
+    if run.strategy == "fsdp":  # no backward follows this forward
+        for unit in _units(generator):
+            reshard(unit)
+    return x, cond
 
 
 def _stop_if_diverged(metrics: dict[str, float], step: int, checkpoint: Path, checkpoint_every: int) -> None:
@@ -296,11 +324,11 @@ def make_gan_head(fake_denoiser: Denoiser, conditions: Conditions | None, device
     return GANHead(features.shape[1]).to(device)
 
 
-def _save(path: Path, step: int, fingerprint: str, run: _Run, rank: int) -> None:
+def _save(path: Path, step: int, identity: dict[str, str], run: _Run, rank: int) -> None:
     """Write the checkpoint from rank 0; under FSDP every process first gives its shards to the whole state."""
     strategy = run.strategy
     state = {
-        "step": step, "fingerprint": fingerprint, "generator": full_state(run.generator, strategy),
+        "step": step, **identity, "generator": full_state(run.generator, strategy),
         "fake_denoiser": full_state(run.fake_denoiser, strategy),
         "generator_optimizer": full_optimizer_state(run.generator, run.generator_update.optimizer, strategy),
         "fake_optimizer": full_optimizer_state(_fake_trained(run), run.fake_update.optimizer, strategy),
@@ -308,8 +336,8 @@ def _save(path: Path, step: int, fingerprint: str, run: _Run, rank: int) -> None
         "gan_head": full_state(run.gan.head, strategy) if run.gan is not None else {},
     }
     if rank == 0:
-        with atomic_output(path) as tmp:
-            torch.save(state, tmp)
+        with atomic_output(path) as tmp, open(tmp, "wb") as handle:  # a Python file: a failed write is an OSError
+            torch.save(state, handle)
 
 
 def _fake_trained(run: _Run) -> torch.nn.Module:

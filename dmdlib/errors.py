@@ -24,6 +24,10 @@ class PairsError(DmdError, ValueError):
     """A pair shard that cannot be used with this teacher; names the file and the mismatch."""
 
 
+class OutputError(DmdError, OSError):
+    """An output that cannot be written (a folder not writable, a full disk, a file too large); names the path."""
+
+
 class MissingWeightsError(DmdError, FileNotFoundError):
     """A pretrained weights file that must be downloaded beforehand is not on disk."""
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dmdlib.classifier import FeatureClassifier, predict
+from dmdlib.data import stratified_subset
 from dmdlib.errors import ParamsError
 from dmdlib.images import to_uint8
 from dmdlib.metrics import class_shares, fid, fid_to_statistics, kid, mean_over_sets, precision_recall
@@ -99,15 +100,22 @@ def throughput(sample: Callable[[], torch.Tensor], batch_size: int, repeats: int
     return batch_size / statistics.median(seconds)
 
 
-def count_evaluations(sample: Callable[[], object], network: torch.nn.Module) -> int:
-    """Forward calls of `network` while `sample()` runs: a sampler's network evaluations, whatever its scheduler."""
-    calls = []
-    handle = network.register_forward_hook(lambda *_: calls.append(1))
+def count_evaluations(sample: Callable[[], object], denoiser: torch.nn.Module, batch_size: int) -> int:
+    """Network evaluations per sample of `sample()` on `batch_size` samples, whatever its scheduler: the rows
+    `denoiser.denoise` computes, however they reach it (classifier-free guidance's batched halves count twice,
+    FLUX's guidance embedding once), over `batch_size`."""
+    rows, denoise = [], denoiser.denoise
+
+    def counting(x, *args, **kwargs):
+        rows.append(len(x))
+        return denoise(x, *args, **kwargs)
+
+    denoiser.denoise = counting  # on the instance: calls through forward and direct `denoise` calls both see it
     try:
         sample()
     finally:
-        handle.remove()
-    return len(calls)
+        del denoiser.denoise
+    return sum(rows) // batch_size
 
 
 @contextlib.contextmanager
@@ -166,19 +174,22 @@ class ReferenceSet:
     extractors: dict[str, Extractor]
     features: dict[str, torch.Tensor]
     classifier: FeatureClassifier
+    labels: np.ndarray  # of the reference images; -1 for unlabelled data
     data_shares: torch.Tensor | None  # None for unlabelled data
     precision_recall_k: int = 3
     statistics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # extractor -> published (mu, sigma)
 
     @classmethod
-    def of(cls, images: torch.Tensor, extractors: dict[str, Extractor], classifier: FeatureClassifier,
+    def of(cls, images: torch.Tensor, labels: np.ndarray, extractors: dict[str, Extractor], classifier: FeatureClassifier,
            data_shares: torch.Tensor | None, precision_recall_k: int = 3,
            statistics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> "ReferenceSet":
         features = {name: extract_features(extract, images) for name, extract in extractors.items()}
-        return cls(extractors, features, classifier, data_shares, precision_recall_k, statistics)
+        return cls(extractors, features, classifier, labels, data_shares, precision_recall_k, statistics)
 
     def quality(self, samples: torch.Tensor) -> dict[str, float]:
-        """FID and KID per extractor, precision and recall (classifier space), and the smallest class-share ratio."""
+        """FID and KID per extractor (against every reference image), precision and recall (classifier space, against
+        as many reference images as samples: a seeded subset with the data's class shares), and the smallest
+        class-share ratio."""
         row = {}
         for name, extract in self.extractors.items():
             features = extract_features(extract, samples)
@@ -186,7 +197,7 @@ class ReferenceSet:
             row[f"kid_{name}"] = kid(self.features[name], features)
             if self.statistics and name in self.statistics:
                 row[f"fid_{name}_statistics"] = fid_to_statistics(*self.statistics[name], features)
-        real = self.features["classifier"][: len(samples)]
+        real = self.features["classifier"][torch.from_numpy(stratified_subset(self.labels, len(samples)))]
         precision, recall = precision_recall(real, extract_features(self.extractors["classifier"], samples), self.precision_recall_k)
         row["precision_classifier"], row["recall_classifier"] = precision, recall
         if self.data_shares is not None:

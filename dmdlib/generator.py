@@ -121,8 +121,9 @@ def generate(generator: Generator, noise: torch.Tensor, cond: torch.Tensor | Non
 GENERATOR_FILE, WEIGHTS_FILE, GUIDANCE_FILE = "generator.json", "generator.safetensors", "guidance.safetensors"
 
 
-def save_generator(folder: str | os.PathLike, generator: Generator, teacher_reference: dict) -> None:
-    """Write a generator folder atomically: weights (safetensors) and generator.json to rebuild it.
+def save_generator(folder: str | os.PathLike, generator: Generator, teacher_reference: dict, teacher_digest: str | None = None) -> None:
+    """Write a generator folder atomically: weights (safetensors) and generator.json to rebuild it, with the digest of
+    the teacher it was distilled from (`teachers.teacher_digest`), which `check_generator_teacher` compares.
 
     A k-diffusion generator is self-contained (its config travels in the weights' metadata), so is an
     EDM/EDM2 one (weights under EDM's own state-dict names, with the network's JSON config); a diffusers
@@ -132,7 +133,7 @@ def save_generator(folder: str | os.PathLike, generator: Generator, teacher_refe
     """
     with atomic_output(folder) as tmp:
         tmp.mkdir()
-        description = {"sigmas": generator.sigmas}
+        description = {"sigmas": generator.sigmas, "teacher_digest": teacher_digest}
         if teacher_reference["kind"] == "kdiffusion":
             save_kdiffusion(tmp / WEIGHTS_FILE, generator.denoiser, generator.denoiser.config)
             description["teacher"] = {"kind": "kdiffusion", "path": WEIGHTS_FILE}
@@ -157,6 +158,27 @@ def save_generator(folder: str | os.PathLike, generator: Generator, teacher_refe
         (tmp / GENERATOR_FILE).write_text(json.dumps(description, indent=2))
 
 
+def check_generator_teacher(folder: str | os.PathLike, teacher_digest: str, teacher_folder: str | os.PathLike) -> None:
+    """Stop when the generator in `folder` was distilled from another teacher than the one of `teacher_digest`."""
+    description = _description(Path(folder))
+    made_from = description.get("teacher_digest")
+    if made_from != teacher_digest:
+        which = f"teacher {made_from[:12]}" if made_from else "a teacher it does not record"
+        raise DataError(f"{Path(folder) / GENERATOR_FILE}: distilled from {which}, not from {teacher_folder} "
+                        f"({teacher_digest[:12]}); re-run `distill` with this teacher (`dvc repro distill`)")
+
+
+def _description(folder: Path) -> dict:
+    description_file = folder / GENERATOR_FILE
+    if not description_file.is_file():
+        raise DataError(f"{description_file}: not found; expected a generator folder written by the `distill` stage "
+                        "(`dvc repro distill`)")
+    try:
+        return json.loads(description_file.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{description_file}: not valid JSON ({err}); re-run `distill`") from None
+
+
 def load_generator(folder: str | os.PathLike) -> Generator:
     """Load a distilled generator (frozen) from a folder written by `save_generator`.
 
@@ -169,11 +191,7 @@ def load_generator(folder: str | os.PathLike) -> Generator:
         images = generator(z, cond, scale=2.0)                # a guidance-conditioned generator at scale 2
     """
     folder = Path(folder)
-    description_file = folder / GENERATOR_FILE
-    if not description_file.is_file():
-        raise DataError(f"{description_file}: not found; expected a generator folder written by the `distill` stage "
-                        "(`dvc repro distill`)")
-    description = json.loads(description_file.read_text())
+    description = _description(folder)
     reference = dict(description["teacher"])
     for key in ("path", "config"):
         if reference.get(key) and not Path(reference[key]).is_absolute():

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import json
+import logging
 import os
 import pickle
 import re
 import shutil
 import socket
+import tempfile
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -19,8 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from dmdlib.errors import DataError
+from dmdlib.errors import DataError, OutputError, ParamsError
 
+log = logging.getLogger(__name__)
 CORRUPT_CHECKPOINT = "delete it to start this stage's training over"
 
 
@@ -29,26 +34,61 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
 
     Works for a file or a directory written at the yielded path. On error the temporary is
-    removed and whatever was at `path` before is left untouched.
+    removed and whatever was at `path` before is left untouched; a write that fails for want of
+    space, size or permission is an OutputError naming `path`.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(final)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        yield tmp
-        if not tmp.exists():
-            raise RuntimeError(f"nothing was written to the temporary output {tmp} for {final}")  # a bug, not a user error
-        _umask_modes(tmp)
-        if tmp.is_dir() and final.exists():
-            # os.replace cannot swap a directory onto an existing one; move the old one aside first.
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            _remove(old)
-        else:
-            os.replace(tmp, final)
+        try:
+            yield tmp
+            if not tmp.exists():
+                raise RuntimeError(f"nothing was written to the temporary output {tmp} for {final}")  # a bug, not a user error
+            _umask_modes(tmp)
+            if tmp.is_dir() and final.exists():
+                # os.replace cannot swap a directory onto an existing one; move the old one aside first.
+                old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+                os.replace(final, old)
+                os.replace(tmp, final)
+                _remove(old)
+            else:
+                os.replace(tmp, final)
+        except Exception as err:  # pyarrow, safetensors and PIL raise their own types; `_write_failure` tells
+            reason = _write_failure(err, tmp)
+            if reason is None:
+                raise
+            raise OutputError(f"{final}: could not be written ({reason}); what was there before is untouched") from None
     finally:
         _remove(tmp)
+
+
+# Errors that only a write gives; permission errors count when they name the output being written.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
+
+
+def _write_failure(err: Exception, tmp: Path) -> str | None:
+    """Why writing `tmp` failed, if `err` says it did for want of space, size or permission; None for anything else.
+    pyarrow's and safetensors' writers say it in their message only, without an errno."""
+    code = getattr(err, "errno", None)
+    if code in _WRITE_ERRNOS or (code in (errno.EACCES, errno.EPERM) and str(tmp) in str(getattr(err, "filename", ""))):
+        return os.strerror(code)
+    return next((os.strerror(code) for code in _WRITE_ERRNOS if os.strerror(code) in str(err)), None)
+
+
+def check_writable(*paths: str | os.PathLike) -> None:
+    """Stop before any work when an output could not be written: the folder each is written in (and an output folder
+    that exists) is created if missing and must take a new file; an OutputError names the path and why."""
+    for path in map(Path, paths):
+        for folder in [path.parent, *([path] if path.is_dir() else [])]:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=folder):
+                    pass
+            except OSError as err:
+                reason = "a file, not a folder" if isinstance(err, FileExistsError) else err.strerror or err
+                raise OutputError(f"{path}: cannot be written in {folder} ({reason}); make the folder writable or give "
+                                  "another path") from None
 
 
 @contextlib.contextmanager
@@ -107,6 +147,61 @@ def load_tensors(path: str | os.PathLike, error: type[Exception], instead: str):
         raise error(f"{path}: not a weights-only checkpoint: {reason}; {instead}") from None
 
 
+def flat_settings(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as one level of dotted keys (`distill.fake_lr`), the form checkpoints record and compare."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def fingerprint(settings: dict) -> str:
+    """SHA-256 of the settings a training run learns from (JSON, sorted keys): equal settings, equal fingerprint."""
+    return hashlib.sha256(_settings_json(settings).encode()).hexdigest()
+
+
+def checkpoint_identity(settings: dict) -> dict[str, str]:
+    """What a checkpoint records of the settings it was made with: their fingerprint, and themselves (to name changes)."""
+    return {"fingerprint": fingerprint(settings), "settings": _settings_json(settings)}
+
+
+def _settings_json(settings: dict) -> str:
+    return json.dumps(flat_settings(settings), sort_keys=True, default=str)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 16 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(16 * 2**20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def files_digest(root: str | os.PathLike, cache: str | os.PathLike | None = None) -> dict[str, str]:
+    """SHA-256 of every file under `root` (or of `root` itself, a file), by path relative to it. With `cache` (a JSON
+    file), a file whose size, modification time and inode are unchanged is not read again, as DVC does."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"{root}: not found")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    known = json.loads(Path(cache).read_text()) if cache is not None and Path(cache).is_file() else {}
+    digests = {}
+    for path in files:
+        stat = path.stat()
+        key, signature = str(path.resolve()), [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        if known.get(key, {}).get("signature") != signature:
+            known[key] = {"signature": signature, "sha256": file_digest(path)}
+        digests["." if path == root else path.relative_to(root).as_posix()] = known[key]["sha256"]
+    if cache is not None:
+        with atomic_output(cache) as tmp:
+            tmp.write_text(json.dumps(known))
+    return digests
+
+
 def resumable_step(checkpoint: str | os.PathLike, fingerprint: str) -> int:
     """The step a training run would resume from: its checkpoint's if present and made with `fingerprint`, else 0."""
     checkpoint = Path(checkpoint)
@@ -114,6 +209,39 @@ def resumable_step(checkpoint: str | os.PathLike, fingerprint: str) -> int:
         return 0
     state = load_tensors(checkpoint, DataError, CORRUPT_CHECKPOINT)
     return int(state["step"]) if state.get("fingerprint") == fingerprint else 0
+
+
+def claim_checkpoint(checkpoint: str | os.PathLike, settings: dict, last_step: int, steps_key: str) -> int:
+    """Make `checkpoint` the one of a run with `settings` (what it learns from; run length excluded) and return the
+    step it resumes from. A checkpoint of other settings is not overwritten but kept beside it under its own
+    fingerprint (`name.<12 hex>.pt`), with a warning naming the keys that differ; one kept earlier with these settings
+    is taken back. A checkpoint already past `last_step` stops the run, naming `steps_key`."""
+    checkpoint, wanted = Path(checkpoint), fingerprint(settings)
+    kept = lambda digest: checkpoint.with_name(f"{checkpoint.stem}.{digest[:12]}{checkpoint.suffix}")  # noqa: E731
+    if checkpoint.is_file():
+        state = load_tensors(checkpoint, DataError, CORRUPT_CHECKPOINT)
+        if state.get("fingerprint") != wanted:
+            differ = _differing_keys(state.get("settings"), json.loads(_settings_json(settings)))
+            os.replace(checkpoint, kept(state.get("fingerprint") or "unknown"))
+            log.warning("%s was made with other settings (%s); kept as %s, starting anew", checkpoint, differ,
+                        kept(state.get("fingerprint") or "unknown").name)
+    if not checkpoint.is_file() and kept(wanted).is_file():
+        os.replace(kept(wanted), checkpoint)
+        log.info("taking back %s, made with these settings", kept(wanted).name)
+    step = resumable_step(checkpoint, wanted)
+    if step > last_step:
+        raise ParamsError(f"{checkpoint} is at step {step}, past {steps_key} = {last_step}: raise {steps_key} to go on "
+                          f"from it, or move it away to train {last_step} steps from the start")
+    return step
+
+
+def _differing_keys(recorded: str | None, current: dict) -> str:
+    if recorded is None:
+        return "it records no settings"
+    recorded = json.loads(recorded)
+    keys = sorted(key for key in {*recorded, *current} if recorded.get(key) != current.get(key))
+    return ", ".join(f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}" for key in keys[:8]) + (
+        f" and {len(keys) - 8} more" if len(keys) > 8 else "")
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike, row_group_size: int | None = None) -> None:

@@ -73,14 +73,26 @@ def clip_score(model, processor, images: torch.Tensor, texts: list[str], batch_s
 
 
 def mean_over_sets(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Every metric averaged over disjoint sample sets, plus each FID's spread over them (`<key>_std`, sample std)."""
+    """Every metric averaged over disjoint sample sets, plus each FID's spread (`<key>_std`, sample std) and the
+    standard error of its mean (`<key>_se` = std / sqrt(sets))."""
     summary = {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
     for key in [key for key in rows[0] if key.startswith("fid_")]:
-        summary[f"{key}_std"] = float(np.std([row[key] for row in rows], ddof=1)) if len(rows) > 1 else 0.0
+        std = float(np.std([row[key] for row in rows], ddof=1)) if len(rows) > 1 else 0.0
+        summary[f"{key}_std"], summary[f"{key}_se"] = std, std / len(rows) ** 0.5
     return summary
 
 
-def paired_ratio(values: list[float], baselines: list[float]) -> tuple[float, float]:
-    """Mean and sample std of values[i] / baselines[i]: both measured on sample set i from the same seeds."""
-    ratios = np.asarray(values, dtype=float) / np.asarray(baselines, dtype=float)
-    return float(ratios.mean()), float(ratios.std(ddof=1)) if len(ratios) > 1 else 0.0
+def paired_ratio(values: list[float], baselines: list[float], floor: float = 0.0) -> tuple[float, float]:
+    """(mean(values) - floor) / (mean(baselines) - floor), both measured on the same sample sets from the same seeds,
+    and its standard error by the jackknife over the sets (each left out in turn), which keeps their pairing.
+
+    With `floor` the noise floor's FID, each FID loses the finite-sample part both share and the ratio compares what
+    each model adds to it; a ratio of means, because per-set ratios of such small differences are far noisier.
+    """
+    values, baselines = np.asarray(values, dtype=float), np.asarray(baselines, dtype=float)
+    ratio = lambda keep: (values[keep].mean() - floor) / (baselines[keep].mean() - floor)  # noqa: E731
+    count = len(values)
+    if count < 2:
+        return float(ratio(slice(None))), 0.0
+    left_out = np.array([ratio(np.arange(count) != i) for i in range(count)])
+    return float(ratio(slice(None))), float(np.sqrt((count - 1) / count * ((left_out - left_out.mean()) ** 2).sum()))

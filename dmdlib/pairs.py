@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from dmdlib import tensor_codec
@@ -191,6 +192,14 @@ class PairReader:
             meta = schema_metadata(path, self._rows.schema(f), METADATA_KEY, COLUMNS, PairsError, "pairs")
             _check_metadata(path, meta, expected)
         self._shape, self._dtype = tuple(meta["shape"]), meta["dtype"]  # equal in every shard: `expected` has both
+        self._paths = paths
+
+    def description(self) -> dict:
+        """Which pairs these are, for a checkpoint's settings: their count and a digest of their seeds in order."""
+        seeds = hashlib.sha256()
+        for path in self._paths:
+            seeds.update(pq.read_table(path, columns=["seed"]).column("seed").to_numpy().tobytes())
+        return {"count": len(self), "seeds": seeds.hexdigest()}
 
     def _decode(self, table: pa.Table) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         noise, target = (tensor_codec.decode(table.column(name).to_pylist(), self._dtype, self._shape) for name in ("noise", "target"))

@@ -19,7 +19,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 Strategy = Literal["ddp", "fsdp"]
 
@@ -36,6 +36,14 @@ def distribute(module: nn.Module, strategy: Strategy, device: torch.device) -> N
     for block in _outermost_blocks(module):
         fully_shard(block)
     fully_shard(module)
+
+
+def reshard(module: nn.Module) -> None:
+    """Free the whole weights FSDP keeps gathered after a forward no backward follows (the root unit keeps them for
+    the backward it expects): a module's parameters are its shards again, as the EMA update and optimizer need."""
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            unit.reshard()
 
 
 def _outermost_blocks(module: nn.Module) -> list[nn.Module]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -56,6 +56,9 @@ class FeaturesParams(Section):
 
 class TeacherTrainParams(Section):
     """Training of the default teacher: a k-diffusion `image_v1` UNet with EDM preconditioning."""
+
+    # how long the run goes and what it shows, not what it learns: a checkpoint made under other values resumes
+    run_keys: ClassVar[frozenset[str]] = frozenset({"steps", "checkpoint_every", "sample_steps"})
 
     channels: list[int] = Field([32, 64, 64], min_length=1, description="Width of each UNet level.")
     depths: list[int] = Field([2, 2, 2], min_length=1, description="Residual blocks per UNet level.")
@@ -119,6 +122,10 @@ class TeacherParams(Section):
     )
     train: TeacherTrainParams = Field(default_factory=TeacherTrainParams)
 
+    def files(self) -> dict[str, str | None]:
+        """The local files an imported teacher is read from (none for the trained default teacher)."""
+        return {} if self.kind == "train" else {"path": self.path, "config": self.config, "vae": self.vae}
+
     @model_validator(mode="after")
     def _path_needed(self) -> "TeacherParams":
         if self.kind != "train" and not self.path:
@@ -155,6 +162,9 @@ class PairsParams(Section):
 
 class DistillParams(Section):
     """The `distill` stage: DMD training of the one-step generator (paper Algorithm 1)."""
+
+    # how long the run goes and what it shows, not what it learns: a checkpoint made under other values resumes
+    run_keys: ClassVar[frozenset[str]] = frozenset({"steps", "checkpoint_every", "sample_every", "preview_vae"})
 
     steps: int = Field(3000, ge=1, description="Generator steps (about 17 minutes on 2 CPU cores for the embedded default).")
     batch_size: int = Field(32, ge=1, description="Generator samples per step for the DM loss (per process).")
@@ -302,8 +312,9 @@ class Params(Section):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
 
-def load_params(path: str | os.PathLike) -> Params:
-    """Read and validate a params YAML file; raise ParamsError naming the file and key on any problem."""
+def load_params(path: str | os.PathLike, *sections: str) -> Params:
+    """Read and validate a params YAML file; raise ParamsError naming the file and key on any problem, and naming
+    each of `sections` (the ones the calling stage reads) that the file lacks: library defaults are not a stand-in."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -315,6 +326,10 @@ def load_params(path: str | os.PathLike) -> Params:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    missing = [section for section in sections if section not in raw]
+    if missing:
+        raise ParamsError(f"{path}: no {', '.join(f'`{name}`' for name in missing)} section; this stage reads "
+                          f"{', '.join(sections)} (copy what it lacks from params.yaml in the repository)")
     try:
         return Params.model_validate(raw)
     except ValidationError as err:

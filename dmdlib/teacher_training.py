@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from dmdlib.denoisers import KarrasDenoiser
 from dmdlib.errors import DataError, DivergedError
-from dmdlib.io import CORRUPT_CHECKPOINT, atomic_output, load_tensors
+from dmdlib.io import CORRUPT_CHECKPOINT, atomic_output, checkpoint_identity, load_tensors
 from dmdlib.losses import denoising_loss
 from dmdlib.params import TeacherTrainParams
 from dmdlib.teachers import UNCOND_CLASS
@@ -33,13 +33,13 @@ def sample_training_sigmas(count: int, params: TeacherTrainParams, rng: torch.Ge
     return torch.where(high, log_uniform, log_normal).exp().clamp(params.sigma_min, params.sigma_max)
 
 
-def _save_checkpoint(path: Path, step: int, model, ema, optimizer, rng: torch.Generator, fingerprint: str) -> None:
+def _save_checkpoint(path: Path, step: int, model, ema, optimizer, rng: torch.Generator, identity: dict[str, str]) -> None:
     state = {
-        "step": step, "fingerprint": fingerprint, "rng": rng.get_state(),
+        "step": step, **identity, "rng": rng.get_state(),
         "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
     }
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:  # a Python file: a failed write is an OSError
+        torch.save(state, handle)
 
 
 def train_teacher(
@@ -48,13 +48,13 @@ def train_teacher(
     labels: torch.Tensor | None,
     params: TeacherTrainParams,
     checkpoint: str | os.PathLike,
-    fingerprint: str = "",
+    settings: dict | None = None,
     on_step: StepCallback | None = None,
 ) -> KarrasDenoiser:
     """Train `denoiser` on `images` ([-1, 1], NCHW) and return the EMA copy, on the denoiser's device.
 
-    Resumes from `checkpoint` when it exists and carries the same `fingerprint` (a digest of the
-    params and data); the data order, noise and sigmas come from one seeded generator whose state
+    Resumes from `checkpoint` when it exists and was made with the same `settings` (params and data:
+    `dmdlib.io.claim_checkpoint`); the data order, noise and sigmas come from one seeded generator whose state
     is checkpointed, so a resumed run repeats the uninterrupted one.
     """
     checkpoint = Path(checkpoint)
@@ -65,10 +65,10 @@ def train_teacher(
     rng = torch.Generator().manual_seed(params.seed)
     ema = copy.deepcopy(denoiser).requires_grad_(False)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    start = 0
+    start, identity = 0, checkpoint_identity(settings or {})
     if checkpoint.is_file():
         state = load_tensors(checkpoint, DataError, CORRUPT_CHECKPOINT)
-        if state.get("fingerprint") == fingerprint:
+        if state.get("fingerprint") == identity["fingerprint"]:
             denoiser.load_state_dict(state["model"])
             ema.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
@@ -100,7 +100,7 @@ def train_teacher(
         done = step + 1
         progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if done % params.checkpoint_every == 0 or done == params.steps:
-            _save_checkpoint(checkpoint, done, denoiser, ema, optimizer, rng, fingerprint)
+            _save_checkpoint(checkpoint, done, denoiser, ema, optimizer, rng, identity)
         if on_step is not None:
             on_step(done, loss.item())
     return ema.eval()

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from k_diffusion import config as kconfig
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -23,8 +23,8 @@ from dmdlib.denoisers import Denoiser, KarrasDenoiser, frozen
 from dmdlib.denoisers.edm import EDMDenoiser, build_network
 from dmdlib.denoisers.loading import load_diffusers_ddpm
 from dmdlib.diffusers_teachers import PIPELINE_CLASSES, load_diffusers_pipeline
-from dmdlib.errors import TeacherError
-from dmdlib.io import atomic_output, load_tensors
+from dmdlib.errors import DataError, TeacherError
+from dmdlib.io import atomic_output, files_digest, load_tensors
 from dmdlib.snapshots import read_snapshot
 
 KDIFFUSION_KEYS = ("model_ema", "model")  # k-diffusion's train.py checkpoint keys, EMA first
@@ -110,27 +110,49 @@ def load_kdiffusion(checkpoint: str | os.PathLike, config: str | os.PathLike | N
             "or a .pth from k-diffusion's train.py plus `config` (its JSON); download it beforehand"
         )
     if checkpoint.suffix == ".safetensors":
-        with safe_open(str(checkpoint), "pt") as handle:
-            embedded = (handle.metadata() or {}).get("config")
-        state = load_file(str(checkpoint))
+        try:
+            with safe_open(str(checkpoint), "pt") as handle:
+                embedded = (handle.metadata() or {}).get("config")
+            state = load_file(str(checkpoint))
+        except (SafetensorError, OSError) as err:
+            raise TeacherError(f"{checkpoint}: not a readable .safetensors file ({err}); it may be truncated: download or "
+                               "export it again") from None
     else:
         embedded = None
         payload = load_tensors(checkpoint, TeacherError, "use the .safetensors export, or a .pth of tensors only as "
                                "k-diffusion's train.py writes (never load such a file with weights_only=False)")
         key = next((k for k in KDIFFUSION_KEYS if isinstance(payload, dict) and k in payload), None)
         state = payload[key] if key else payload
-    if config is not None:
-        config_dict = json.loads(Path(config).read_text())
-    elif embedded is not None:
-        config_dict = json.loads(embedded)
-    else:
-        raise TeacherError(f"{checkpoint}: no config in the file; give the k-diffusion config JSON as `config`")
-    denoiser = build_kdiffusion(config_dict)
+    if config is None and embedded is None:
+        raise TeacherError(f"{checkpoint}: no config in the file; give the k-diffusion config JSON as teacher.config")
+    source = f"teacher.config {config}" if config is not None else f"{checkpoint}: the config in its metadata"
     try:
-        denoiser.inner_model.load_state_dict(state)
-    except RuntimeError as err:
-        raise TeacherError(f"{checkpoint}: weights do not match the config ({str(err).splitlines()[0]})") from None
+        denoiser = build_kdiffusion(json.loads(Path(config).read_text() if config is not None else embedded))
+    except FileNotFoundError:
+        raise TeacherError(f"teacher.config {config}: not found; give the k-diffusion config JSON of {checkpoint}") from None
+    except json.JSONDecodeError as err:
+        raise TeacherError(f"{source}: not valid JSON ({err})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise TeacherError(f"{source}: not a k-diffusion model config ({type(err).__name__}: {err}); expected k-diffusion's "
+                           "JSON with a 'model' section (type, input_channels, input_size, ...)") from None
+    load_weights(denoiser.inner_model, state, checkpoint, "the config")
     return denoiser
+
+
+def load_weights(network: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike, described_by: str) -> None:
+    """load_state_dict(strict=True), naming the keys that are missing, unexpected or of another shape when they do not
+    fit (fp16-stored weights, EDM2's, are upcast into the float32 parameters by the copy)."""
+    own = network.state_dict()
+    problems = {
+        "missing": [key for key in own if key not in state],
+        "unexpected": [key for key in state if key not in own],
+        "of another shape": [f"{key} {tuple(state[key].shape)} for {tuple(own[key].shape)}" for key in own
+                             if key in state and state[key].shape != own[key].shape],
+    }
+    found = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})" for what, keys in problems.items() if keys]
+    if found:
+        raise TeacherError(f"{source}: weights do not fit the network {described_by} describes: {'; '.join(found)}")
+    network.load_state_dict(state, strict=True)
 
 
 EDM_CLASSES = {"edm": ("VPPrecond", "VEPrecond", "iDDPMPrecond", "EDMPrecond"), "edm2": ("Precond",)}
@@ -158,19 +180,10 @@ def convert_edm_snapshot(snapshot: str | os.PathLike, kind: str, weights: Path, 
     except (TypeError, ValueError) as err:
         raise TeacherError(f"{snapshot}: the {record.class_name} record's constructor arguments do not build the "
                            f"network ({err})") from None
-    _load_edm_weights(network, record.state_dict, snapshot)
+    load_weights(network, record.state_dict, snapshot, "its config")
     save_file({name: tensor.contiguous() for name, tensor in record.state_dict.items()}, str(weights))
     config.write_text(json.dumps({"class_name": record.class_name, "init_kwargs": record.init_kwargs}, indent=2))
     return encoder if encoder is not None and encoder["class_name"] in LATENT_ENCODERS[kind] else None
-
-
-def _load_edm_weights(network: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
-    """strict=True; fp16-stored weights (EDM2's) are upcast into the float32 parameters by the copy."""
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        detail = str(err).splitlines()[1].strip()
-        raise TeacherError(f"{source}: weights do not fit the network its config describes ({detail[:300]})") from None
 
 
 def load_edm(weights: str | os.PathLike, config: str | os.PathLike) -> EDMDenoiser:
@@ -180,7 +193,7 @@ def load_edm(weights: str | os.PathLike, config: str | os.PathLike) -> EDMDenois
             raise TeacherError(f"{path}: not found; re-run the `teacher` stage to convert the EDM snapshot")
     description = json.loads(Path(config).read_text())
     network = build_network(description["class_name"], description["init_kwargs"])
-    _load_edm_weights(network, load_file(str(weights)), weights)
+    load_weights(network, load_file(str(weights)), weights, "its config")
     return EDMDenoiser(network)
 
 
@@ -192,6 +205,30 @@ def teacher_digest(denoiser: nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def check_takes_its_shape(denoiser: Denoiser, source: str | os.PathLike, hint: str) -> None:
+    """One forward of an image teacher at its sample shape (batch 1, sigma 1, class 0): a size its network cannot take
+    stops here, named, rather than deep inside training. `hint` says which param sets the size."""
+    cond, training = (torch.zeros(1, dtype=torch.long) if denoiser.num_classes else None), denoiser.training
+    try:  # in eval mode, on a forked RNG: the probe changes neither dropout's draws nor any running statistics
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            denoiser.eval()(torch.zeros(1, *denoiser.sample_shape), torch.ones(1), cond)
+    except (RuntimeError, ValueError) as err:
+        shape = "x".join(map(str, denoiser.sample_shape))
+        raise TeacherError(f"{source}: its network cannot take {shape} inputs ({str(err).splitlines()[0][:200]}); {hint}") from None
+    finally:
+        denoiser.train(training)
+
+
+def source_digest(paths: dict[str, str | None], cache: str | os.PathLike | None = None) -> str:
+    """One SHA-256 of the files an imported teacher is read from (`paths`: teacher.path, .config, .vae; None for
+    the ones not set): it changes when any of their bytes do, whatever their place on this machine."""
+    try:
+        files = {key: files_digest(path, cache) for key, path in sorted(paths.items()) if path}
+    except DataError as err:
+        raise TeacherError(f"teacher: {err}; give the local path of a downloaded teacher") from None
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def load_teacher(reference: dict[str, Any]) -> Denoiser:

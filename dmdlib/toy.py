@@ -88,10 +88,12 @@ def distill_toy(
     decay = torch.optim.lr_scheduler.LambdaLR(generator_update.optimizer, lambda step: 1 - step / steps)
     for _ in range(steps):
         batch = GeneratorBatch(torch.randn(batch_size, 2, generator=rng), pairs=run.pairs)
-        result = generator_step(generator, generator_update, batch, rng, objective=objective)
-        if use_dm:
-            for _ in range(fake_steps):
-                fake_denoiser_step(fake_denoiser, fake_update, result.x, None, rng)
+        x = generator_step(generator, generator_update, batch, rng, objective=objective).x
+        for update in range(fake_steps if use_dm else 0):  # DMD2: fresh generator samples for every fake update
+            if update > 0:
+                with torch.no_grad():
+                    x = generator(torch.randn(batch_size, 2, generator=rng))
+            fake_denoiser_step(fake_denoiser, fake_update, x, None, rng)
         decay.step()
     return generator.requires_grad_(False)
 

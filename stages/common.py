@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 import typer
 
-from dmdlib.errors import DmdError
+from dmdlib.errors import DmdError, OutputError
 
 PARAMS_OPTION = typer.Option(
     Path("params.yaml"), "--params", help="YAML params file; the stage reads its own section and validates the whole file."
@@ -40,3 +41,15 @@ def user_errors() -> Iterator[None]:
 def compute_device() -> torch.device:
     """The GPU when there is one (hide it with CUDA_VISIBLE_DEVICES=''), else the CPU: accelerate's choice for `distill`."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def open_live(folder: Path, resume: bool):
+    """dvclive's logger of a training curve (no DVC experiment, report or dvc.yaml of its own). It opens the project's
+    DVC repository, whose caches a full disk breaks first: that is one line naming the folder, not a traceback."""
+    from dvclive import Live
+
+    try:
+        return Live(dir=str(folder), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
+    except (OSError, sqlite3.Error) as err:
+        raise OutputError(f"{folder}: the training log could not start ({type(err).__name__}: {err}); free space on the "
+                          "disk, or make the project folder writable") from None

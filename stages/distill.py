@@ -7,8 +7,6 @@ the launcher's node rank and rendezvous options. Re-running the same command, or
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -18,13 +16,13 @@ import torch
 import typer
 
 from dmdlib.classifier import load_classifier
-from dmdlib.data import TRAIN, PreparedImageReader, read_image_parquet
+from dmdlib.data import TRAIN, PreparedImageReader, read_image_parquet, stratified_subset
 from dmdlib.denoisers import Denoiser
 from dmdlib.distill import DistillInputs, Processes, distill
 from dmdlib.errors import ParamsError
 from dmdlib.generator import Generator, generate, save_generator
 from dmdlib.images import save_grid, to_model_range, to_uint8
-from dmdlib.io import resumable_step, single_writer
+from dmdlib.io import check_writable, claim_checkpoint, file_digest, fingerprint, resumable_step, single_writer
 from dmdlib.pairs import GRID_SEED, PairReader, fixed_inputs, pair_metadata
 from dmdlib.params import DistillParams, load_params
 from dmdlib.regression import decoded_regression, make_regression_loss
@@ -60,7 +58,8 @@ def main(
     """Distil the teacher into a one-step generator; write it with sample grids and training curves."""
     setup_logging()
     with user_errors():
-        config = (all_params := load_params(params)).distill
+        config = (all_params := load_params(params, "distill", "pairs")).distill
+        check_writable(out, samples, checkpoint, live)
         accelerator, processes = _processes(config)
         with single_writer(checkpoint, processes.rank):  # a second run on this checkpoint would overwrite this one's
             teacher_denoiser, reference = read_teacher(teacher)
@@ -74,8 +73,8 @@ def main(
                 _regression_loss(config, reference, accelerator.device), real_denoiser, conditions,
                 _real_images(data, reference) if config.gan_generator_weight > 0 else None, all_params.pairs.guidance,
             )
-            fingerprint = hashlib.sha256(json.dumps([config.model_dump(mode="json"), expected_pairs]).encode()).hexdigest()
-            resuming, monitor = resumable_step(checkpoint, fingerprint) > 0, None
+            settings = _settings(config, expected_pairs, inputs, data)
+            resuming, monitor = _resuming(checkpoint, settings, config.steps, accelerator), None
             save_samples = _grid_writer(samples, teacher_denoiser, conditions, image_decoder(reference, config.preview_vae),
                                         fresh=not resuming and accelerator.is_main_process)
             if accelerator.is_main_process:
@@ -84,14 +83,33 @@ def main(
                 diversity = {} if is_latent(reference) else _diversity_inputs(data, classifier, teacher_denoiser, conditions)
                 monitor = DistillMonitor(live, resuming, config.sample_every, config.steps, save_samples, **diversity)
                 monitor.measure_start(initial)
-            generator, _ = distill(teacher_denoiser, config, checkpoint, inputs, fingerprint=fingerprint, processes=processes,
+            generator, _ = distill(teacher_denoiser, config, checkpoint, inputs, settings=settings, processes=processes,
                                    on_step=monitor)
             if accelerator.is_main_process:
                 save_samples("final.png", generator)
-                save_generator(out, generator, reference)
+                save_generator(out, generator, reference, expected_pairs["teacher"])
                 monitor.close()
                 log.info("wrote %s; sample grids in %s (initial.png vs final.png, same noise)", out, samples)
             accelerator.wait_for_everyone()
+
+
+def _settings(config: DistillParams, expected_pairs: dict, inputs: DistillInputs, data: Path) -> dict:
+    """What the run learns from, as its checkpoint records it: the distill params but their run length, the teacher
+    and pair settings, the pair set, and the GAN's real images."""
+    settings = {"distill": config.model_dump(mode="json", exclude=set(config.run_keys)), "pairs": expected_pairs}
+    if inputs.pairs is not None:
+        settings["pair_set"] = inputs.pairs.description()
+    if inputs.real_images is not None:
+        settings["real_images"] = file_digest(data)
+    return settings
+
+
+def _resuming(checkpoint: Path, settings: dict, steps: int, accelerator) -> bool:
+    """The main process claims the checkpoint for these settings (`claim_checkpoint`); then each sees if it resumes."""
+    if accelerator.is_main_process:
+        claim_checkpoint(checkpoint, settings, steps, "distill.steps")
+    accelerator.wait_for_everyone()
+    return resumable_step(checkpoint, fingerprint(settings)) > 0
 
 
 def _processes(config: DistillParams):
@@ -149,7 +167,7 @@ def _diversity_inputs(data: Path, classifier: Path, teacher: Denoiser, condition
     shares = torch.bincount(torch.from_numpy(dataset.labels[train])).double() if labelled else None
     return {
         "diversity_samples": lambda generator: generate(generator, check_noise, check_cond),
-        "real_images": to_model_range(dataset.images[train[:500]]),
+        "real_images": to_model_range(dataset.images[train[stratified_subset(dataset.labels[train], 500)]]),
         "classifier": load_classifier(classifier) if labelled and classifier.is_file() else None,
         "data_shares": shares / shares.sum() if labelled else None,
     }

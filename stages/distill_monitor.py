@@ -12,6 +12,7 @@ import torch
 from dmdlib.classifier import FeatureClassifier
 from dmdlib.diversity import measure_diversity
 from dmdlib.generator import Generator
+from stages.common import open_live
 
 log = logging.getLogger("distill")
 
@@ -25,11 +26,9 @@ class DistillMonitor:
                  diversity_samples: Callable[[Generator], torch.Tensor] | None = None,
                  real_images: torch.Tensor | None = None, classifier: FeatureClassifier | None = None,
                  data_shares: torch.Tensor | None = None):
-        from dvclive import Live
-
         if not resuming:
             shutil.rmtree(live_dir, ignore_errors=True)
-        self.live = Live(dir=str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None)
+        self.live = open_live(live_dir, resuming)
         self.sample_every, self.last_step, self.save_samples = sample_every, last_step, save_samples
         self.diversity_samples, self.real_images = diversity_samples, real_images
         self.classifier, self.data_shares = classifier, data_shares

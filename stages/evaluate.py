@@ -13,7 +13,7 @@ import typer
 
 from dmdlib.classifier import load_classifier
 from dmdlib.conditions import Conditions
-from dmdlib.data import HELDOUT, TRAIN, read_image_parquet
+from dmdlib.data import HELDOUT, TRAIN, read_image_parquet, stratified_subset
 from dmdlib.denoisers import GuidedDenoiser
 from dmdlib.diffusers_teachers import TEXT_TO_IMAGE_KINDS
 from dmdlib.errors import ParamsError
@@ -29,12 +29,13 @@ from dmdlib.evaluation import (
     measure_model,
     rounded,
 )
-from dmdlib.generator import Generator, generate, load_generator
+from dmdlib.generator import Generator, check_generator_teacher, generate, load_generator
 from dmdlib.images import GRID_CLASSES, make_grid, save_grid, to_model_range
-from dmdlib.io import atomic_output
+from dmdlib.io import atomic_output, check_writable
 from dmdlib.metrics import class_shares, paired_ratio
 from dmdlib.pairs import fixed_inputs, make_sampler, seeded_inputs
 from dmdlib.params import EvaluateParams, load_params
+from dmdlib.teachers import teacher_digest
 from stages.common import PARAMS_OPTION, compute_device, setup_logging, user_errors
 from stages.evaluate_text import evaluate_text_to_image
 from stages.teacher_reference import PROMPTS_OPTION, TEACHER_OPTION, check_teacher_fits_data, image_decoder, read_teacher
@@ -57,18 +58,19 @@ def main(
     """Measure every model on the same seeds and sample counts; write metrics/eval.json and grids."""
     setup_logging()
     with user_errors():
-        all_params = load_params(params)
+        all_params = load_params(params, "evaluate", "pairs")
         config = all_params.evaluate
+        check_writable(metrics, images)
         real_denoiser, reference = read_teacher(teacher)
         check_teacher_fits_data(real_denoiser, reference, teacher, data)
+        check_generator_teacher(generator, teacher_digest(real_denoiser), teacher)
         device = compute_device()
         real_denoiser = real_denoiser.to(device)
         if reference["kind"] in TEXT_TO_IMAGE_KINDS:
             _write(metrics, evaluate_text_to_image(all_params, real_denoiser, reference, generator, prompts, images))
             return
         dataset = read_image_parquet(data)
-        heldout = to_model_range(dataset.images[dataset.subset(HELDOUT)])
-        count, sets = config.samples or len(heldout), config.sample_sets
+        count, sets = config.samples or len(dataset.subset(HELDOUT)), config.sample_sets
         shape, classes = real_denoiser.sample_shape, real_denoiser.num_classes
         reference_set = _reference_set(dataset, load_classifier(classifier), config)
         inputs = [seeded_inputs(config.first_seed + i, shape, classes) for i in range(count * sets)]
@@ -76,9 +78,11 @@ def main(
         labels = torch.tensor([label for _, label in inputs]) if classes else None
         grid_inputs = fixed_inputs(shape, Conditions.of(real_denoiser), 8 * min(max(classes, 1), GRID_CLASSES))
         decoder = image_decoder(reference)  # a latent (EDM2) teacher: every row is measured on decoded images
-        results: dict = {"samples": count, "sample_sets": sets, "reference": f"train split ({len(dataset.subset(TRAIN))} images)",
+        results: dict = {"samples": count, "sample_sets": sets,
+                         "reference": f"train split ({len(dataset.subset(TRAIN))} images; precision and recall: a seeded "
+                                      f"subset of {count} with the split's class shares)",
                          "feature_extractors": list(reference_set.extractors), "device": _device_name(device),
-                         "machine_threads": torch.get_num_threads(), **_noise_floor(reference_set, heldout, count)}
+                         "machine_threads": torch.get_num_threads(), **_noise_floor(reference_set, dataset, count)}
         measured = {}
         models = _models(all_params, real_denoiser, load_generator(generator).to(device), device)
         for name, (sample, nfe) in models.items():
@@ -93,14 +97,17 @@ def main(
         _write(metrics, results)
 
 
-def _noise_floor(reference_set: ReferenceSet, heldout: torch.Tensor, count: int) -> dict:
-    """The held-out images' metrics at the models' sample count; omitted, saying why, when there are fewer of them."""
+def _noise_floor(reference_set: ReferenceSet, dataset, count: int) -> dict:
+    """The held-out images' metrics at the models' sample count (a seeded subset with the split's class shares);
+    omitted, saying why, when there are fewer of them."""
+    heldout = dataset.subset(HELDOUT)
     if len(heldout) < count:
         reason = (f"the held-out split has {len(heldout)} images, fewer than evaluate.samples ({count}); a floor of "
                   "another count would not compare (raise prepare.heldout_fraction or lower evaluate.samples)")
         log.warning("no noise floor: %s", reason)
         return {"noise_floor": None, "noise_floor_omitted": reason}
-    return {"noise_floor": rounded(reference_set.quality(heldout[:count]))}
+    chosen = heldout[stratified_subset(dataset.labels[heldout], count)]
+    return {"noise_floor": rounded(reference_set.quality(to_model_range(dataset.images[chosen])))}
 
 
 def _reference_set(dataset, feature_net, config: EvaluateParams) -> ReferenceSet:
@@ -119,8 +126,8 @@ def _reference_set(dataset, feature_net, config: EvaluateParams) -> ReferenceSet
         statistics = {"inception": load_statistics(config.inception_statistics)}
     train = dataset.subset(TRAIN)
     shares = class_shares(torch.from_numpy(dataset.labels[train]), len(dataset.class_names)) if dataset.class_names else None
-    return ReferenceSet.of(to_model_range(dataset.images[train]), extractors, feature_net, shares, config.precision_recall_k,
-                           statistics)
+    return ReferenceSet.of(to_model_range(dataset.images[train]), dataset.labels[train], extractors, feature_net, shares,
+                           config.precision_recall_k, statistics)
 
 
 def _decoded(sample, decoder, batch: int):
@@ -132,10 +139,8 @@ def _models(all_params, real_denoiser, distilled: Generator, device) -> dict:
     """name -> (sampler, NFE): the teacher with the pairs' sampler, the initial and the distilled generator (and its
     ladder and guidance scales, when it has them)."""
     config, batch = all_params.evaluate, all_params.evaluate.batch_size
-    plain_sample = make_sampler(real_denoiser, all_params.pairs, Conditions.of(real_denoiser), device)
     shape, classes = real_denoiser.sample_shape, real_denoiser.num_classes
     probe = torch.zeros(1, *shape), (torch.zeros(1, dtype=torch.long) if classes else None)
-    teacher_nfe = count_evaluations(lambda: plain_sample(*probe), real_denoiser)  # Heun: 2 * steps - 1
     # the teacher at the distilled generator's first noise level: where distillation started (on the teacher's device)
     initial = Generator.from_teacher(real_denoiser, distilled.sigmas[:1]).eval().requires_grad_(False)
 
@@ -144,7 +149,7 @@ def _models(all_params, real_denoiser, distilled: Generator, device) -> dict:
         sample = make_sampler(denoiser, all_params.pairs, Conditions.of(real_denoiser), device)
         return (lambda z, y: torch.cat([sample(z[i : i + batch], None if y is None else y[i : i + batch])
                                         for i in range(0, len(z), batch)]),
-                teacher_nfe if scale == 1 else 2 * teacher_nfe)  # guidance: conditional and unconditional halves
+                count_evaluations(lambda: sample(*probe), real_denoiser, 1))  # Heun: 2 * steps - 1; guided: twice that
 
     def generator_rows(generator: Generator, steps: int, scale: float | None = None):
         return lambda z, y: generate(generator, z, y, batch, steps, scale), steps
@@ -161,12 +166,22 @@ def _models(all_params, real_denoiser, distilled: Generator, device) -> dict:
 
 
 def _add_paired_ratios(results: dict, measured: dict[str, Measurement]) -> None:
-    """Each unguided generator's FID over the teacher's on the same set, mean and spread over the sets."""
+    """Every model's FID net of the noise floor's (`_above_floor`: the floor is the finite-sample FID of real images,
+    which every FID here carries), and each unguided generator's FID over the teacher's on the same sets, raw and net
+    of the floor, with its standard error over the sets (`metrics.paired_ratio`)."""
+    floor, teacher = results.get("noise_floor") or {}, measured["teacher"].set_fids
     for name, measurement in measured.items():
-        if name.startswith("dmd_") and "guidance" not in name:
-            for key, values in measurement.set_fids.items():
-                mean, std = paired_ratio(values, measured["teacher"].set_fids[key])
-                results[name][f"{key}_vs_teacher"], results[name][f"{key}_vs_teacher_std"] = round(mean, 4), round(std, 4)
+        row = results[name]
+        for key, values in measurement.set_fids.items():
+            if key in floor:
+                row[f"{key}_above_floor"] = round(row[key] - floor[key], 4)
+            if not name.startswith("dmd_") or "guidance" in name:
+                continue
+            ratios = {f"{key}_vs_teacher": paired_ratio(values, teacher[key])}
+            if key in floor:
+                ratios[f"{key}_above_floor_vs_teacher"] = paired_ratio(values, teacher[key], floor[key])
+            for ratio_key, (mean, standard_error) in ratios.items():
+                row[ratio_key], row[f"{ratio_key}_se"] = round(mean, 4), round(standard_error, 4)
 
 
 def _device_name(device: torch.device) -> str:

@@ -70,7 +70,7 @@ def evaluate_text_to_image(all_params, teacher_denoiser, reference: dict, genera
     results: dict = {"samples": count, "prompts": "evaluation split"}
     ids = torch.arange(count)
     probe = noise[:1], ids[:1]
-    teacher_nfe = count_evaluations(lambda: teacher_sample(*probe), teacher_denoiser) * (1 if pairs.guidance == 1 else 2)
+    teacher_nfe = count_evaluations(lambda: teacher_sample(*probe), teacher_denoiser, 1)
     for name, sample, nfe in [("teacher", teacher_images, teacher_nfe), ("dmd_one_step", generator_images, 1)]:
         log.info("evaluating %s on %d prompts", name, count)
         pictures = sample(noise, ids)

@@ -13,7 +13,7 @@ import torch
 import typer
 from tqdm.auto import tqdm
 
-from dmdlib.io import single_writer
+from dmdlib.io import check_writable, single_writer
 from dmdlib.pairs import ShardPlan, generate_pairs, make_sampler, pair_metadata
 from dmdlib.params import load_params
 from stages.common import PARAMS_OPTION, setup_logging, user_errors
@@ -35,7 +35,8 @@ def main(
 
     setup_logging()
     with user_errors():
-        config = load_params(params).pairs
+        config = load_params(params, "pairs").pairs
+        check_writable(out)
         state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes under torchrun: gloo
         with single_writer(out, state.process_index):  # a second run on this folder would write the same shards
             denoiser, reference = read_teacher(teacher)

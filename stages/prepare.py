@@ -10,6 +10,7 @@ import typer
 
 from dmdlib.data import TRAIN, prepare_images, write_image_parquet
 from dmdlib.images import save_grid
+from dmdlib.io import check_writable
 from dmdlib.params import load_params
 from stages.common import PARAMS_OPTION, setup_logging, user_errors
 
@@ -26,7 +27,8 @@ def main(
     """Write the prepared data set: images as uint8 HWC bytes with label and train/held-out split."""
     setup_logging()
     with user_errors():
-        config = load_params(params).prepare
+        config = load_params(params, "prepare").prepare
+        check_writable(out, preview)
         data, skipped, converted = prepare_images(config)
         if skipped:
             log.warning("skipped %d unreadable image(s) (prepare.skip_unreadable): %s", len(skipped),

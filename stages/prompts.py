@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from dmdlib.errors import DataError
+from dmdlib.io import check_writable
 from dmdlib.params import load_params
 from dmdlib.prompt_encoders import PromptEncoder
 from dmdlib.teachers import teacher_digest
@@ -29,8 +30,8 @@ def main(
     """Write training and evaluation prompts with their embeddings (the teacher's own text encoders) and the negative prompt's."""
     setup_logging()
     with user_errors():
-        all_params = load_params(params)
-        config = all_params.prompts
+        config = load_params(params, "prompts").prompts
+        check_writable(out)
         denoiser, reference = read_teacher(teacher)
         encoder = PromptEncoder(reference["path"], reference["kind"], denoiser.sample_shape)
         if not config.file:

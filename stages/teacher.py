@@ -15,7 +15,7 @@ from dmdlib.data import TRAIN, read_image_parquet
 from dmdlib.diffusers_teachers import PIPELINE_CLASSES, TEXT_TO_IMAGE_KINDS
 from dmdlib.errors import ParamsError
 from dmdlib.images import GRID_CLASSES, save_grid, to_model_range, to_uint8
-from dmdlib.io import atomic_output, resumable_step, single_writer
+from dmdlib.io import atomic_output, check_writable, claim_checkpoint, single_writer
 from dmdlib.params import load_params
 from dmdlib.sampling import heun_sample
 from dmdlib.teacher_training import train_teacher
@@ -24,12 +24,14 @@ from dmdlib.teachers import (
     EDM_CONFIG_FILE,
     EDM_WEIGHTS_FILE,
     build_kdiffusion,
+    check_takes_its_shape,
     convert_edm_snapshot,
     kdiffusion_config,
     load_teacher,
     save_kdiffusion,
+    source_digest,
 )
-from stages.common import PARAMS_OPTION, compute_device, setup_logging, user_errors
+from stages.common import PARAMS_OPTION, compute_device, open_live, setup_logging, user_errors
 from stages.teacher_reference import REFERENCE_FILE, image_decoder, read_teacher
 
 log = logging.getLogger("teacher")
@@ -49,16 +51,22 @@ def main(
     """Write the teacher reference every later stage loads, training the default teacher if asked."""
     setup_logging()
     with user_errors():
-        config = load_params(params).teacher
+        config = load_params(params, "teacher").teacher
+        check_writable(out, samples, checkpoint, live)
         if config.kind == "train":
             _train(config.train, data, out, checkpoint, live)
         elif config.kind in EDM_CLASSES:
-            _convert_snapshot(config, out)
+            _convert_snapshot(config, out, _digest_cache(checkpoint))
         else:
             reference = {"kind": config.kind, "path": _absolute(config.path), "config": _absolute(config.config)}
             if config.kind in PIPELINE_CLASSES:
                 reference.update(resolution=config.resolution, embedded_guidance=config.embedded_guidance)
-            load_teacher(reference)  # fail now, with the loader's message, rather than in a later stage
+            denoiser = load_teacher(reference)  # fail now, with the loader's message, rather than in a later stage
+            if config.kind not in TEXT_TO_IMAGE_KINDS:
+                check_takes_its_shape(denoiser, config.path, "set teacher.resolution to a size it takes" if config.kind
+                                      in PIPELINE_CLASSES else "it is the network's own sample size: its config is wrong")
+            # the files' digest: a teacher replaced at the same path changes this output, so every later stage re-runs
+            reference["source"] = source_digest(config.files(), _digest_cache(checkpoint))
             with atomic_output(out) as tmp:
                 tmp.mkdir()
                 (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
@@ -66,7 +74,12 @@ def main(
         _write_samples(teacher, reference, config.train.sample_steps, samples)
 
 
-def _convert_snapshot(config, out: Path) -> None:
+def _digest_cache(checkpoint: Path) -> Path:
+    """Where the imported teacher's file digests are kept between runs (by size, time and inode), beside the checkpoint."""
+    return checkpoint.with_name("teacher_files.json")
+
+
+def _convert_snapshot(config, out: Path, digest_cache: Path) -> None:
     """An NVlabs snapshot converted once into network.safetensors + network.json: no later stage opens the pickle."""
     with atomic_output(out) as tmp:
         tmp.mkdir()
@@ -75,7 +88,8 @@ def _convert_snapshot(config, out: Path) -> None:
             raise ParamsError(f"{config.path}: a latent EDM2 snapshot (encoder {encoder['class_name']}, VAE "
                               f"{encoder['vae_name']}); set teacher.vae to a local diffusers AutoencoderKL folder of that VAE")
         reference = {"kind": config.kind, "path": EDM_WEIGHTS_FILE, "config": EDM_CONFIG_FILE,
-                     "vae": _absolute(config.vae) if encoder is not None else None, "encoder": encoder}
+                     "vae": _absolute(config.vae) if encoder is not None else None, "encoder": encoder,
+                     "source": source_digest(config.files(), digest_cache)}
         (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
     log.info("converted %s (%s) into %s", config.path, reference["kind"], out)
 
@@ -86,8 +100,6 @@ def _absolute(path: str | None) -> str | None:
 
 def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) -> None:
     """Train the default teacher and write its EMA weights and reference to `out`."""
-    from dvclive import Live
-
     data = read_image_parquet(data_path)
     train_index = data.subset(TRAIN)
     images = to_model_range(data.images[train_index])
@@ -100,25 +112,29 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
     )
     torch.manual_seed(train.seed)  # the initial weights: without it two runs of the same params differ
     device = compute_device()
-    denoiser = build_kdiffusion(model_config).to(device)
+    denoiser = build_kdiffusion(model_config)
+    levels = len(train.channels)
+    check_takes_its_shape(denoiser, "teacher.train", f"prepare.resolution {data.resolution}: use a multiple of "
+                          f"{2 ** (levels - 1)} for its {levels} levels (teacher.train.channels)")
+    denoiser = denoiser.to(device)
     log.info("teacher: k-diffusion image_v1, %.2fM parameters, %s, %d steps at batch %d on %s",
              sum(p.numel() for p in denoiser.parameters()) / 1e6,
              f"{len(data.class_names)} classes" if labelled else "unconditional", train.steps, train.batch_size, device)
+    # what the teacher learns from: its params but the run length, its network, and the very images of the train split
+    split = hashlib.sha256(data.images[train_index].tobytes() + data.labels[train_index].tobytes()).hexdigest()
+    settings = {"train": train.model_dump(mode="json", exclude=set(train.run_keys)), "model": model_config, "train_split": split}
     with single_writer(checkpoint):  # a second run on this checkpoint would overwrite this one's
-        fingerprint = hashlib.sha256(
-            json.dumps([train.model_dump(), model_config]).encode() + data.images.tobytes() + data.labels.tobytes()
-        ).hexdigest()
-        resuming = resumable_step(checkpoint, fingerprint) > 0
+        resuming = claim_checkpoint(checkpoint, settings, train.steps, "teacher.train.steps") > 0
         if not resuming:
             shutil.rmtree(live_dir, ignore_errors=True)
-        with Live(dir=str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        with open_live(live_dir, resuming) as live:
 
             def log_loss(step: int, loss: float) -> None:
                 if step % 10 == 0:
                     live.step = step
                     live.log_metric("loss", loss)
 
-            ema = train_teacher(denoiser, images, labels, train, checkpoint, fingerprint, on_step=log_loss)
+            ema = train_teacher(denoiser, images, labels, train, checkpoint, settings, on_step=log_loss)
         reference = {"kind": "kdiffusion", "path": WEIGHTS_FILE, "config": None}
         with atomic_output(out) as tmp:
             tmp.mkdir()

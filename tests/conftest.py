@@ -1,11 +1,12 @@
 """Shared fixtures: the repository root, and few threads so tests behave on 2-core machines."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("DMD_TEST_THREADS", 2)))  # 1 beside another torch job: no thread thrashing
 
 
 @pytest.fixture(scope="session")

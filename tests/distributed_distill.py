@@ -27,7 +27,7 @@ def tiny_teacher(label_dropout: float = 0.0):
 def run_params(name: str, steps: int, processes: int) -> DistillParams:
     """The same global batch (4 samples, 4 pairs) whatever the process count; `name` is strategy[-gan][-lora][-guided]."""
     strategy, *extras = name.split("-")
-    options = {"gan_generator_weight": 3e-3} if "gan" in extras else {}
+    options = {"gan_generator_weight": 3e-3, "fake_steps": 2} if "gan" in extras else {}  # fresh samples for the 2nd
     options |= {"fake_lora_rank": 2, "generator_lora_rank": 2} if "lora" in extras else {}
     options |= {"guidance_range": (1.0, 2.0)} if "guided" in extras else {}
     return DistillParams(steps=steps, batch_size=4 // processes, reg_batch_size=4 // processes, warmup_steps=1,

@@ -111,18 +111,44 @@ def test_ddpm_adapter_matches_scheduler_from_saved_folder(tmp_path, prediction_t
     assert torch.allclose(ours, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_ddpm_denoising_loss_equals_epsilon_mse():
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
+def test_the_fake_denoisers_loss_is_the_teachers_own_mse(prediction_type, beta_schedule):
+    """denoising_loss of a DDPM denoiser is the MSE of the raw output against the scheduler's own target at
+    x_t = add_noise(x0, n, t): the noise, the velocity (`get_velocity`) or x0."""
     from diffusers import DDPMScheduler
 
-    unet, scheduler = tiny_unet2d(), DDPMScheduler(num_train_timesteps=1000)
-    denoiser = DDPMDenoiser(unet, scheduler.alphas_cumprod, "epsilon")
+    unet = tiny_unet2d()
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule, prediction_type=prediction_type)
+    denoiser = DDPMDenoiser(unet, scheduler.alphas_cumprod, prediction_type)
     x0, noise = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
-    t = torch.tensor([3, 200, 600, 999])
+    t = torch.tensor([3, 200, 600, 990])
     sigma = denoiser.sigma_grid()[t]
+    target = {"epsilon": noise, "v_prediction": scheduler.get_velocity(x0, noise, t), "sample": x0}[prediction_type]
     with torch.no_grad():
-        eps_mse = (unet(scheduler.add_noise(x0, noise, t), t).sample - noise).pow(2).mean()
+        mse = (unet(scheduler.add_noise(x0, noise, t), t).sample - target).pow(2).mean()
         ours = denoising_loss(denoiser, x0, sigma, noise)
-    assert torch.allclose(ours, eps_mse, rtol=1e-4)
+    assert torch.allclose(ours, mse, rtol=1e-4)
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
+def test_a_discrete_generator_feeds_its_network_the_noise_itself_as_a_diffusers_pipeline_does(beta_schedule):
+    """DDPMPipeline and the one-step export's DDIM both call the network on latents = z at the first timestep; so
+    the generator's prior_scale(sigma) z, divided by sqrt(sigma^2 + 1) on the way in, must give back z exactly."""
+    from diffusers import DDPMScheduler
+
+    from dmdlib.generator import Generator, start_sigma
+
+    inputs = []
+    unet = tiny_unet2d()
+    unet.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    alphas = DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule).alphas_cumprod
+    denoiser = DDPMDenoiser(unet, alphas, "epsilon")
+    z = torch.randn(2, 3, 8, 8)
+    for sigma in (denoiser.sigma_max, start_sigma(denoiser)):
+        with torch.no_grad():
+            Generator(denoiser, [sigma])(z)
+        assert torch.allclose(inputs[-1], z, rtol=1e-6, atol=1e-6), sigma
 
 
 def test_ddpm_pipeline_layout_and_bad_folders(tmp_path):

@@ -104,6 +104,27 @@ def test_distill_with_gan_and_two_time_scales_trains_and_resumes_exactly(tmp_pat
         assert torch.equal(a, b), name
 
 
+def test_each_fake_update_after_the_first_trains_on_fresh_generator_samples(tmp_path, monkeypatch):
+    """DMD2's two time-scales: the fake denoiser's later updates of a step see new samples (new noise and labels), as
+    DMD2 generates anew for every fake-score update, not the generator step's batch again."""
+    import itertools
+
+    import dmdlib.distill
+
+    seen, step_function = [], dmdlib.distill.fake_denoiser_step
+
+    def recording(fake, update, x, cond, rng=None, *, gan=None):
+        seen.append((x.clone(), cond.clone()))
+        return step_function(fake, update, x, cond, rng, gan=gan)
+
+    monkeypatch.setattr(dmdlib.distill, "fake_denoiser_step", recording)
+    distill(tiny_teacher(), params(dm_weight=1.0, fake_steps=3, batch_size=8), tmp_path / "ck.pt")
+    assert len(seen) == 2 * 3
+    for (x_a, _), (x_b, _) in itertools.combinations(seen, 2):
+        assert not torch.allclose(x_a, x_b) and x_a.shape == x_b.shape == (8, *SHAPE)
+    assert any(not torch.equal(cond_a, cond_b) for (_, cond_a), (_, cond_b) in zip(seen, seen[1:]))
+
+
 def test_gan_start_step_delays_the_generators_gan_term_but_not_the_heads_training(tmp_path):
     losses = []
     options = params(gan_generator_weight=0.1, dm_weight=1.0, steps=3, gan_start_step=2)

@@ -1,5 +1,6 @@
-"""`dvc repro` itself, on a copy of the project with tiny params: a stage whose params are rejected leaves every
-output of the last good run as it was, cached (models/generator) and uncached (reports/distill) alike."""
+"""`dvc repro` itself, on a copy of the project with tiny params: a teacher replaced at its path re-runs every stage
+from `teacher` on, and a stage whose params are rejected leaves every output of the last good run as it was, cached
+(models/generator) and uncached (reports/distill) alike."""
 
 import hashlib
 import os
@@ -8,13 +9,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 TINY_PARAMS = """\
 prepare: {source: mnist, resolution: 8, channels: 1, heldout_fraction: 0.2, seed: 0}
 features: {steps: 5, batch_size: 16, lr: 2.0e-3, seed: 0}
 teacher:
-  kind: train
-  train: {channels: [8, 8], depths: [1, 1], mapping_width: 8, steps: 4, batch_size: 8, checkpoint_every: 2, sample_steps: 2}
+  kind: kdiffusion
+  path: teacher.safetensors
+  train: {sample_steps: 2}
 pairs: {count: 4, shard_size: 2, batch_size: 2, sampler: heun, steps: 2, guidance: 1.0, dtype: float32}
 distill: {steps: 2, batch_size: 2, reg_batch_size: 2, sample_every: 1, checkpoint_every: 1}
 evaluate: {samples: 8, sample_sets: 1, speed_batch_size: 4, speed_repeats: 1}
@@ -28,9 +31,18 @@ def _digest(folder) -> str:
     return digest.hexdigest()
 
 
-def test_a_rejected_param_under_dvc_repro_keeps_every_output(repo_root, tmp_path):
+def save_teacher(path, seed: int) -> None:
+    from dmdlib.teachers import build_kdiffusion, kdiffusion_config, save_kdiffusion
+
+    torch.manual_seed(seed)
+    config = kdiffusion_config(1, 8, [8, 8], [1, 1], 8, 10, 0.5, 0.002, 80.0)
+    save_kdiffusion(path, build_kdiffusion(config), config)
+
+
+def test_a_replaced_teacher_and_a_rejected_param_under_dvc_repro(repo_root, tmp_path):
     project = tmp_path / "project"
     project.mkdir()
+    save_teacher(project / "teacher.safetensors", seed=0)
     for name in ("dmdlib", "stages"):
         shutil.copytree(repo_root / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(repo_root / "dvc.yaml", project / "dvc.yaml")
@@ -43,6 +55,15 @@ def test_a_rejected_param_under_dvc_repro_keeps_every_output(repo_root, tmp_path
     first = dvc("repro")
     if first.returncode != 0:
         pytest.fail(first.stdout[-3000:] + first.stderr[-3000:])
+
+    save_teacher(project / "teacher.safetensors", seed=1)  # another teacher at the same path
+    replaced = dvc("repro")
+    assert replaced.returncode == 0, replaced.stdout[-3000:] + replaced.stderr[-3000:]
+    for stage in ("teacher", "pairs", "distill", "evaluate"):
+        assert f"Running stage '{stage}'" in replaced.stdout, replaced.stdout
+    again = dvc("repro")
+    assert "Running stage 'teacher'" not in again.stdout and "Stage 'teacher' didn't change" in again.stdout
+
     before = {name: _digest(project / name) for name in ("models/generator", "reports/distill", "reports/eval")}
 
     (project / "params.yaml").write_text(TINY_PARAMS.replace("distill: {steps: 2,", "distill: {steps: -1,"))

@@ -9,7 +9,7 @@ from tiny_project import pipeline_params, run_stages
 
 from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
 from dmdlib.generator import load_generator
-from dmdlib.teachers import load_edm
+from dmdlib.teachers import load_edm, source_digest
 
 
 def _write_rgb_data(folder, resolution: int = 16, classes: int = 10, count: int = 60) -> None:
@@ -36,7 +36,9 @@ def test_an_edm_snapshot_distils_through_the_stages(nvlabs_fixtures, tmp_path):
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill", "evaluate"])
 
     reference = json.loads((tmp_path / "teacher" / "teacher.json").read_text())
+    source = reference.pop("source")  # the snapshot's bytes: a snapshot replaced at its path changes this output
     assert reference == {"kind": "edm", "path": "network.safetensors", "config": "network.json", "vae": None, "encoder": None}
+    assert source == source_digest({"path": str(snapshot)})
     generator = load_generator(tmp_path / "generator")
     assert generator.sigmas == [80.0]
     images = generator(torch.randn(3, 3, 16, 16), torch.tensor([0, 4, 9]))

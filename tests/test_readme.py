@@ -15,16 +15,18 @@ def readme_snippets(repo_root) -> list[str]:
     return re.findall(r"```python\n(.*?)```", (repo_root / "README.md").read_text(), flags=re.DOTALL)
 
 
-def test_every_python_snippet_of_the_readme_runs(repo_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("classes", [10, 3, 0])
+def test_every_python_snippet_of_the_readme_runs(repo_root, tmp_path, monkeypatch, classes):
     snippets = readme_snippets(repo_root)
     assert len(snippets) == 2
     torch.manual_seed(0)
-    # models/generator: a class-conditional (10 classes) 2-step generator that also takes the guidance scale
-    config = kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 10, 0.5, 0.002, 80.0, label_dropout=0.1)
+    # models/generator: a 2-step generator with `classes` classes (0: unconditional); a conditional one also takes the
+    # guidance scale
+    config = kdiffusion_config(1, 8, [8, 8], [1, 1], 16, classes, 0.5, 0.002, 80.0, label_dropout=0.1 if classes else 0.0)
     teacher = build_kdiffusion(config)
     weights = tmp_path / "teacher.safetensors"
     save_kdiffusion(weights, teacher, config)
-    generator = Generator.from_teacher(teacher, [80.0, 1.0], (1.0, 3.0))
+    generator = Generator.from_teacher(teacher, [80.0, 1.0], (1.0, 3.0) if classes else None)
     save_generator(tmp_path / "models" / "generator", generator, {"kind": "kdiffusion", "path": str(weights)})
     # ~/models/sdxl and models/sdxl/generator: a tiny SDXL and a one-step generator of it, as `distill` writes it
     home = tmp_path / "home"

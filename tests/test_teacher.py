@@ -32,16 +32,16 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     labels = torch.randint(0, 3, (32,))
     params = TeacherTrainParams(**TINY, steps=6, checkpoint_every=3, batch_size=4, warmup_steps=2)
 
-    uninterrupted = train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "a.pt", "fp")
+    uninterrupted = train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "a.pt", {"run": "fp"})
 
     def kill_after_checkpoint(step, loss):
         if step == 3:
             raise Killed
 
     with pytest.raises(Killed):
-        train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "b.pt", "fp", on_step=kill_after_checkpoint)
+        train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "b.pt", {"run": "fp"}, on_step=kill_after_checkpoint)
     seen = []
-    resumed = train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "b.pt", "fp",
+    resumed = train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "b.pt", {"run": "fp"},
                             on_step=lambda step, loss: seen.append(step))
     assert seen == [4, 5, 6]  # continued from the checkpoint, not from scratch
     for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items()):
@@ -51,9 +51,10 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
 def test_checkpoint_of_other_params_is_ignored(tmp_path):
     images, labels = torch.rand(16, 1, 8, 8) * 2 - 1, torch.randint(0, 3, (16,))
     params = TeacherTrainParams(**TINY, steps=2, checkpoint_every=1, batch_size=4)
-    train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "c.pt", "old")
+    train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "c.pt", {"run": "old"})
     seen = []
-    train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "c.pt", "new", on_step=lambda step, _loss: seen.append(step))
+    train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "c.pt", {"run": "new"},
+                  on_step=lambda step, _loss: seen.append(step))
     assert seen == [1, 2]
 
 
