@@ -13,9 +13,15 @@ from dmdlib.denoisers.flow import flow_shift, time_of_sigma
 from dmdlib.errors import ParamsError
 
 
+# EDM's sampler starts every model at sigma 80 (Karras et al. 2022, Table 1), whatever its own range reaches (VP's 152, a
+# cosine-schedule DDPM's 20,290): the data is invisible up there, and an epsilon network's small error there, times
+# the thousands of sigma it is integrated over, throws the trajectory off the noise level it is at (docs/method.md).
+ODE_SIGMA_MAX = 80.0
+
+
 def karras_sigmas(denoiser: Denoiser, steps: int, rho: float = 7.0) -> torch.Tensor:
-    """Karras et al. (2022) eq. 5: `steps` sigmas from sigma_max down to sigma_min, then 0."""
-    return get_sigmas_karras(steps, denoiser.sigma_min, denoiser.sigma_max, rho=rho)
+    """Karras et al. (2022) eq. 5: `steps` sigmas from min(sigma_max, 80) down to sigma_min, then 0."""
+    return get_sigmas_karras(steps, denoiser.sigma_min, min(denoiser.sigma_max, ODE_SIGMA_MAX), rho=rho)
 
 
 @torch.no_grad()
