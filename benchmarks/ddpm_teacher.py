@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
-from dmdlib.data import TRAIN, read_image_parquet
-from dmdlib.images import to_model_range
+from dmdlib.data.images import to_model_range
+from dmdlib.data.prepared import TRAIN, read_image_parquet
 
 BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction"}
@@ -32,9 +32,15 @@ PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction"}
 def unet(resolution: int, channels: int, classes: int) -> UNet2DModel:
     """About 1.5M parameters at 16x16: widths 32/64/64, two residual blocks per level, no attention."""
     return UNet2DModel(
-        sample_size=resolution, in_channels=channels, out_channels=channels, layers_per_block=2,
-        block_out_channels=(32, 64, 64), down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
-        norm_num_groups=16, num_class_embeds=classes or None,
+        sample_size=resolution,
+        in_channels=channels,
+        out_channels=channels,
+        layers_per_block=2,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D",) * 3,
+        up_block_types=("UpBlock2D",) * 3,
+        norm_num_groups=16,
+        num_class_embeds=classes or None,
     )
 
 
@@ -61,19 +67,25 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = unet(data.resolution, data.channels, len(data.class_names) if conditional else 0)
     ema = copy.deepcopy(model).requires_grad_(False)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=BETA_SCHEDULES[args.betas],
-                              prediction_type=PREDICTIONS[args.prediction])
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule=BETA_SCHEDULES[args.betas], prediction_type=PREDICTIONS[args.prediction]
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / args.warmup))
     rng = torch.Generator().manual_seed(args.seed)
-    print(f"UNet2DModel ({'class-conditional' if conditional else 'unconditional'}, {args.betas} betas, {args.prediction} "
-          f"prediction): {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {args.steps} steps")
+    print(
+        f"UNet2DModel ({'class-conditional' if conditional else 'unconditional'}, {args.betas} betas, "
+        f"{args.prediction} "
+        f"prediction): {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {args.steps} steps"
+    )
     start = time.perf_counter()
     for _ in tqdm(range(args.steps), desc="ddpm teacher", mininterval=5):
         index = torch.randint(0, len(images), (args.batch_size,), generator=rng)
         x0, noise = images[index], torch.randn((args.batch_size, *images.shape[1:]), generator=rng)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=rng)
-        prediction = model(scheduler.add_noise(x0, noise, t), t, class_labels=None if labels is None else labels[index]).sample
+        prediction = model(
+            scheduler.add_noise(x0, noise, t), t, class_labels=None if labels is None else labels[index]
+        ).sample
         target = noise if args.prediction == "epsilon" else scheduler.get_velocity(x0, noise, t)
         loss = F.mse_loss(prediction, target)
         optimizer.zero_grad(set_to_none=True)

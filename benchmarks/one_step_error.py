@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from dmdlib.denoisers.loading import load_diffusers_ddpm
-from dmdlib.pairs import seeded_inputs
-from dmdlib.sampling import heun_sample
-from stages.teacher_reference import REFERENCE_FILE, read_teacher
+from dmdlib.denoisers.sampling import heun_sample
+from dmdlib.teachers.diffusers import load_diffusers_ddpm
+from dmdlib.teachers.reference import REFERENCE_FILE, read_teacher
+from dmdlib.training.pairs import seeded_inputs
 
 
 def main() -> None:
@@ -28,14 +28,20 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--sigmas", type=float, nargs="+", default=[157.0, 80.0, 40.0, 14.6, 5.0, 2.0])
     args = parser.parse_args()
-    teacher = read_teacher(args.teacher)[0] if (args.teacher / REFERENCE_FILE).is_file() else load_diffusers_ddpm(args.teacher)
+    teacher = (
+        read_teacher(args.teacher)[0]
+        if (args.teacher / REFERENCE_FILE).is_file()
+        else load_diffusers_ddpm(args.teacher)
+    )
     teacher = teacher.eval().requires_grad_(False)
     inputs = [seeded_inputs(3_000_000 + i, teacher.sample_shape, teacher.num_classes) for i in range(args.count)]
     z = torch.stack([noise for noise, _ in inputs])
     cond = torch.tensor([label for _, label in inputs]) if teacher.num_classes else None
     with torch.no_grad():
         target = heun_sample(teacher, z, 18, cond)
-        print(f"{type(teacher).__name__}, sigma_max {teacher.sigma_max:.4g}; target RMS {target.pow(2).mean().sqrt():.3f}")
+        print(
+            f"{type(teacher).__name__}, sigma_max {teacher.sigma_max:.4g}; target RMS {target.pow(2).mean().sqrt():.3f}"
+        )
         print("| sigma | one-step RMS error vs Heun-18 | c_out | network-output RMS error |\n|---|---|---|---|")
         for sigma in [s for s in args.sigmas if s <= teacher.sigma_max * 1.0001]:
             sigma = min(sigma, teacher.sigma_max)

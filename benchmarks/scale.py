@@ -31,29 +31,100 @@ import time
 from pathlib import Path
 
 SD15_UNET = dict(sample_size=64, cross_attention_dim=768)  # UNet2DConditionModel's defaults are SD v1.5's
-SDXL_UNET = dict(sample_size=128, layers_per_block=2, block_out_channels=(320, 640, 1280), cross_attention_dim=2048,
-                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                 transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
-                 addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+SDXL_UNET = dict(
+    sample_size=128,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
+    cross_attention_dim=2048,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
 MODELS = {  # name: (family, constructor kwargs, [tokens, width] of its text condition or None)
-    "cifar10-ddpmpp": ("edm", ("VPPrecond", dict(img_resolution=32, img_channels=3, label_dim=10, model_type="SongUNet",
-                                                 embedding_type="positional", encoder_type="standard", decoder_type="standard",
-                                                 channel_mult_noise=1, resample_filter=[1, 1], model_channels=128,
-                                                 channel_mult=[2, 2, 2], augment_dim=9, dropout=0.13)), None),
-    "imagenet64-adm": ("edm", ("EDMPrecond", dict(img_resolution=64, img_channels=3, label_dim=1000, model_type="DhariwalUNet",
-                                                  model_channels=192, channel_mult=[1, 2, 3, 4], dropout=0.1, use_fp16=True)), None),
+    "cifar10-ddpmpp": (
+        "edm",
+        (
+            "VPPrecond",
+            dict(
+                img_resolution=32,
+                img_channels=3,
+                label_dim=10,
+                model_type="SongUNet",
+                embedding_type="positional",
+                encoder_type="standard",
+                decoder_type="standard",
+                channel_mult_noise=1,
+                resample_filter=[1, 1],
+                model_channels=128,
+                channel_mult=[2, 2, 2],
+                augment_dim=9,
+                dropout=0.13,
+            ),
+        ),
+        None,
+    ),
+    "imagenet64-adm": (
+        "edm",
+        (
+            "EDMPrecond",
+            dict(
+                img_resolution=64,
+                img_channels=3,
+                label_dim=1000,
+                model_type="DhariwalUNet",
+                model_channels=192,
+                channel_mult=[1, 2, 3, 4],
+                dropout=0.1,
+                use_fp16=True,
+            ),
+        ),
+        None,
+    ),
     "sd15-unet": ("unet", SD15_UNET, (77, 768)),
     "sdxl-unet": ("sdxl", SDXL_UNET, (77, 2048)),
-    "dit-xl2-256": ("dit", dict(sample_size=32, num_layers=28, num_attention_heads=16, attention_head_dim=72,
-                                in_channels=4, out_channels=8, patch_size=2, num_embeds_ada_norm=1000), None),
-    "sd3-medium": ("sd3", dict(sample_size=128, num_layers=24, attention_head_dim=64, num_attention_heads=24,
-                               joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
-                               out_channels=16, pos_embed_max_size=192), None),
+    "dit-xl2-256": (
+        "dit",
+        dict(
+            sample_size=32,
+            num_layers=28,
+            num_attention_heads=16,
+            attention_head_dim=72,
+            in_channels=4,
+            out_channels=8,
+            patch_size=2,
+            num_embeds_ada_norm=1000,
+        ),
+        None,
+    ),
+    "sd3-medium": (
+        "sd3",
+        dict(
+            sample_size=128,
+            num_layers=24,
+            attention_head_dim=64,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            caption_projection_dim=1536,
+            pooled_projection_dim=2048,
+            out_channels=16,
+            pos_embed_max_size=192,
+        ),
+        None,
+    ),
     "flux-dev": ("flux", dict(guidance_embeds=True), None),
 }
-CLASSES = {"unet": "UNet2DConditionModel", "sdxl": "UNet2DConditionModel", "dit": "DiTTransformer2DModel",
-           "sd3": "SD3Transformer2DModel", "flux": "FluxTransformer2DModel"}
+CLASSES = {
+    "unet": "UNet2DConditionModel",
+    "sdxl": "UNet2DConditionModel",
+    "dit": "DiTTransformer2DModel",
+    "sd3": "SD3Transformer2DModel",
+    "flux": "FluxTransformer2DModel",
+}
 OPTIONS = {"base": (), "ckpt": ("ckpt",), "bf16": ("bf16",), "lora": ("lora",), "all": ("ckpt", "bf16", "lora")}
 LORA_RANK = 64
 
@@ -130,10 +201,17 @@ def measure(model: str, batch: int, option: str, repeats: int) -> dict:
     import torch
 
     from dmdlib.denoisers.base import frozen, trainable_copy
-    from dmdlib.dmd import GeneratorBatch, GeneratorObjective, Pairs, Update, fake_denoiser_step, generator_step
-    from dmdlib.generator import Generator
-    from dmdlib.memory import add_lora, run_in_bfloat16
-    from dmdlib.regression import l2_loss
+    from dmdlib.training.dmd import (
+        GeneratorBatch,
+        GeneratorObjective,
+        Pairs,
+        Update,
+        fake_denoiser_step,
+        generator_step,
+    )
+    from dmdlib.training.generator import Generator
+    from dmdlib.training.memory import add_lora, run_in_bfloat16
+    from dmdlib.training.regression import l2_loss
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -149,7 +227,9 @@ def measure(model: str, batch: int, option: str, repeats: int) -> dict:
         fake.enable_gradient_checkpointing()
     if "bf16" in options:
         run_in_bfloat16(real)
-    optimizers = [Update(torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], 1e-5)) for net in (generator, fake)]
+    optimizers = [
+        Update(torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], 1e-5)) for net in (generator, fake)
+    ]
     objective = GeneratorObjective(real, fake, lambda_reg=0.25, regression_loss=l2_loss)
     seconds: dict[str, float] = {}
     phase = ["generator"]
@@ -179,8 +259,13 @@ def measure(model: str, batch: int, option: str, repeats: int) -> dict:
         cond = make_cond(batch, rng).to(device)
         noise, pairs_noise, pairs_target = (torch.randn(batch, *shape, generator=rng).to(device) for _ in range(3))
         phase[0], start = "generator", now()
-        result = generator_step(generator, optimizers[0], GeneratorBatch(noise, cond, pairs=Pairs(pairs_noise, pairs_target, cond)),
-                                rng, objective=objective)
+        result = generator_step(
+            generator,
+            optimizers[0],
+            GeneratorBatch(noise, cond, pairs=Pairs(pairs_noise, pairs_target, cond)),
+            rng,
+            objective=objective,
+        )
         phase[0], middle = "fake", now()
         fake_denoiser_step(fake, optimizers[1], result.x, cond, rng)
         return middle - start, now() - middle
@@ -202,19 +287,24 @@ def measure(model: str, batch: int, option: str, repeats: int) -> dict:
     }
     passes["G backward+step"] = totals[0] - passes["G forward"] - passes["real forward"] - passes["fake forward (DM)"]
     passes["fake backward+step"] = totals[1] - passes["fake forward (loss)"]
-    return {"model": model, "params_m": sum(p.numel() for p in real.parameters()) / 1e6, "batch": batch,
-            "option": option, "step_s": sum(totals) / repeats,
-            "passes": {name: value / repeats for name, value in passes.items()},
-            "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else peak.peak,
-            "resident_mib": torch.cuda.memory_allocated() / 2**20 if cuda else resident,
-            "device": torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads"}
+    return {
+        "model": model,
+        "params_m": sum(p.numel() for p in real.parameters()) / 1e6,
+        "batch": batch,
+        "option": option,
+        "step_s": sum(totals) / repeats,
+        "passes": {name: value / repeats for name, value in passes.items()},
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else peak.peak,
+        "resident_mib": torch.cuda.memory_allocated() / 2**20 if cuda else resident,
+        "device": torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads",
+    }
 
 
 def reader_memory(folder: Path, count: int) -> dict:
     """Resident memory of a PairReader over the first `count` pairs' shards after 200 random batches of 32."""
     import torch
 
-    from dmdlib.pairs import PairReader
+    from dmdlib.training.pairs import PairReader
 
     before = _rss_mib()
     reader = PairReader(folder, PAIR_META)
@@ -224,10 +314,22 @@ def reader_memory(folder: Path, count: int) -> dict:
     with PeakResident() as peak:
         for _ in range(200):
             reader.batch(torch.randint(0, len(reader), (32,), generator=rng))
-    return {"pairs": count, "before_mib": before, "peak_mib": peak.peak, "ms_per_batch": (time.perf_counter() - start) * 5}
+    return {
+        "pairs": count,
+        "before_mib": before,
+        "peak_mib": peak.peak,
+        "ms_per_batch": (time.perf_counter() - start) * 5,
+    }
 
 
-PAIR_META = {"teacher": "benchmark", "sampler": "heun", "steps": 1, "guidance": 1.0, "shape": [4, 64, 64], "dtype": "float16"}
+PAIR_META = {
+    "teacher": "benchmark",
+    "sampler": "heun",
+    "steps": 1,
+    "guidance": 1.0,
+    "shape": [4, 64, 64],
+    "dtype": "float16",
+}
 
 
 def write_pairs(folder: Path, count: int, distinct: int, shard_size: int = 1000) -> None:
@@ -236,7 +338,7 @@ def write_pairs(folder: Path, count: int, distinct: int, shard_size: int = 1000)
     pairs, without writing gigabytes of random numbers)."""
     import torch
 
-    from dmdlib.pairs import ShardPlan, write_shard
+    from dmdlib.training.pairs import ShardPlan, write_shard
 
     plan = ShardPlan(count, shard_size)
     originals = -(-distinct // shard_size)
@@ -254,25 +356,45 @@ def write_pairs(folder: Path, count: int, distinct: int, shard_size: int = 1000)
 
 def arithmetic_table() -> None:
     """Bytes per parameter of one DMD step's state, from exact parameter counts."""
-    print("| model | params | fp32 G+D_fake+real, 2 grads, 2 AdamW (36 B/param) | bf16 real (34 B/param) "
-          "| LoRA D_fake + bf16 real (~22 B/param) |")
+    print(
+        "| model | params | fp32 G+D_fake+real, 2 grads, 2 AdamW (36 B/param) | bf16 real (34 B/param) "
+        "| LoRA D_fake + bf16 real (~22 B/param) |"
+    )
     print("|---|---|---|---|---|")
     for model in MODELS:
         count = parameter_count(model)
-        print(f"| {model} | {count / 1e6:.1f}M | {36 * count / 2**30:.1f} GiB | {34 * count / 2**30:.1f} GiB "
-              f"| {22 * count / 2**30:.1f} GiB |")
+        print(
+            f"| {model} | {count / 1e6:.1f}M | {36 * count / 2**30:.1f} GiB | {34 * count / 2**30:.1f} GiB "
+            f"| {22 * count / 2**30:.1f} GiB |"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="*", default=["cifar10-ddpmpp", "imagenet64-adm"], choices=list(MODELS),
-                        help="models to measure (all are counted for the memory table)")
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 2], help="DM batch sizes (the regression batch is as large)")
-    parser.add_argument("--options", nargs="+", default=["base", "ckpt", "bf16"], choices=list(OPTIONS),
-                        help="memory options; lora needs Linear/Conv2d networks (sd15-unet), not EDM's own layers")
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=["cifar10-ddpmpp", "imagenet64-adm"],
+        choices=list(MODELS),
+        help="models to measure (all are counted for the memory table)",
+    )
+    parser.add_argument(
+        "--batches", nargs="+", type=int, default=[1, 2], help="DM batch sizes (the regression batch is as large)"
+    )
+    parser.add_argument(
+        "--options",
+        nargs="+",
+        default=["base", "ckpt", "bf16"],
+        choices=list(OPTIONS),
+        help="memory options; lora needs Linear/Conv2d networks (sd15-unet), not EDM's own layers",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration, after one warm-up step")
-    parser.add_argument("--pairs", nargs="*", type=int, default=[10_000, 100_000], help="pair counts for the reader rows")
-    parser.add_argument("--pairs-folder", type=Path, default=None, help="where to write the pairs (default: a temporary folder)")
+    parser.add_argument(
+        "--pairs", nargs="*", type=int, default=[10_000, 100_000], help="pair counts for the reader rows"
+    )
+    parser.add_argument(
+        "--pairs-folder", type=Path, default=None, help="where to write the pairs (default: a temporary folder)"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print its JSON
     parser.add_argument("--reader", help=argparse.SUPPRESS)  # internal: folder,count
     args = parser.parse_args()
@@ -289,21 +411,32 @@ def main() -> None:
     for model in args.models:
         for batch in args.batches:
             for option in args.options:
-                result = subprocess.run([sys.executable, __file__, "--one", f"{model},{batch},{option}", "--repeats", str(args.repeats)],
-                                        capture_output=True, text=True)
+                result = subprocess.run(
+                    [sys.executable, __file__, "--one", f"{model},{batch},{option}", "--repeats", str(args.repeats)],
+                    capture_output=True,
+                    text=True,
+                )
                 if result.returncode != 0:
-                    print(f"{model} batch {batch} {option}: failed: {result.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+                    print(
+                        f"{model} batch {batch} {option}: failed: {result.stderr.strip().splitlines()[-1]}",
+                        file=sys.stderr,
+                    )
                     continue
                 rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
                 print(rows[-1], file=sys.stderr)
     if rows:
         names = list(rows[0]["passes"])
-        print(f"\n| model | params | batch | option | step s | {' | '.join(names)} | peak MiB | before step MiB | device |")
+        print(
+            f"\n| model | params | batch | option | step s | {' | '.join(names)} | peak MiB | before step MiB "
+            "| device |"
+        )
         print("|---" * (9 + len(names) - 1) + "|")
         for r in rows:
             passes = " | ".join(f"{r['passes'][name]:.2f}" for name in names)
-            print(f"| {r['model']} | {r['params_m']:.1f}M | {r['batch']} | {r['option']} | {r['step_s']:.2f} | {passes} | "
-                  f"{r['peak_mib']:.0f} | {r['resident_mib']:.0f} | {r['device']} |")
+            print(
+                f"| {r['model']} | {r['params_m']:.1f}M | {r['batch']} | {r['option']} | {r['step_s']:.2f} | {passes} "
+                f"| {r['peak_mib']:.0f} | {r['resident_mib']:.0f} | {r['device']} |"
+            )
     if args.pairs:
         with tempfile.TemporaryDirectory() as scratch:
             print("\n| pairs (4x64x64 fp16) | resident before MiB | peak resident MiB | ms per batch of 32 |")
@@ -312,8 +445,12 @@ def main() -> None:
                 folder = (args.pairs_folder or Path(scratch)) / f"pairs-{count}"
                 folder.mkdir(parents=True, exist_ok=True)
                 write_pairs(folder, count, distinct=min(args.pairs))
-                output = subprocess.run([sys.executable, __file__, "--reader", f"{folder},{count}"], check=True,
-                                        capture_output=True, text=True).stdout
+                output = subprocess.run(
+                    [sys.executable, __file__, "--reader", f"{folder},{count}"],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
                 r = json.loads(output.strip().splitlines()[-1])
                 print(f"| {r['pairs']:,} | {r['before_mib']:.0f} | {r['peak_mib']:.0f} | {r['ms_per_batch']:.1f} |")
 

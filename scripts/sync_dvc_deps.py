@@ -1,17 +1,20 @@
-"""Rewrite each stage's code deps in the DVC pipeline files as the files its module imports (tests/import_graph.py).
+"""Rewrite each stage's code deps in the DVC pipeline files as the files its module imports (scripts/import_graph.py).
 
 Run after changing imports: `python scripts/sync_dvc_deps.py`; tests/test_structure.py checks the result.
 Data deps (anything outside dmdlib/ and stages/) are kept, in their order, before the code deps.
 """
 
 import re
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from import_graph import PIPELINE_FILES, closure, compact, graph, module_file  # noqa: E402
+from import_graph import (
+    PIPELINE_FILES,
+    ROOT,
+    closure,
+    compact,
+    graph,
+    module_file,
+)  # a sibling: scripts/ is on sys.path
 
 
 def sync(path: Path, edges) -> None:

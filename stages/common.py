@@ -16,7 +16,15 @@ import typer
 from dmdlib.errors import DmdError, OutputError
 
 PARAMS_OPTION = typer.Option(
-    Path("params.yaml"), "--params", help="YAML params file; the stage reads its own section and validates the whole file."
+    Path("params.yaml"),
+    "--params",
+    help="YAML params file; the stage reads its own section and validates the whole file.",
+)
+TEACHER_OPTION = typer.Option(
+    Path("models/teacher"), "--teacher", help="Teacher folder written by the `teacher` stage."
+)
+PROMPTS_OPTION = typer.Option(
+    Path("data/prompts"), "--prompts", help="Prompt embeddings from the `prompts` stage (text-to-image teachers only)."
 )
 
 
@@ -39,7 +47,8 @@ def user_errors() -> Iterator[None]:
 
 
 def compute_device() -> torch.device:
-    """The GPU when there is one (hide it with CUDA_VISIBLE_DEVICES=''), else the CPU: accelerate's choice for `distill`."""
+    """The GPU when there is one (hide it with CUDA_VISIBLE_DEVICES=''), else the CPU: accelerate's choice for
+    `distill`."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -51,5 +60,7 @@ def open_live(folder: Path, resume: bool):
     try:
         return Live(dir=str(folder), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
     except (OSError, sqlite3.Error) as err:
-        raise OutputError(f"{folder}: the training log could not start ({type(err).__name__}: {err}); free space on the "
-                          "disk, or make the project folder writable") from None
+        raise OutputError(
+            f"{folder}: the training log could not start ({type(err).__name__}: {err}); free space on the "
+            "disk, or make the project folder writable"
+        ) from None

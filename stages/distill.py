@@ -2,7 +2,8 @@
 
 One process by default; data-parallel (distill.data_parallel: DDP or FSDP) with `accelerate launch --num_processes N
 -m stages.distill ...` or `torchrun --nproc_per_node N -m stages.distill ...` (CPU: gloo), on several machines with
-the launcher's node rank and rendezvous options. Re-running the same command, or `dvc repro`, resumes from the checkpoint.
+the launcher's node rank and rendezvous options. Re-running the same command, or `dvc repro`, resumes from the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -15,28 +16,20 @@ from pathlib import Path
 import torch
 import typer
 
-from dmdlib.classifier import load_classifier
-from dmdlib.data import TRAIN, PreparedImageReader, read_image_parquet, stratified_subset
+from dmdlib.data.images import save_grid, to_model_range, to_uint8
+from dmdlib.data.io import check_writable, claim_checkpoint, file_digest, fingerprint, resumable_step, single_writer
+from dmdlib.data.prepared import TRAIN, PreparedImageReader, read_image_parquet, stratified_subset
 from dmdlib.denoisers import Denoiser
-from dmdlib.distill import DistillInputs, Processes, distill
 from dmdlib.errors import ParamsError
-from dmdlib.generator import Generator, generate, save_generator
-from dmdlib.images import save_grid, to_model_range, to_uint8
-from dmdlib.io import check_writable, claim_checkpoint, file_digest, fingerprint, resumable_step, single_writer
-from dmdlib.pairs import GRID_SEED, PairReader, fixed_inputs, pair_metadata
+from dmdlib.evaluation.classifier import load_classifier
+from dmdlib.evaluation.monitor import DistillMonitor
 from dmdlib.params import DistillParams, load_params
-from dmdlib.regression import decoded_regression, make_regression_loss
-from stages.common import PARAMS_OPTION, setup_logging, user_errors
-from stages.distill_monitor import DistillMonitor
-from stages.teacher_reference import (
-    PROMPTS_OPTION,
-    TEACHER_OPTION,
-    check_teacher_fits_data,
-    conditioning,
-    image_decoder,
-    is_latent,
-    read_teacher,
-)
+from dmdlib.teachers.reference import check_teacher_fits_data, conditioning, image_decoder, is_latent, read_teacher
+from dmdlib.training.distill import DistillInputs, Processes, distill
+from dmdlib.training.generator import Generator, generate, save_generator
+from dmdlib.training.pairs import GRID_SEED, PairReader, fixed_inputs, pair_metadata
+from dmdlib.training.regression import decoded_regression, make_regression_loss
+from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, open_live, setup_logging, user_errors
 
 log = logging.getLogger("distill")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -46,11 +39,19 @@ app = typer.Typer(add_completion=False, help=__doc__)
 def main(
     params: Path = PARAMS_OPTION,
     teacher: Path = TEACHER_OPTION,
-    pairs: Path = typer.Option(Path("data/pairs"), help="Pair shards from the `pairs` stage (unused when lambda_reg is 0)."),
-    data: Path = typer.Option(Path("data/prepared.parquet"), help="Prepared data: real images for the diversity check and the GAN."),
-    classifier: Path = typer.Option(Path("models/classifier.safetensors"), help="Feature classifier for class shares (optional)."),
+    pairs: Path = typer.Option(
+        Path("data/pairs"), help="Pair shards from the `pairs` stage (unused when lambda_reg is 0)."
+    ),
+    data: Path = typer.Option(
+        Path("data/prepared.parquet"), help="Prepared data: real images for the diversity check and the GAN."
+    ),
+    classifier: Path = typer.Option(
+        Path("models/classifier.safetensors"), help="Feature classifier for class shares (optional)."
+    ),
     out: Path = typer.Option(Path("models/generator"), help="Generator folder (generator.json + safetensors)."),
-    samples: Path = typer.Option(Path("reports/distill"), help="Folder for sample grids: initial.png, final.png, step-N.png."),
+    samples: Path = typer.Option(
+        Path("reports/distill"), help="Folder for sample grids: initial.png, final.png, step-N.png."
+    ),
     checkpoint: Path = typer.Option(Path("checkpoints/distill.pt"), help="Resumable training checkpoint."),
     live: Path = typer.Option(Path("dvclive/distill"), help="dvclive folder for losses and diversity curves."),
     prompts: Path = PROMPTS_OPTION,
@@ -64,31 +65,41 @@ def main(
         with single_writer(checkpoint, processes.rank):  # a second run on this checkpoint would overwrite this one's
             teacher_denoiser, reference = read_teacher(teacher)
             check_teacher_fits_data(teacher_denoiser, reference, teacher, data)
-            # The real denoiser guides with the pairs' scale (paper: the same cfg for pairs and DM); fake and G never do.
-            real_denoiser, conditions, texts = conditioning(teacher_denoiser, reference, all_params.pairs.guidance, prompts,
-                                                            config.guidance_range)
+            # The real denoiser guides with the pairs' scale (paper: the same cfg for pairs and DM); fake and G never
+            # do.
+            real_denoiser, conditions, texts = conditioning(
+                teacher_denoiser, reference, all_params.pairs.guidance, prompts, config.guidance_range
+            )
             expected_pairs = pair_metadata(teacher_denoiser, all_params.pairs, texts)
             inputs = DistillInputs(
                 PairReader(pairs, expected_pairs) if config.lambda_reg > 0 else None,
-                _regression_loss(config, reference, accelerator.device), real_denoiser, conditions,
-                _real_images(data, reference) if config.gan_generator_weight > 0 else None, all_params.pairs.guidance,
+                _regression_loss(config, reference, accelerator.device),
+                real_denoiser,
+                conditions,
+                _real_images(data, reference) if config.gan_generator_weight > 0 else None,
+                all_params.pairs.guidance,
             )
             settings = _settings(config, expected_pairs, inputs, data)
             resuming, monitor = _resuming(checkpoint, settings, config.steps, accelerator), None
-            save_samples = _grid_writer(samples, teacher_denoiser, conditions, image_decoder(reference, config.preview_vae),
-                                        fresh=not resuming and accelerator.is_main_process)
+            save_samples = _grid_writer(
+                samples,
+                teacher_denoiser,
+                conditions,
+                image_decoder(reference, config.preview_vae),
+                fresh=not resuming and accelerator.is_main_process,
+            )
             if accelerator.is_main_process:
-                initial = Generator.from_teacher(teacher_denoiser, (config.generator_sigmas or [])[:1])  # where G starts
-                save_samples("initial.png", initial)
-                diversity = {} if is_latent(reference) else _diversity_inputs(data, classifier, teacher_denoiser, conditions)
-                monitor = DistillMonitor(live, resuming, config.sample_every, config.steps, save_samples, **diversity)
-                monitor.measure_start(initial)
-            generator, _ = distill(teacher_denoiser, config, checkpoint, inputs, settings=settings, processes=processes,
-                                   on_step=monitor)
+                diversity = (
+                    {} if is_latent(reference) else _diversity_inputs(data, classifier, teacher_denoiser, conditions)
+                )
+                monitor = _monitor(live, resuming, config, teacher_denoiser, save_samples, diversity)
+            generator, _ = distill(
+                teacher_denoiser, config, checkpoint, inputs, settings=settings, processes=processes, on_step=monitor
+            )
             if accelerator.is_main_process:
                 save_samples("final.png", generator)
                 save_generator(out, generator, reference, expected_pairs["teacher"])
-                monitor.close()
+                monitor.live.end()
                 log.info("wrote %s; sample grids in %s (initial.png vs final.png, same noise)", out, samples)
             accelerator.wait_for_everyone()
 
@@ -104,6 +115,20 @@ def _settings(config: DistillParams, expected_pairs: dict, inputs: DistillInputs
     return settings
 
 
+def _monitor(
+    live: Path, resuming: bool, config: DistillParams, teacher: Denoiser, save_samples, diversity: dict
+) -> DistillMonitor:
+    """The training log (a fresh run starts its curves anew) and the monitor over it, with the start's grid and
+    diversity measured: where the generator starts is the teacher at its first sigma."""
+    if not resuming:
+        shutil.rmtree(live, ignore_errors=True)
+    monitor = DistillMonitor(open_live(live, resuming), config.sample_every, config.steps, save_samples, **diversity)
+    initial = Generator.from_teacher(teacher, (config.generator_sigmas or [])[:1])
+    save_samples("initial.png", initial)
+    monitor.measure_start(initial)
+    return monitor
+
+
 def _resuming(checkpoint: Path, settings: dict, steps: int, accelerator) -> bool:
     """The main process claims the checkpoint for these settings (`claim_checkpoint`); then each sees if it resumes."""
     if accelerator.is_main_process:
@@ -116,9 +141,13 @@ def _processes(config: DistillParams):
     """accelerate's Accelerator (bf16 autocast if asked) and the Processes view of it that `distill` takes."""
     from accelerate import Accelerator
 
-    accelerator = Accelerator(mixed_precision="no" if config.mixed_precision == "fp32" else config.mixed_precision,
-                              cpu=not torch.cuda.is_available())
-    return accelerator, Processes(accelerator.process_index, accelerator.num_processes, accelerator.device, accelerator.autocast)
+    accelerator = Accelerator(
+        mixed_precision="no" if config.mixed_precision == "fp32" else config.mixed_precision,
+        cpu=not torch.cuda.is_available(),
+    )
+    return accelerator, Processes(
+        accelerator.process_index, accelerator.num_processes, accelerator.device, accelerator.autocast
+    )
 
 
 def _grid_writer(folder: Path, teacher: Denoiser, conditions, decoder, fresh: bool) -> Callable[[str, Generator], None]:
@@ -138,7 +167,8 @@ def _grid_writer(folder: Path, teacher: Denoiser, conditions, decoder, fresh: bo
 
 
 def _regression_loss(config: DistillParams, reference: dict, device: torch.device):
-    """The configured regression loss on `device`, on decoded images when asked for a latent teacher; None without pairs."""
+    """The configured regression loss on `device`, on decoded images when asked for a latent teacher; None without
+    pairs."""
     if config.lambda_reg == 0:
         return None
     regression = make_regression_loss(config.regression_loss, config.lpips_net, config.lpips_fallback)
@@ -151,10 +181,13 @@ def _regression_loss(config: DistillParams, reference: dict, device: torch.devic
 
 
 def _real_images(data: Path, reference: dict) -> PreparedImageReader:
-    """The training split, read from disk as drawn, with class labels as cond when the data has them: the GAN's positives."""
+    """The training split, read from disk as drawn, with class labels as cond when the data has them: the GAN's
+    positives."""
     if is_latent(reference):
-        raise ParamsError("distill.gan_generator_weight: the GAN head needs real images in the teacher's space; latent "
-                          "teachers are not supported yet")
+        raise ParamsError(
+            "distill.gan_generator_weight: the GAN head needs real images in the teacher's space; latent "
+            "teachers are not supported yet"
+        )
     return PreparedImageReader(data, TRAIN)
 
 

@@ -8,37 +8,20 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 import typer
 
-from dmdlib.classifier import load_classifier
-from dmdlib.conditions import Conditions
-from dmdlib.data import HELDOUT, TRAIN, read_image_parquet, stratified_subset
-from dmdlib.denoisers import GuidedDenoiser
-from dmdlib.diffusers_teachers import TEXT_TO_IMAGE_KINDS
-from dmdlib.errors import ParamsError
-from dmdlib.evaluation import (
-    INCEPTION_FILE,
-    Measurement,
-    ReferenceSet,
-    classifier_extractor,
-    count_evaluations,
-    find_inception,
-    inception_extractor,
-    load_statistics,
-    measure_model,
-    rounded,
-)
-from dmdlib.generator import Generator, check_generator_teacher, generate, load_generator
-from dmdlib.images import GRID_CLASSES, make_grid, save_grid, to_model_range
-from dmdlib.io import atomic_output, check_writable
-from dmdlib.metrics import class_shares, paired_ratio
-from dmdlib.pairs import fixed_inputs, make_sampler, seeded_inputs
-from dmdlib.params import EvaluateParams, load_params
-from dmdlib.teachers import teacher_digest
-from stages.common import PARAMS_OPTION, compute_device, setup_logging, user_errors
-from stages.evaluate_text import evaluate_text_to_image
-from stages.teacher_reference import PROMPTS_OPTION, TEACHER_OPTION, check_teacher_fits_data, image_decoder, read_teacher
+from dmdlib.data.images import make_grid, save_grid
+from dmdlib.data.io import atomic_output, check_writable
+from dmdlib.data.prepared import read_image_parquet
+from dmdlib.evaluation.classifier import load_classifier
+from dmdlib.evaluation.rows import measure_all
+from dmdlib.evaluation.text_to_image import evaluate_text_to_image
+from dmdlib.params import load_params
+from dmdlib.teachers.diffusers import TEXT_TO_IMAGE_KINDS
+from dmdlib.teachers.loading import teacher_digest
+from dmdlib.teachers.reference import check_teacher_fits_data, read_teacher
+from dmdlib.training.generator import check_generator_teacher, load_generator
+from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, compute_device, setup_logging, user_errors
 
 log = logging.getLogger("evaluate")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -47,10 +30,14 @@ app = typer.Typer(add_completion=False, help=__doc__)
 @app.command()
 def main(
     params: Path = PARAMS_OPTION,
-    data: Path = typer.Option(Path("data/prepared.parquet"), help="Prepared data: reference (train) and noise floor (held-out)."),
+    data: Path = typer.Option(
+        Path("data/prepared.parquet"), help="Prepared data: reference (train) and noise floor (held-out)."
+    ),
     teacher: Path = TEACHER_OPTION,
     generator: Path = typer.Option(Path("models/generator"), help="Generator folder from the `distill` stage."),
-    classifier: Path = typer.Option(Path("models/classifier.safetensors"), help="Offline feature network (`features` stage)."),
+    classifier: Path = typer.Option(
+        Path("models/classifier.safetensors"), help="Offline feature network (`features` stage)."
+    ),
     metrics: Path = typer.Option(Path("metrics/eval.json"), help="Metrics JSON (declared as DVC metrics)."),
     images: Path = typer.Option(Path("reports/eval"), help="Folder for sample grids and the side-by-side comparison."),
     prompts: Path = PROMPTS_OPTION,
@@ -59,7 +46,6 @@ def main(
     setup_logging()
     with user_errors():
         all_params = load_params(params, "evaluate", "pairs")
-        config = all_params.evaluate
         check_writable(metrics, images)
         real_denoiser, reference = read_teacher(teacher)
         check_teacher_fits_data(real_denoiser, reference, teacher, data)
@@ -69,124 +55,18 @@ def main(
         if reference["kind"] in TEXT_TO_IMAGE_KINDS:
             _write(metrics, evaluate_text_to_image(all_params, real_denoiser, reference, generator, prompts, images))
             return
-        dataset = read_image_parquet(data)
-        count, sets = config.samples or len(dataset.subset(HELDOUT)), config.sample_sets
-        shape, classes = real_denoiser.sample_shape, real_denoiser.num_classes
-        reference_set = _reference_set(dataset, load_classifier(classifier), config)
-        inputs = [seeded_inputs(config.first_seed + i, shape, classes) for i in range(count * sets)]
-        noise = torch.stack([z for z, _ in inputs])
-        labels = torch.tensor([label for _, label in inputs]) if classes else None
-        grid_inputs = fixed_inputs(shape, Conditions.of(real_denoiser), 8 * min(max(classes, 1), GRID_CLASSES))
-        decoder = image_decoder(reference)  # a latent (EDM2) teacher: every row is measured on decoded images
-        results: dict = {"samples": count, "sample_sets": sets,
-                         "reference": f"train split ({len(dataset.subset(TRAIN))} images; precision and recall: a seeded "
-                                      f"subset of {count} with the split's class shares)",
-                         "feature_extractors": list(reference_set.extractors), "device": _device_name(device),
-                         "machine_threads": torch.get_num_threads(), **_noise_floor(reference_set, dataset, count)}
-        measured = {}
-        models = _models(all_params, real_denoiser, load_generator(generator).to(device), device)
-        for name, (sample, nfe) in models.items():
-            sample = sample if decoder is None else _decoded(sample, decoder.to(device), config.batch_size)
-            log.info("evaluating %s on %d x %d samples", name, sets, count)
-            measured[name] = measure_model(sample, nfe, noise, labels, sets, reference_set, speed_batch=config.speed_batch_size,
-                                           speed_repeats=config.speed_repeats, grid_inputs=grid_inputs)
-            results[name] = measured[name].row
-        _add_paired_ratios(results, measured)
-        results["speedup_dmd_vs_teacher"] = round(results["dmd_one_step"]["images_per_s"] / results["teacher"]["images_per_s"], 2)
+        distilled = load_generator(generator).to(device)
+        results, measured = measure_all(
+            all_params,
+            real_denoiser,
+            reference,
+            distilled,
+            read_image_parquet(data),
+            load_classifier(classifier),
+            device,
+        )
         _save_pictures(images, {name: m.grid for name, m in measured.items()})
         _write(metrics, results)
-
-
-def _noise_floor(reference_set: ReferenceSet, dataset, count: int) -> dict:
-    """The held-out images' metrics at the models' sample count (a seeded subset with the split's class shares);
-    omitted, saying why, when there are fewer of them."""
-    heldout = dataset.subset(HELDOUT)
-    if len(heldout) < count:
-        reason = (f"the held-out split has {len(heldout)} images, fewer than evaluate.samples ({count}); a floor of "
-                  "another count would not compare (raise prepare.heldout_fraction or lower evaluate.samples)")
-        log.warning("no noise floor: %s", reason)
-        return {"noise_floor": None, "noise_floor_omitted": reason}
-    chosen = heldout[stratified_subset(dataset.labels[heldout], count)]
-    return {"noise_floor": rounded(reference_set.quality(to_model_range(dataset.images[chosen])))}
-
-
-def _reference_set(dataset, feature_net, config: EvaluateParams) -> ReferenceSet:
-    """The training split in each extractor's feature space: the classifier's, and Inception's when its weights are on disk."""
-    extractors = {"classifier": classifier_extractor(feature_net)}
-    inception = find_inception(config.inception_path)
-    if inception is not None:
-        extractors["inception"] = inception_extractor(inception, torch.device("cpu"))
-    else:
-        log.info("no Inception FID: put %s at evaluate.inception_path or /tmp/ (clean-fid's place) to add "
-                 "fid_inception; reporting fid_classifier only", INCEPTION_FILE)
-    statistics = None
-    if config.inception_statistics:
-        if inception is None:
-            raise ParamsError(f"evaluate.inception_statistics needs Inception's weights ({INCEPTION_FILE}) at evaluate.inception_path")
-        statistics = {"inception": load_statistics(config.inception_statistics)}
-    train = dataset.subset(TRAIN)
-    shares = class_shares(torch.from_numpy(dataset.labels[train]), len(dataset.class_names)) if dataset.class_names else None
-    return ReferenceSet.of(to_model_range(dataset.images[train]), dataset.labels[train], extractors, feature_net, shares,
-                           config.precision_recall_k, statistics)
-
-
-def _decoded(sample, decoder, batch: int):
-    """A sampler whose latents come back as images, decoded in batches (speed figures include the decoding)."""
-    return lambda z, y: torch.cat([decoder(part).cpu() for part in sample(z, y).split(batch)])
-
-
-def _models(all_params, real_denoiser, distilled: Generator, device) -> dict:
-    """name -> (sampler, NFE): the teacher with the pairs' sampler, the initial and the distilled generator (and its
-    ladder and guidance scales, when it has them)."""
-    config, batch = all_params.evaluate, all_params.evaluate.batch_size
-    shape, classes = real_denoiser.sample_shape, real_denoiser.num_classes
-    probe = torch.zeros(1, *shape), (torch.zeros(1, dtype=torch.long) if classes else None)
-    # the teacher at the distilled generator's first noise level: where distillation started (on the teacher's device)
-    initial = Generator.from_teacher(real_denoiser, distilled.sigmas[:1]).eval().requires_grad_(False)
-
-    def teacher_rows(scale: float = 1.0):
-        denoiser = real_denoiser if scale == 1 else GuidedDenoiser(real_denoiser, real_denoiser.uncond, scale).to(device)
-        sample = make_sampler(denoiser, all_params.pairs, Conditions.of(real_denoiser), device)
-        return (lambda z, y: torch.cat([sample(z[i : i + batch], None if y is None else y[i : i + batch])
-                                        for i in range(0, len(z), batch)]),
-                count_evaluations(lambda: sample(*probe), real_denoiser, 1))  # Heun: 2 * steps - 1; guided: twice that
-
-    def generator_rows(generator: Generator, steps: int, scale: float | None = None):
-        return lambda z, y: generate(generator, z, y, batch, steps, scale), steps
-
-    models = {"teacher": teacher_rows(), "initial_one_step": generator_rows(initial, 1), "dmd_one_step": generator_rows(distilled, 1)}
-    if len(distilled.sigmas) > 1:  # a few-step generator: also with its whole ladder (DMD2 section 4.4)
-        models[f"dmd_{len(distilled.sigmas)}_step"] = generator_rows(distilled, len(distilled.sigmas))
-    if distilled.guidance is not None:  # a guidance-conditioned generator: one model, several scales
-        for scale in config.guidance_scales:
-            name = f"{scale:g}".replace(".", "p")
-            models[f"teacher_guidance_{name}"] = teacher_rows(scale)
-            models[f"dmd_one_step_guidance_{name}"] = generator_rows(distilled, 1, scale)
-    return models
-
-
-def _add_paired_ratios(results: dict, measured: dict[str, Measurement]) -> None:
-    """Every model's FID net of the noise floor's (`_above_floor`: the floor is the finite-sample FID of real images,
-    which every FID here carries), and each unguided generator's FID over the teacher's on the same sets, raw and net
-    of the floor, with its standard error over the sets (`metrics.paired_ratio`)."""
-    floor, teacher = results.get("noise_floor") or {}, measured["teacher"].set_fids
-    for name, measurement in measured.items():
-        row = results[name]
-        for key, values in measurement.set_fids.items():
-            if key in floor:
-                row[f"{key}_above_floor"] = round(row[key] - floor[key], 4)
-            if not name.startswith("dmd_") or "guidance" in name:
-                continue
-            ratios = {f"{key}_vs_teacher": paired_ratio(values, teacher[key])}
-            if key in floor:
-                ratios[f"{key}_above_floor_vs_teacher"] = paired_ratio(values, teacher[key], floor[key])
-            for ratio_key, (mean, standard_error) in ratios.items():
-                row[ratio_key], row[f"{ratio_key}_se"] = round(mean, 4), round(standard_error, 4)
-
-
-def _device_name(device: torch.device) -> str:
-    """What the speed figures were measured on: the GPU's name, or the CPU."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def _write(metrics: Path, results: dict) -> None:

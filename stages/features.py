@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 import typer
 
-from dmdlib.classifier import predict, save_classifier, train_classifier
-from dmdlib.data import HELDOUT, TRAIN, read_image_parquet
+from dmdlib.data.images import to_model_range
+from dmdlib.data.io import atomic_output, check_writable
+from dmdlib.data.prepared import HELDOUT, TRAIN, read_image_parquet
 from dmdlib.errors import DataError
-from dmdlib.images import to_model_range
-from dmdlib.io import atomic_output, check_writable
+from dmdlib.evaluation.classifier import predict, save_classifier, train_classifier
 from dmdlib.params import load_params
 from stages.common import PARAMS_OPTION, setup_logging, user_errors
 
@@ -35,17 +35,30 @@ def main(
         check_writable(out, metrics)
         dataset = read_image_parquet(data)
         if not dataset.class_names:
-            raise DataError(f"{data}: no class labels; the offline FID's feature network is a classifier of the data's "
-                            "classes: put the images of prepare.image_folder in one sub-folder per class (Inception's "
-                            "FID, with evaluate.inception_path, comes beside it, not instead)")
+            raise DataError(
+                f"{data}: no class labels; the offline FID's feature network is a classifier of the data's "
+                "classes: put the images of prepare.image_folder in one sub-folder per class (Inception's "
+                "FID, with evaluate.inception_path, comes beside it, not instead)"
+            )
         if len(dataset.class_names) == 1:
-            log.warning("%s: one class (%s): a classifier of one class learns nothing that tells images apart, so FID in "
-                        "its feature space (fid_classifier) means little; add classes, or read fid_inception "
-                        "(evaluate.inception_path)", data, dataset.class_names[0])
+            log.warning(
+                "%s: one class (%s): a classifier of one class learns nothing that tells images apart, so FID in "
+                "its feature space (fid_classifier) means little; add classes, or read fid_inception "
+                "(evaluate.inception_path)",
+                data,
+                dataset.class_names[0],
+            )
         train, heldout = dataset.subset(TRAIN), dataset.subset(HELDOUT)
         images, labels = to_model_range(dataset.images), torch.from_numpy(dataset.labels)
-        model = train_classifier(images[train], labels[train], len(dataset.class_names), config.steps,
-                                 config.batch_size, config.lr, config.seed)
+        model = train_classifier(
+            images[train],
+            labels[train],
+            len(dataset.class_names),
+            config.steps,
+            config.batch_size,
+            config.lr,
+            config.seed,
+        )
         accuracy = float((predict(model, images[heldout]) == labels[heldout]).float().mean())
         save_classifier(out, model)
         with atomic_output(metrics) as tmp:

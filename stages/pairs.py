@@ -13,11 +13,11 @@ import torch
 import typer
 from tqdm.auto import tqdm
 
-from dmdlib.io import check_writable, single_writer
-from dmdlib.pairs import ShardPlan, generate_pairs, make_sampler, pair_metadata
+from dmdlib.data.io import check_writable, single_writer
 from dmdlib.params import load_params
-from stages.common import PARAMS_OPTION, setup_logging, user_errors
-from stages.teacher_reference import PROMPTS_OPTION, TEACHER_OPTION, conditioning, read_teacher
+from dmdlib.teachers.reference import conditioning, read_teacher
+from dmdlib.training.pairs import ShardPlan, generate_pairs, make_sampler, pair_metadata
+from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, setup_logging, user_errors
 
 log = logging.getLogger("pairs")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -44,19 +44,38 @@ def main(
             real_denoiser = real_denoiser.to(state.device)
             plan = ShardPlan(config.count, config.shard_size, config.first_seed)
             if state.is_main_process:
-                for stale in sorted(out.glob("shard-*.parquet"))[plan.shards:]:
+                for stale in sorted(out.glob("shard-*.parquet"))[plan.shards :]:
                     stale.unlink()  # left from an earlier, larger count
-            bar = tqdm(total=-(-config.count // state.num_processes), desc="pairs", unit="pair",
-                       disable=not state.is_main_process, mininterval=1.0)
+            bar = tqdm(
+                total=-(-config.count // state.num_processes),
+                desc="pairs",
+                unit="pair",
+                disable=not state.is_main_process,
+                mininterval=1.0,
+            )
             written = generate_pairs(
-                out, plan, pair_metadata(denoiser, config, texts), make_sampler(real_denoiser, config, conditions, state.device),
-                denoiser.sample_shape, conditions.count if conditions else 0, config.batch_size, state.process_index,
-                state.num_processes, progress=bar.update, prompts=texts,
+                out,
+                plan,
+                pair_metadata(denoiser, config, texts),
+                make_sampler(real_denoiser, config, conditions, state.device),
+                denoiser.sample_shape,
+                conditions.count if conditions else 0,
+                config.batch_size,
+                state.process_index,
+                state.num_processes,
+                progress=bar.update,
+                prompts=texts,
             )
             bar.close()
             state.wait_for_everyone()
-            log.info("process %d/%d wrote %d shards; %d pairs in %s", state.process_index + 1, state.num_processes,
-                     len(written), config.count, out)
+            log.info(
+                "process %d/%d wrote %d shards; %d pairs in %s",
+                state.process_index + 1,
+                state.num_processes,
+                len(written),
+                config.count,
+                out,
+            )
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from dmdlib.data import TRAIN, prepare_images, write_image_parquet
-from dmdlib.images import save_grid
-from dmdlib.io import check_writable
+from dmdlib.data.images import save_grid
+from dmdlib.data.io import check_writable
+from dmdlib.data.prepared import TRAIN, prepare_images, write_image_parquet
 from dmdlib.params import load_params
 from stages.common import PARAMS_OPTION, setup_logging, user_errors
 
@@ -31,19 +31,34 @@ def main(
         check_writable(out, preview)
         data, skipped, converted = prepare_images(config)
         if skipped:
-            log.warning("skipped %d unreadable image(s) (prepare.skip_unreadable): %s", len(skipped),
-                        "; ".join(f"{path} ({reason})" for path, reason in skipped))
+            log.warning(
+                "skipped %d unreadable image(s) (prepare.skip_unreadable): %s",
+                len(skipped),
+                "; ".join(f"{path} ({reason})" for path, reason in skipped),
+            )
         if converted:
-            log.info("converted to %dx%dx%d: %s", config.resolution, config.resolution, config.channels,
-                     ", ".join(f"{count} {what}" for what, count in converted.most_common()))
+            log.info(
+                "converted to %dx%dx%d: %s",
+                config.resolution,
+                config.resolution,
+                config.channels,
+                ", ".join(f"{count} {what}" for what, count in converted.most_common()),
+            )
         write_image_parquet(out, data, {"heldout_fraction": config.heldout_fraction, "split_seed": config.seed})
         train = data.subset(TRAIN)
         save_grid(preview, data.images[train[:: max(1, len(train) // 64)][:64]], columns=8, scale=4)
     counts = {name: int(np.sum(data.split == name)) for name in ("train", "heldout")}
     log.info(
         "wrote %s: %d images %dx%dx%d from %s (%s), %d classes, %d skipped",
-        out, len(data.images), data.resolution, data.resolution, data.channels, config.source, counts,
-        len(data.class_names), len(skipped),
+        out,
+        len(data.images),
+        data.resolution,
+        data.resolution,
+        data.channels,
+        config.source,
+        counts,
+        len(data.class_names),
+        len(skipped),
     )
 
 

@@ -11,15 +11,14 @@ from pathlib import Path
 import torch
 import typer
 
-from dmdlib.data import TRAIN, read_image_parquet
-from dmdlib.diffusers_teachers import PIPELINE_CLASSES, TEXT_TO_IMAGE_KINDS
+from dmdlib.data.images import GRID_CLASSES, save_grid, to_model_range, to_uint8
+from dmdlib.data.io import atomic_output, check_writable, claim_checkpoint, single_writer
+from dmdlib.data.prepared import TRAIN, read_image_parquet
+from dmdlib.denoisers.sampling import heun_sample
 from dmdlib.errors import ParamsError
-from dmdlib.images import GRID_CLASSES, save_grid, to_model_range, to_uint8
-from dmdlib.io import atomic_output, check_writable, claim_checkpoint, single_writer
 from dmdlib.params import load_params
-from dmdlib.sampling import heun_sample
-from dmdlib.teacher_training import train_teacher
-from dmdlib.teachers import (
+from dmdlib.teachers.diffusers import PIPELINE_CLASSES, TEXT_TO_IMAGE_KINDS
+from dmdlib.teachers.loading import (
     EDM_CLASSES,
     EDM_CONFIG_FILE,
     EDM_WEIGHTS_FILE,
@@ -31,8 +30,9 @@ from dmdlib.teachers import (
     save_kdiffusion,
     source_digest,
 )
+from dmdlib.teachers.reference import REFERENCE_FILE, image_decoder, read_teacher
+from dmdlib.teachers.training import train_teacher
 from stages.common import PARAMS_OPTION, compute_device, open_live, setup_logging, user_errors
-from stages.teacher_reference import REFERENCE_FILE, image_decoder, read_teacher
 
 log = logging.getLogger("teacher")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -42,9 +42,15 @@ WEIGHTS_FILE = "model.safetensors"
 @app.command()
 def main(
     params: Path = PARAMS_OPTION,
-    data: Path = typer.Option(Path("data/prepared.parquet"), help="Prepared data (kind 'train' trains on its train split)."),
-    out: Path = typer.Option(Path("models/teacher"), help=f"Teacher folder: {REFERENCE_FILE} (+ weights when trained)."),
-    samples: Path = typer.Option(Path("reports/teacher_samples.png"), help="PNG grid of Heun samples (image teachers)."),
+    data: Path = typer.Option(
+        Path("data/prepared.parquet"), help="Prepared data (kind 'train' trains on its train split)."
+    ),
+    out: Path = typer.Option(
+        Path("models/teacher"), help=f"Teacher folder: {REFERENCE_FILE} (+ weights when trained)."
+    ),
+    samples: Path = typer.Option(
+        Path("reports/teacher_samples.png"), help="PNG grid of Heun samples (image teachers)."
+    ),
     checkpoint: Path = typer.Option(Path("checkpoints/teacher.pt"), help="Resumable training checkpoint."),
     live: Path = typer.Option(Path("dvclive/teacher"), help="dvclive folder for the training loss curve."),
 ) -> None:
@@ -63,8 +69,13 @@ def main(
                 reference.update(resolution=config.resolution, embedded_guidance=config.embedded_guidance)
             denoiser = load_teacher(reference)  # fail now, with the loader's message, rather than in a later stage
             if config.kind not in TEXT_TO_IMAGE_KINDS:
-                check_takes_its_shape(denoiser, config.path, "set teacher.resolution to a size it takes" if config.kind
-                                      in PIPELINE_CLASSES else "it is the network's own sample size: its config is wrong")
+                check_takes_its_shape(
+                    denoiser,
+                    config.path,
+                    "set teacher.resolution to a size it takes"
+                    if config.kind in PIPELINE_CLASSES
+                    else "it is the network's own sample size: its config is wrong",
+                )
             # the files' digest: a teacher replaced at the same path changes this output, so every later stage re-runs
             reference["source"] = source_digest(config.files(), _digest_cache(checkpoint))
             with atomic_output(out) as tmp:
@@ -75,7 +86,8 @@ def main(
 
 
 def _digest_cache(checkpoint: Path) -> Path:
-    """Where the imported teacher's file digests are kept between runs (by size, time and inode), beside the checkpoint."""
+    """Where the imported teacher's file digests are kept between runs (by size, time and inode), beside the
+    checkpoint."""
     return checkpoint.with_name("teacher_files.json")
 
 
@@ -83,13 +95,22 @@ def _convert_snapshot(config, out: Path, digest_cache: Path) -> None:
     """An NVlabs snapshot converted once into network.safetensors + network.json: no later stage opens the pickle."""
     with atomic_output(out) as tmp:
         tmp.mkdir()
-        encoder = convert_edm_snapshot(Path(config.path).expanduser(), config.kind, tmp / EDM_WEIGHTS_FILE, tmp / EDM_CONFIG_FILE)
+        encoder = convert_edm_snapshot(
+            Path(config.path).expanduser(), config.kind, tmp / EDM_WEIGHTS_FILE, tmp / EDM_CONFIG_FILE
+        )
         if encoder is not None and not config.vae:
-            raise ParamsError(f"{config.path}: a latent EDM2 snapshot (encoder {encoder['class_name']}, VAE "
-                              f"{encoder['vae_name']}); set teacher.vae to a local diffusers AutoencoderKL folder of that VAE")
-        reference = {"kind": config.kind, "path": EDM_WEIGHTS_FILE, "config": EDM_CONFIG_FILE,
-                     "vae": _absolute(config.vae) if encoder is not None else None, "encoder": encoder,
-                     "source": source_digest(config.files(), digest_cache)}
+            raise ParamsError(
+                f"{config.path}: a latent EDM2 snapshot (encoder {encoder['class_name']}, VAE "
+                f"{encoder['vae_name']}); set teacher.vae to a local diffusers AutoencoderKL folder of that VAE"
+            )
+        reference = {
+            "kind": config.kind,
+            "path": EDM_WEIGHTS_FILE,
+            "config": EDM_CONFIG_FILE,
+            "vae": _absolute(config.vae) if encoder is not None else None,
+            "encoder": encoder,
+            "source": source_digest(config.files(), digest_cache),
+        }
         (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
     log.info("converted %s (%s) into %s", config.path, reference["kind"], out)
 
@@ -106,23 +127,43 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
     labelled = bool(data.class_names) and train.class_conditional
     labels = torch.from_numpy(data.labels[train_index]) if labelled else None
     model_config = kdiffusion_config(
-        data.channels, data.resolution, train.channels, train.depths, train.mapping_width,
-        len(data.class_names) if labelled else 0, train.sigma_data, train.sigma_min, train.sigma_max,
+        data.channels,
+        data.resolution,
+        train.channels,
+        train.depths,
+        train.mapping_width,
+        len(data.class_names) if labelled else 0,
+        train.sigma_data,
+        train.sigma_min,
+        train.sigma_max,
         train.label_dropout if labelled else 0.0,
     )
     torch.manual_seed(train.seed)  # the initial weights: without it two runs of the same params differ
     device = compute_device()
     denoiser = build_kdiffusion(model_config)
     levels = len(train.channels)
-    check_takes_its_shape(denoiser, "teacher.train", f"prepare.resolution {data.resolution}: use a multiple of "
-                          f"{2 ** (levels - 1)} for its {levels} levels (teacher.train.channels)")
+    check_takes_its_shape(
+        denoiser,
+        "teacher.train",
+        f"prepare.resolution {data.resolution}: use a multiple of "
+        f"{2 ** (levels - 1)} for its {levels} levels (teacher.train.channels)",
+    )
     denoiser = denoiser.to(device)
-    log.info("teacher: k-diffusion image_v1, %.2fM parameters, %s, %d steps at batch %d on %s",
-             sum(p.numel() for p in denoiser.parameters()) / 1e6,
-             f"{len(data.class_names)} classes" if labelled else "unconditional", train.steps, train.batch_size, device)
+    log.info(
+        "teacher: k-diffusion image_v1, %.2fM parameters, %s, %d steps at batch %d on %s",
+        sum(p.numel() for p in denoiser.parameters()) / 1e6,
+        f"{len(data.class_names)} classes" if labelled else "unconditional",
+        train.steps,
+        train.batch_size,
+        device,
+    )
     # what the teacher learns from: its params but the run length, its network, and the very images of the train split
     split = hashlib.sha256(data.images[train_index].tobytes() + data.labels[train_index].tobytes()).hexdigest()
-    settings = {"train": train.model_dump(mode="json", exclude=set(train.run_keys)), "model": model_config, "train_split": split}
+    settings = {
+        "train": train.model_dump(mode="json", exclude=set(train.run_keys)),
+        "model": model_config,
+        "train_split": split,
+    }
     with single_writer(checkpoint):  # a second run on this checkpoint would overwrite this one's
         resuming = claim_checkpoint(checkpoint, settings, train.steps, "teacher.train.steps") > 0
         if not resuming:
@@ -144,7 +185,9 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
 
 def _write_samples(teacher, reference: dict, steps: int, path: Path) -> None:
     if reference["kind"] in TEXT_TO_IMAGE_KINDS:
-        log.info("no sample grid for a %s teacher (text-to-image: the evaluate stage shows its samples)", reference["kind"])
+        log.info(
+            "no sample grid for a %s teacher (text-to-image: the evaluate stage shows its samples)", reference["kind"]
+        )
         return
     decoder = image_decoder(reference)
     shape, classes, device = teacher.sample_shape, min(teacher.num_classes, GRID_CLASSES), compute_device()

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import typer
 
-from dmdlib.io import atomic_output, check_writable
+from dmdlib.data.io import atomic_output, check_writable
 from dmdlib.params import load_params
-from dmdlib.teachers import source_digest
+from dmdlib.teachers.loading import source_digest
 from stages.common import PARAMS_OPTION, setup_logging, user_errors
 
 log = logging.getLogger("teacher_source")
@@ -26,7 +26,9 @@ app = typer.Typer(add_completion=False, help=__doc__)
 def main(
     params: Path = PARAMS_OPTION,
     out: Path = typer.Option(Path("models/teacher_source.json"), help="The teacher kind and its files' digest (JSON)."),
-    cache: Path = typer.Option(Path("checkpoints/teacher_files.json"), help="Digests of files seen before, by size, time and inode."),
+    cache: Path = typer.Option(
+        Path("checkpoints/teacher_files.json"), help="Digests of files seen before, by size, time and inode."
+    ),
 ) -> None:
     """Write the digest of teacher.path, teacher.config and teacher.vae (none for the trained default teacher)."""
     setup_logging()

@@ -1,12 +1,14 @@
 """Shared fixtures: the repository root, and few threads so tests behave on 2-core machines."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(int(os.environ.get("DMD_TEST_THREADS", 2)))  # 1 beside another torch job: no thread thrashing
+sys.path.append(str(Path(__file__).resolve().parent.parent / "scripts"))  # import_graph, shared with sync_dvc_deps.py
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +18,8 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def nvlabs_fixtures(repo_root) -> Path:
-    """NVlabs-made EDM/EDM2 snapshots and reference outputs (../shared/fixtures, or $DMD_FIXTURES); skip without them."""
+    """NVlabs-made EDM/EDM2 snapshots and reference outputs (../shared/fixtures, or $DMD_FIXTURES); skip without
+    them."""
     import os
 
     folder = Path(os.environ.get("DMD_FIXTURES", repo_root.parent / "shared" / "fixtures"))

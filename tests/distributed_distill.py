@@ -1,19 +1,20 @@
-"""Run by the tests under torchrun: DMD runs on the CPU (gloo), each `strategy[-gan][-lora][-guided]:steps:kill_at` in turn
-(kill_at 0: never); every rank saves the run's generator as rank<r>-<run name>-<steps>.pt."""
+"""Run by the tests under torchrun: DMD runs on the CPU (gloo), each `strategy[-gan][-lora][-guided]:steps:kill_at` in
+turn (kill_at 0: never); every rank saves the run's generator as rank<r>-<run name>-<steps>.pt."""
 
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tiny_project import Killed, kill_at
 
 from dmdlib.denoisers import GuidedDenoiser
-from dmdlib.distill import DistillInputs, Processes, distill
-from dmdlib.dmd import RealBatch
-from dmdlib.pairs import PairReader
 from dmdlib.params import DistillParams
-from dmdlib.regression import l2_loss
-from dmdlib.teachers import build_kdiffusion, kdiffusion_config
+from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config
+from dmdlib.training.distill import DistillInputs, Processes, distill
+from dmdlib.training.dmd import RealBatch
+from dmdlib.training.pairs import PairReader
+from dmdlib.training.regression import l2_loss
 
 PAIRS_META = {"teacher": "t", "sampler": "heun", "steps": 2, "guidance": 1.0, "shape": [1, 8, 8], "dtype": "float32"}
 
@@ -25,13 +26,23 @@ def tiny_teacher(label_dropout: float = 0.0):
 
 
 def run_params(name: str, steps: int, processes: int) -> DistillParams:
-    """The same global batch (4 samples, 4 pairs) whatever the process count; `name` is strategy[-gan][-lora][-guided]."""
+    """The same global batch (4 samples, 4 pairs) whatever the process count; `name` is
+    strategy[-gan][-lora][-guided]."""
     strategy, *extras = name.split("-")
     options = {"gan_generator_weight": 3e-3, "fake_steps": 2} if "gan" in extras else {}  # fresh samples for the 2nd
     options |= {"fake_lora_rank": 2, "generator_lora_rank": 2} if "lora" in extras else {}
     options |= {"guidance_range": (1.0, 2.0)} if "guided" in extras else {}
-    return DistillParams(steps=steps, batch_size=4 // processes, reg_batch_size=4 // processes, warmup_steps=1,
-                         checkpoint_every=2, regression_loss="l2", regression_warmup_steps=1, data_parallel=strategy, **options)
+    return DistillParams(
+        steps=steps,
+        batch_size=4 // processes,
+        reg_batch_size=4 // processes,
+        warmup_steps=1,
+        checkpoint_every=2,
+        regression_loss="l2",
+        regression_warmup_steps=1,
+        data_parallel=strategy,
+        **options,
+    )
 
 
 def run_setup(name: str, pairs: PairReader) -> tuple:
@@ -43,25 +54,23 @@ def run_setup(name: str, pairs: PairReader) -> tuple:
     return teacher, DistillInputs(pairs, l2_loss, real_denoiser, real_images=RealBatch(images, torch.arange(16) % 3))
 
 
-class Killed(Exception):
-    pass
-
-
 if __name__ == "__main__":
     out, pairs = Path(sys.argv[1]), PairReader(sys.argv[2], PAIRS_META)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     for run in sys.argv[3:]:
-        name, steps, kill_at = run.split(":")
-
-        def kill(step, metrics, generator, kill_at=int(kill_at)):
-            if step == kill_at:
-                raise Killed
+        name, steps, kill_step = run.split(":")
 
         try:
             teacher, inputs = run_setup(name, pairs)
-            generator, _ = distill(teacher, run_params(name, int(steps), world), out / f"{name}.pt", inputs,
-                                   processes=Processes(rank, world), on_step=kill)
+            generator, _ = distill(
+                teacher,
+                run_params(name, int(steps), world),
+                out / f"{name}.pt",
+                inputs,
+                processes=Processes(rank, world),
+                on_step=kill_at(int(kill_step)),
+            )
         except Killed:
             sys.exit(3)
         torch.save(generator.state_dict(), out / f"rank{rank}-{name}-{steps}.pt")

@@ -6,13 +6,13 @@ import pytest
 import torch
 from tiny_project import pipeline_params, run_stages, write_tiny_project
 
-from dmdlib.generator import load_generator
-from dmdlib.pairs import PairReader, pair_metadata
+from dmdlib.denoisers.sampling import heun_sample
 from dmdlib.params import PairsParams, TeacherTrainParams
-from dmdlib.sampling import heun_sample
-from dmdlib.teacher_training import train_teacher
-from dmdlib.teachers import build_kdiffusion, kdiffusion_config
-from stages.teacher_reference import read_teacher
+from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config
+from dmdlib.teachers.reference import read_teacher
+from dmdlib.teachers.training import train_teacher
+from dmdlib.training.generator import load_generator
+from dmdlib.training.pairs import PairReader, pair_metadata
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -31,8 +31,9 @@ def fresh_accelerate_state():
 
 def tiny_teacher():
     torch.manual_seed(0)
-    return build_kdiffusion(kdiffusion_config(1, 8, TINY["channels"], TINY["depths"], TINY["mapping_width"], 3, 0.5,
-                                              0.002, 80.0))
+    return build_kdiffusion(
+        kdiffusion_config(1, 8, TINY["channels"], TINY["depths"], TINY["mapping_width"], 3, 0.5, 0.002, 80.0)
+    )
 
 
 def test_teacher_training_on_the_gpu_follows_the_cpu_run(tmp_path):

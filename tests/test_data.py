@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dmdlib.data import (
+from dmdlib.data.prepared import (
     HELDOUT,
     TRAIN,
     ImageSet,
@@ -124,7 +124,9 @@ def test_prepare_stage_from_image_folder(tmp_path, repo_root):
     params = tmp_path / "params.yaml"
     params.write_text(f"prepare:\n  source: image_folder\n  image_folder: {root}\n  resolution: 8\n  channels: 3\n")
     out = tmp_path / "out" / "prepared.parquet"
-    result = run_stage("--params", str(params), "--out", str(out), "--preview", str(tmp_path / "out" / "p.png"), cwd=repo_root)
+    result = run_stage(
+        "--params", str(params), "--out", str(out), "--preview", str(tmp_path / "out" / "p.png"), cwd=repo_root
+    )
     assert result.returncode == 0, result.stderr
     data = read_image_parquet(out)
     assert data.images.shape == (6, 8, 8, 3)
@@ -142,7 +144,7 @@ def test_prepare_stage_bad_params_stops_before_writing(tmp_path, repo_root):
     assert not out.exists()
 
 
-def test_prepare_names_every_unreadable_image_wherever_it_sits_and_summarises_conversions(tmp_path, caplog):
+def test_unreadable_images_named(tmp_path, caplog):
     """A corrupt file at the top level got a wrong error without its name; one inside a class folder was skipped
     with exit 0. Now: named wherever it sits, prepare stops unless skip_unreadable, conversions get one line."""
     import logging
@@ -158,9 +160,12 @@ def test_prepare_names_every_unreadable_image_wherever_it_sits_and_summarises_co
     params = tmp_path / "params.yaml"
 
     def prepare(extra: str = ""):
-        params.write_text(f"prepare:\n  source: image_folder\n  image_folder: {root}\n  resolution: 16\n  channels: 3\n{extra}")
-        return CliRunner().invoke(app, ["--params", str(params), "--out", str(tmp_path / "p.parquet"),
-                                        "--preview", str(tmp_path / "p.png")])
+        params.write_text(
+            f"prepare:\n  source: image_folder\n  image_folder: {root}\n  resolution: 16\n  channels: 3\n{extra}"
+        )
+        return CliRunner().invoke(
+            app, ["--params", str(params), "--out", str(tmp_path / "p.parquet"), "--preview", str(tmp_path / "p.png")]
+        )
 
     result = prepare()
     assert result.exit_code == 2 and "1 file(s) at the top level beside class sub-folders (stray.png)" in result.output

@@ -1,6 +1,5 @@
 """Every adapter agrees with a reference computed independently of it."""
 
-
 import pytest
 import torch
 from torch import nn
@@ -13,9 +12,9 @@ from dmdlib.denoisers import (
     LatentDenoiser,
     frozen,
 )
-from dmdlib.denoisers.loading import load_diffusers_ddpm
+from dmdlib.denoisers.base import denoising_loss
 from dmdlib.errors import TeacherError
-from dmdlib.losses import denoising_loss
+from dmdlib.teachers.diffusers import load_diffusers_ddpm
 
 torch.manual_seed(0)
 
@@ -38,8 +37,14 @@ def tiny_unet2d(**overrides):
     from diffusers import UNet2DModel
 
     config = dict(
-        sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
     )
     return UNet2DModel(**{**config, **overrides}).eval()
 
@@ -48,9 +53,16 @@ def tiny_unet2d_condition():
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=12, attention_head_dim=2, norm_num_groups=4,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=12,
+        attention_head_dim=2,
+        norm_num_groups=4,
     ).eval()
 
 
@@ -70,7 +82,8 @@ def test_karras_adapter_matches_edm_preconditioning():
         assert torch.allclose(KarrasDenoiser(inner, 0.5)(x, sigma, labels), unconditional, atol=1e-6)
 
 
-def test_karras_adapter_wraps_a_k_diffusion_model_class_and_its_loss():
+def test_karras_adapter_wraps_kdiffusion():
+    """Karras adapter wraps a k diffusion model class and its loss."""
     from k_diffusion.models import ImageDenoiserModelV1
 
     inner = ImageDenoiserModelV1(1, 16, [1, 1], [8, 16], [False, False])
@@ -132,12 +145,12 @@ def test_the_fake_denoisers_loss_is_the_teachers_own_mse(prediction_type, beta_s
 
 
 @pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
-def test_a_discrete_generator_feeds_its_network_the_noise_itself_as_a_diffusers_pipeline_does(beta_schedule):
+def test_discrete_prior_scale(beta_schedule):
     """DDPMPipeline and the one-step export's DDIM both call the network on latents = z at the first timestep; so
     the generator's prior_scale(sigma) z, divided by sqrt(sigma^2 + 1) on the way in, must give back z exactly."""
     from diffusers import DDPMScheduler
 
-    from dmdlib.generator import Generator, start_sigma
+    from dmdlib.training.generator import Generator, start_sigma
 
     inputs = []
     unet = tiny_unet2d()

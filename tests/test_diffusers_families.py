@@ -9,19 +9,21 @@ import torch
 from tiny_models import save_tiny_dit, save_tiny_flux, save_tiny_sd3, save_tiny_sdxl
 from typer.testing import CliRunner
 
-from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
-from dmdlib.generator import load_generator
-from dmdlib.latents import LatentDecoder, load_vae
-from dmdlib.prompt_encoders import PromptEncoder
-from dmdlib.text import load_prompt_set
+from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parquet
+from dmdlib.data.prompts import load_prompt_set
+from dmdlib.teachers.latents import LatentDecoder, load_vae
+from dmdlib.teachers.prompt_encoders import PromptEncoder
+from dmdlib.teachers.reference import guided, read_teacher
+from dmdlib.training.generator import load_generator
 from stages.distill import app as distill_app
 from stages.pairs import app as pairs_app
 from stages.prompts import app as prompts_app
 from stages.teacher import app as teacher_app
-from stages.teacher_reference import guided, read_teacher
 
-DISTILL = ("distill:\n  steps: 2\n  batch_size: 2\n  reg_batch_size: 2\n  regression_loss: l2\n  regression_space: latent\n"
-           "  sample_every: 2\n  checkpoint_every: 2\n  gradient_checkpointing: true\n")
+DISTILL = (
+    "distill:\n  steps: 2\n  batch_size: 2\n  reg_batch_size: 2\n  regression_loss: l2\n  regression_space: latent\n"
+    "  sample_every: 2\n  checkpoint_every: 2\n  gradient_checkpointing: true\n"
+)
 FAMILIES = {  # kind: (builder, teacher lines, pairs sampler, pairs guidance)
     "sdxl": (save_tiny_sdxl, "", "EulerDiscreteScheduler", 3.0),
     "sd3": (save_tiny_sd3, "", "FlowMatchEulerDiscreteScheduler", 3.0),
@@ -38,37 +40,64 @@ def _run(tmp_path, stages):
 
 
 def _distil(tmp_path, kind: str, folder, teacher_lines: str, pairs_lines: str, text: bool, data=None):
-    (tmp_path / "params.yaml").write_text(f"teacher:\n  kind: {kind}\n  path: {folder}\n{teacher_lines}"
-                                          f"prompts:\n  file: {tmp_path / 'prompts.txt'}\n  eval_fraction: 0.2\n"
-                                          + pairs_lines + DISTILL)
+    (tmp_path / "params.yaml").write_text(
+        f"teacher:\n  kind: {kind}\n  path: {folder}\n{teacher_lines}"
+        f"prompts:\n  file: {tmp_path / 'prompts.txt'}\n  eval_fraction: 0.2\n" + pairs_lines + DISTILL
+    )
     (tmp_path / "prompts.txt").write_text("a cat\na dog\nred car\nblue sky\ngreen tree\n")
     t, extra = tmp_path / "teacher", (["--prompts", tmp_path / "prompts"] if text else ["--data", data])
-    _run(tmp_path, [
-        (teacher_app, ["--out", t, "--samples", tmp_path / "t.png"]),
-        *([(prompts_app, ["--teacher", t, "--out", tmp_path / "prompts"])] if text else []),
-        (pairs_app, ["--teacher", t, "--out", tmp_path / "pairs", *(extra if text else [])]),
-        (distill_app, ["--teacher", t, "--pairs", tmp_path / "pairs", "--out", tmp_path / "generator", "--samples",
-                       tmp_path / "grids", "--checkpoint", tmp_path / "ck.pt", "--live", tmp_path / "live", *extra]),
-    ])
+    _run(
+        tmp_path,
+        [
+            (teacher_app, ["--out", t, "--samples", tmp_path / "t.png"]),
+            *([(prompts_app, ["--teacher", t, "--out", tmp_path / "prompts"])] if text else []),
+            (pairs_app, ["--teacher", t, "--out", tmp_path / "pairs", *(extra if text else [])]),
+            (
+                distill_app,
+                [
+                    "--teacher",
+                    t,
+                    "--pairs",
+                    tmp_path / "pairs",
+                    "--out",
+                    tmp_path / "generator",
+                    "--samples",
+                    tmp_path / "grids",
+                    "--checkpoint",
+                    tmp_path / "ck.pt",
+                    "--live",
+                    tmp_path / "live",
+                    *extra,
+                ],
+            ),
+        ],
+    )
     assert (tmp_path / "grids" / "final.png").is_file()  # decoded with the family's own VAE
     return load_generator(tmp_path / "generator")
 
 
 @pytest.mark.parametrize("kind", FAMILIES)
-def test_a_text_to_image_family_distils_and_its_export_runs_in_the_stock_pipeline(tmp_path, kind):
+def test_text_to_image_family_export(tmp_path, kind):
+    """A text to image family distils and its export runs in the stock pipeline."""
     import diffusers
 
     build, teacher_lines, sampler, guidance = FAMILIES[kind]
     folder = build(tmp_path / kind)
-    pairs_lines = f"pairs:\n  count: 4\n  shard_size: 2\n  batch_size: 2\n  sampler: {sampler}\n  steps: 3\n  guidance: {guidance}\n"
+    pairs_lines = "pairs:\n  count: 4\n  shard_size: 2\n  batch_size: 2\n"
+    pairs_lines += f"  sampler: {sampler}\n  steps: 3\n  guidance: {guidance}\n"
     generator = _distil(tmp_path, kind, folder, teacher_lines, pairs_lines, text=True)
 
     index = json.loads((folder / "model_index.json").read_text())
     network_folder = "unet" if kind == "sdxl" else "transformer"
     network = getattr(diffusers, index[network_folder][1]).from_pretrained(tmp_path / "generator" / network_folder)
-    scheduler_class = getattr(diffusers, json.loads((tmp_path / "generator/scheduler/scheduler_config.json").read_text())["_class_name"])
+    scheduler_class = getattr(
+        diffusers, json.loads((tmp_path / "generator/scheduler/scheduler_config.json").read_text())["_class_name"]
+    )
     pipeline = getattr(diffusers, index["_class_name"]).from_pretrained(
-        folder, **{network_folder: network}, scheduler=scheduler_class.from_pretrained(tmp_path / "generator" / "scheduler"))
+        folder,
+        **{network_folder: network},
+        scheduler=scheduler_class.from_pretrained(tmp_path / "generator" / "scheduler"),
+    )
     pipeline.set_progress_bar_config(disable=True)
     shape = generator.denoiser.sample_shape
     z = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
@@ -79,7 +108,9 @@ def test_a_text_to_image_family_distils_and_its_export_runs_in_the_stock_pipelin
         theirs = pipeline("a cat", latents=z.clone(), **options).images
     else:
         packed = pipeline._pack_latents(z.clone(), 1, shape[0], shape[1], shape[2]) if kind == "flux" else z.clone()
-        theirs = pipeline("a cat", latents=packed, sigmas=ONE_STEP_TIME, height=shape[1], width=shape[2], **options).images
+        theirs = pipeline(
+            "a cat", latents=packed, sigmas=ONE_STEP_TIME, height=shape[1], width=shape[2], **options
+        ).images
         ours = pipeline._pack_latents(ours, 1, shape[0], shape[1], shape[2]) if kind == "flux" else ours
     assert theirs.shape == ours.shape and torch.allclose(theirs, ours, atol=1e-4), (theirs - ours).abs().max()
 
@@ -91,37 +122,60 @@ def test_a_text_to_image_family_distils_and_its_export_runs_in_the_stock_pipelin
     pipeline.set_progress_bar_config(disable=True)
     options["guidance_scale"] = guidance
     with torch.no_grad():
-        ours = real(z * teacher.prior_scale(generator.sigma), generator.sigma, PromptEncoder(folder, kind, shape)(["a cat"]))
+        ours = real(
+            z * teacher.prior_scale(generator.sigma), generator.sigma, PromptEncoder(folder, kind, shape)(["a cat"])
+        )
     if kind == "sdxl":
         theirs = pipeline("a cat", latents=z.clone(), **options).images
     else:
-        theirs = pipeline("a cat", latents=packed, sigmas=ONE_STEP_TIME, height=shape[1], width=shape[2], **options).images
+        theirs = pipeline(
+            "a cat", latents=packed, sigmas=ONE_STEP_TIME, height=shape[1], width=shape[2], **options
+        ).images
         ours = pipeline._pack_latents(ours, 1, shape[0], shape[1], shape[2]) if kind == "flux" else ours
     assert torch.allclose(theirs, ours, atol=1e-4), (theirs - ours).abs().max()
     teacher_network = getattr(diffusers, index[network_folder][1]).from_pretrained(folder, subfolder=network_folder)
-    assert not all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), teacher_network.state_dict().values()))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(network.state_dict().values(), teacher_network.state_dict().values())
+    )
 
 
-def test_dit_distils_class_conditionally_and_its_export_runs_in_the_stock_dit_pipeline(tmp_path):
+def test_dit_export(tmp_path):
+    """Dit distils class conditionally and its export runs in the stock dit pipeline."""
     from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
     folder = save_tiny_dit(tmp_path / "dit")
     rng = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (40, 8, 8, 3), generator=rng, dtype=torch.uint8).numpy()
-    write_image_parquet(tmp_path / "data.parquet", ImageSet(images, (torch.arange(40) % 10).numpy(),
-                                                            split_train_heldout(40, 0.25, 0), [str(c) for c in range(10)]))
-    pairs_lines = "pairs:\n  count: 4\n  shard_size: 2\n  batch_size: 2\n  sampler: DDIMScheduler\n  steps: 3\n  guidance: 2.0\n"
-    generator = _distil(tmp_path, "dit", folder, "  train:\n    sample_steps: 2\n", pairs_lines, text=False,
-                        data=tmp_path / "data.parquet")
+    write_image_parquet(
+        tmp_path / "data.parquet",
+        ImageSet(
+            images, (torch.arange(40) % 10).numpy(), split_train_heldout(40, 0.25, 0), [str(c) for c in range(10)]
+        ),
+    )
+    pairs_lines = (
+        "pairs:\n  count: 4\n  shard_size: 2\n  batch_size: 2\n  sampler: DDIMScheduler\n  steps: 3\n  guidance: 2.0\n"
+    )
+    generator = _distil(
+        tmp_path,
+        "dit",
+        folder,
+        "  train:\n    sample_steps: 2\n",
+        pairs_lines,
+        text=False,
+        data=tmp_path / "data.parquet",
+    )
     assert generator.sigma < generator.denoiser.sigma_max  # epsilon DiT: starts where its x0 is well conditioned
 
     pipeline = DiTPipeline.from_pretrained(
-        folder, transformer=DiTTransformer2DModel.from_pretrained(tmp_path / "generator" / "transformer"),
-        scheduler=DDIMScheduler.from_pretrained(tmp_path / "generator" / "scheduler"))
+        folder,
+        transformer=DiTTransformer2DModel.from_pretrained(tmp_path / "generator" / "transformer"),
+        scheduler=DDIMScheduler.from_pretrained(tmp_path / "generator" / "scheduler"),
+    )
     pipeline.set_progress_bar_config(disable=True)
     labels = [1, 7]
-    theirs = pipeline(labels, guidance_scale=1.0, num_inference_steps=1, output_type="np",
-                      generator=torch.Generator().manual_seed(0)).images
+    theirs = pipeline(
+        labels, guidance_scale=1.0, num_inference_steps=1, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     z = torch.randn(2, *generator.denoiser.sample_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = LatentDecoder.diffusers(load_vae(folder))(generator(z, torch.tensor(labels)))
@@ -130,7 +184,8 @@ def test_dit_distils_class_conditionally_and_its_export_runs_in_the_stock_dit_pi
 
 
 @pytest.mark.parametrize("case", ["other pipeline", "other family", "no index"])
-def test_a_teacher_folder_the_project_does_not_know_stops_with_one_error_naming_it(tmp_path, case):
+def test_unknown_teacher_folder(tmp_path, case):
+    """A teacher folder the project does not know stops with one error naming it."""
     folder = tmp_path / "model"
     if case == "other family":
         save_tiny_dit(folder)
@@ -142,7 +197,11 @@ def test_a_teacher_folder_the_project_does_not_know_stops_with_one_error_naming_
     (tmp_path / "params.yaml").write_text(f"teacher:\n  kind: sdxl\n  path: {folder}\n")
     result = CliRunner().invoke(teacher_app, ["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "t")])
     assert result.exit_code != 0 and str(folder) in result.output
-    expected = {"other pipeline": "KandinskyV22Pipeline", "other family": "set teacher.kind: dit", "no index": "no model_index.json"}
+    expected = {
+        "other pipeline": "KandinskyV22Pipeline",
+        "other family": "set teacher.kind: dit",
+        "no index": "no model_index.json",
+    }
     assert expected[case] in result.output and "StableDiffusionXLPipeline" in result.output
     if case != "other family":
         assert "flux (FluxPipeline)" in result.output  # the kinds supported
@@ -153,9 +212,9 @@ def test_dit_guidance_is_the_pipelines_own_on_its_null_class(tmp_path):
     """DiTPipeline guides the epsilon half with null class 1000; the GuidedDenoiser on D does the same, being linear."""
     from diffusers import DiTPipeline
 
-    from dmdlib.diffusers_teachers import save_one_step_scheduler
-    from dmdlib.generator import start_sigma
-    from dmdlib.teachers import load_teacher
+    from dmdlib.teachers.diffusers import save_one_step_scheduler
+    from dmdlib.teachers.loading import load_teacher
+    from dmdlib.training.generator import start_sigma
 
     folder = save_tiny_dit(tmp_path / "dit", num_classes=1000)
     teacher = load_teacher({"kind": "dit", "path": str(folder)})
@@ -165,8 +224,13 @@ def test_dit_guidance_is_the_pipelines_own_on_its_null_class(tmp_path):
 
     pipeline = DiTPipeline.from_pretrained(folder, scheduler=DDIMScheduler.from_pretrained(tmp_path / "scheduler"))
     pipeline.set_progress_bar_config(disable=True)
-    theirs = pipeline([3, 999], guidance_scale=4.0, num_inference_steps=1, output_type="np",
-                      generator=torch.Generator().manual_seed(0)).images
+    theirs = pipeline(
+        [3, 999],
+        guidance_scale=4.0,
+        num_inference_steps=1,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     z = torch.randn(2, *teacher.sample_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = guided(teacher, teacher.uncond, 4.0)(z * teacher.prior_scale(sigma), sigma, torch.tensor([3, 999]))

@@ -11,11 +11,11 @@ from torch import nn
 
 from dmdlib.denoisers import Denoiser, DiscreteDenoiser, GaussianMixtureDenoiser
 from dmdlib.denoisers.base import expand
-from dmdlib.distill import DistillInputs, distill
-from dmdlib.generator import MAX_START_OUTPUT_SCALE, Generator, start_sigma
+from dmdlib.denoisers.sampling import heun_sample
 from dmdlib.params import DistillParams
-from dmdlib.regression import l2_loss
-from dmdlib.sampling import heun_sample
+from dmdlib.training.distill import DistillInputs, distill
+from dmdlib.training.generator import MAX_START_OUTPUT_SCALE, Generator, start_sigma
+from dmdlib.training.regression import l2_loss
 
 MIXTURE = GaussianMixtureDenoiser.ring(modes=8, radius=2.0, std=0.1, sigma_data=math.sqrt(2.01))
 
@@ -26,7 +26,9 @@ class Residual(nn.Module):
     def __init__(self, width: int = 64):
         super().__init__()
         self.register_buffer("frequencies", torch.arange(1, 9, dtype=torch.float32) * math.pi / 2)
-        self.net = nn.Sequential(nn.Linear(18, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2))
+        self.net = nn.Sequential(
+            nn.Linear(18, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2)
+        )
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
@@ -46,7 +48,8 @@ class EpsilonMixture(DiscreteDenoiser):
 
 
 class EDMMixture(Denoiser):
-    """The same mixture in EDM's preconditioning, on the same sigma grid: D = c_skip x + c_out F, F = F_exact + residual."""
+    """The same mixture in EDM's preconditioning, on the same sigma grid: D = c_skip x + c_out F, F = F_exact +
+    residual."""
 
     def __init__(self, grid: torch.Tensor):
         super().__init__()
@@ -88,15 +91,28 @@ def regression_curve(teacher: Denoiser, tmp_path, steps: int = 600) -> list[floa
     """Means over 50-step windows of the regression loss of a default distillation (DM term from step 100)."""
     noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(1))
     pairs = Pairs(noise, heun_sample(teacher, noise, 18))  # the mixture's own ODE: both residuals start at zero
-    params = DistillParams(steps=steps, batch_size=64, reg_batch_size=64, generator_lr=1e-3, checkpoint_every=10_000,
-                           sample_every=10_000, ema_decay=None)
+    params = DistillParams(
+        steps=steps,
+        batch_size=64,
+        reg_batch_size=64,
+        generator_lr=1e-3,
+        checkpoint_every=10_000,
+        sample_every=10_000,
+        ema_decay=None,
+    )
     losses = []
-    distill(teacher, params, tmp_path / f"{type(teacher).__name__}.pt", DistillInputs(pairs, l2_loss),
-            on_step=lambda step, metrics, generator: losses.append(metrics["loss_reg"]))
+    distill(
+        teacher,
+        params,
+        tmp_path / f"{type(teacher).__name__}.pt",
+        DistillInputs(pairs, l2_loss),
+        on_step=lambda step, metrics, generator: losses.append(metrics["loss_reg"]),
+    )
     return [sum(losses[i : i + 50]) / 50 for i in range(0, steps, 50)]
 
 
-def test_the_one_step_generator_starts_at_the_teachers_own_x0_prediction_where_it_is_well_conditioned():
+def test_generator_start():
+    """The one step generator starts at the teachers own x0 prediction where it is well conditioned."""
     epsilon, edm = teachers().values()
     assert epsilon.sigma_max == pytest.approx(157.4, abs=0.1) and edm.sigma_max == epsilon.sigma_max
     assert start_sigma(edm) == edm.sigma_max  # EDM preconditioning: c_out <= sigma_data everywhere
@@ -112,7 +128,8 @@ def test_the_one_step_generator_starts_at_the_teachers_own_x0_prediction_where_i
         assert torch.equal(generator(z), teacher(z * teacher.prior_scale(sigma), sigma))
 
 
-def test_an_epsilon_teacher_distils_as_steadily_as_the_same_mixture_in_edm_form(tmp_path):
+def test_epsilon_distils_like_edm(tmp_path):
+    """An epsilon teacher distils as steadily as the same mixture in edm form."""
     curves = {name: regression_curve(teacher, tmp_path) for name, teacher in teachers().items()}
     print({name: [round(x, 4) for x in curve] for name, curve in curves.items()})
     for curve in curves.values():
@@ -121,12 +138,11 @@ def test_an_epsilon_teacher_distils_as_steadily_as_the_same_mixture_in_edm_form(
     assert curves["epsilon"][-1] < 1.5 * curves["edm"][-1]
 
 
-
-def test_the_dm_term_brings_either_form_closer_to_the_teacher_than_16_pairs_alone(tmp_path):
+def test_dm_term_end_to_end(tmp_path):
     """End to end through `distill` (DMD2's fake-step ratio 5): with 16 pairs, regression alone cannot recover the
     8-mode ring; the DM term must bring the generator closer to it in both parameterisations (a wrong DM gradient,
     e.g. its sign flipped, drives the samples off the ring instead)."""
-    from dmdlib.toy import sliced_wasserstein
+    from dmdlib.training.toy import sliced_wasserstein
 
     reference = MIXTURE.sample(2000, generator=torch.Generator().manual_seed(5))
     z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(6))
@@ -135,9 +151,19 @@ def test_the_dm_term_brings_either_form_closer_to_the_teacher_than_16_pairs_alon
         pairs = Pairs(noise, heun_sample(teacher, noise, 18))
         distances = {}
         for dm_weight in (1.0, 0.0):
-            params = DistillParams(steps=600, batch_size=64, reg_batch_size=16, generator_lr=1e-3, fake_lr=1e-3, fake_steps=5,
-                                   dm_weight=dm_weight, dm_sigma_max=None, ema_decay=None, checkpoint_every=10_000,
-                                   sample_every=10_000)
+            params = DistillParams(
+                steps=600,
+                batch_size=64,
+                reg_batch_size=16,
+                generator_lr=1e-3,
+                fake_lr=1e-3,
+                fake_steps=5,
+                dm_weight=dm_weight,
+                dm_sigma_max=None,
+                ema_decay=None,
+                checkpoint_every=10_000,
+                sample_every=10_000,
+            )
             generator, _ = distill(teacher, params, tmp_path / f"{name}-{dm_weight}.pt", DistillInputs(pairs, l2_loss))
             with torch.no_grad():
                 distances[dm_weight] = sliced_wasserstein(generator(z), reference)
@@ -153,8 +179,8 @@ class MLPTeacher(DiscreteDenoiser):
 
 
 def trained_teacher(beta_schedule: str = "linear", prediction_type: str = "epsilon") -> MLPTeacher:
-    """A DDPM teacher of the ring trained in seconds by the plain diffusers recipe: 1000 betas of the schedule, uniform t,
-    the MSE of the epsilon or velocity target."""
+    """A DDPM teacher of the ring trained in seconds by the plain diffusers recipe: 1000 betas of the schedule,
+    uniform t, the MSE of the epsilon or velocity target."""
     torch.manual_seed(0)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule, prediction_type=prediction_type)
     network = Residual(width=128)
@@ -174,26 +200,34 @@ def trained_teacher(beta_schedule: str = "linear", prediction_type: str = "epsil
     return teacher.requires_grad_(False)
 
 
-def test_a_trained_epsilon_teacher_starts_the_generator_where_its_x0_prediction_is_well_conditioned():
+def test_trained_epsilon_start():
     """Trained on 1000 linear betas: its one-step prediction is far better at start_sigma than at sigma_max, where
     eps errors grow 157 times."""
     teacher = trained_teacher()
     z = torch.randn(512, 2, generator=torch.Generator().manual_seed(1))
     target = heun_sample(teacher, z, 18)
-    errors = {name: float((teacher(z * teacher.prior_scale(s), s) - target).pow(2).mean().sqrt())
-              for name, s in (("sigma_max", teacher.sigma_max), ("start", start_sigma(teacher)))}
+    errors = {
+        name: float((teacher(z * teacher.prior_scale(s), s) - target).pow(2).mean().sqrt())
+        for name, s in (("sigma_max", teacher.sigma_max), ("start", start_sigma(teacher)))
+    }
     print(errors, float(target.pow(2).mean().sqrt()))
     assert errors["start"] < errors["sigma_max"] / 3
 
 
-@pytest.mark.parametrize("beta_schedule, prediction_type", [
-    ("squaredcos_cap_v2", "epsilon"), ("squaredcos_cap_v2", "v_prediction"), ("linear", "epsilon"), ("linear", "v_prediction"),
-])
+@pytest.mark.parametrize(
+    "beta_schedule, prediction_type",
+    [
+        ("squaredcos_cap_v2", "epsilon"),
+        ("squaredcos_cap_v2", "v_prediction"),
+        ("linear", "epsilon"),
+        ("linear", "v_prediction"),
+    ],
+)
 def test_every_ddpm_recipes_ode_pairs_land_on_the_data(beta_schedule, prediction_type):
     """The pairs' Heun ODE from each recipe's trained teacher ends on the ring. A cosine schedule's sigma_max is
     20,290: an epsilon teacher's small error there, integrated over thousands of sigma, threw its Heun samples 20
     times the data's size away when the ODE started at sigma_max rather than at EDM's 80."""
-    from dmdlib.toy import sliced_wasserstein
+    from dmdlib.training.toy import sliced_wasserstein
 
     teacher = trained_teacher(beta_schedule, prediction_type)
     z = torch.randn(1000, 2, generator=torch.Generator().manual_seed(1))
@@ -201,4 +235,6 @@ def test_every_ddpm_recipes_ode_pairs_land_on_the_data(beta_schedule, prediction
     data_rms = (4 / 2 + 0.1**2) ** 0.5  # radius 2 on 2 coordinates, std 0.1
     distance = sliced_wasserstein(samples, MIXTURE.sample(1000, generator=torch.Generator().manual_seed(2)))
     print(teacher.sigma_max, distance, float(samples.pow(2).mean().sqrt()))
-    assert abs(float(samples.pow(2).mean().sqrt()) / data_rms - 1) < 0.05 and distance < 0.3  # from sigma_max: 17%, 0.45
+    assert (
+        abs(float(samples.pow(2).mean().sqrt()) / data_rms - 1) < 0.05 and distance < 0.3
+    )  # from sigma_max: 17%, 0.45

@@ -7,13 +7,14 @@ import sys
 import pytest
 import torch
 from distributed_distill import PAIRS_META, run_params, run_setup, tiny_teacher
+from tiny_project import Killed, kill_at
 
-from dmdlib.distill import DistillInputs, distill
+from dmdlib.denoisers.sampling import heun_sample
 from dmdlib.errors import DivergedError
-from dmdlib.pairs import PairReader, ShardPlan, generate_pairs
 from dmdlib.params import DistillParams
-from dmdlib.regression import l2_loss
-from dmdlib.sampling import heun_sample
+from dmdlib.training.distill import DistillInputs, distill
+from dmdlib.training.pairs import PairReader, ShardPlan, generate_pairs
+from dmdlib.training.regression import l2_loss
 
 SHAPE = (1, 8, 8)
 
@@ -44,25 +45,33 @@ def test_one_step_changes_generator_and_fake_but_not_the_teacher(tmp_path, pairs
     for name, value in teacher.state_dict().items():
         assert torch.equal(value, before[name]), name
     assert not any(p.requires_grad for p in teacher.parameters())
-    changed = lambda module: any(not torch.equal(a, b) for a, b in zip(module.state_dict().values(), start.state_dict().values()))
+    changed = lambda module: any(
+        not torch.equal(a, b) for a, b in zip(module.state_dict().values(), start.state_dict().values())
+    )
     assert changed(generator.denoiser) and changed(fake)
 
 
 def test_resume_after_kill_repeats_the_uninterrupted_run(tmp_path, pairs):
-    whole, _ = distill(tiny_teacher(), params(steps=4, checkpoint_every=2), tmp_path / "a.pt", DistillInputs(pairs, l2_loss))
+    whole, _ = distill(
+        tiny_teacher(), params(steps=4, checkpoint_every=2), tmp_path / "a.pt", DistillInputs(pairs, l2_loss)
+    )
 
-    class Killed(Exception):
-        pass
-
-    def kill(step, metrics, generator):
-        if step == 3:  # after the checkpoint of step 2, before that of step 4
-            raise Killed
-
-    with pytest.raises(Killed):
-        distill(tiny_teacher(), params(steps=4, checkpoint_every=2), tmp_path / "b.pt", DistillInputs(pairs, l2_loss), on_step=kill)
+    with pytest.raises(Killed):  # after the checkpoint of step 2, before that of step 4
+        distill(
+            tiny_teacher(),
+            params(steps=4, checkpoint_every=2),
+            tmp_path / "b.pt",
+            DistillInputs(pairs, l2_loss),
+            on_step=kill_at(3),
+        )
     steps = []
-    resumed, _ = distill(tiny_teacher(), params(steps=4, checkpoint_every=2), tmp_path / "b.pt", DistillInputs(pairs, l2_loss),
-                         on_step=lambda step, metrics, generator: steps.append(step))
+    resumed, _ = distill(
+        tiny_teacher(),
+        params(steps=4, checkpoint_every=2),
+        tmp_path / "b.pt",
+        DistillInputs(pairs, l2_loss),
+        on_step=lambda step, metrics, generator: steps.append(step),
+    )
     assert steps == [3, 4]
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name  # same random streams: (seed, rank, step) decide them
@@ -83,14 +92,25 @@ def test_nan_stops_with_the_loss_and_step_named(tmp_path, pairs, monkeypatch):
 
 def launch(tmp_path, repo_root, pairs_folder, *runs, port):
     """Two gloo processes of tests/distributed_distill.py: the return code and stderr."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               str(repo_root / "tests" / "distributed_distill.py"), str(tmp_path), str(pairs_folder), *runs]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(repo_root / "tests" / "distributed_distill.py"),
+        str(tmp_path),
+        str(pairs_folder),
+        *runs,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, env=env, timeout=600)
     return result.returncode, result.stderr[-3000:]
 
 
-def test_ddp_and_fsdp_on_two_processes_equal_one_process_and_fsdp_resumes_exactly(tmp_path, repo_root, pairs_folder):
+def test_ddp_and_fsdp(tmp_path, repo_root, pairs_folder):
     """Two gloo processes, each half the global batch: after 4 steps DDP's and FSDP's generators (also with the
     GAN term, LoRA adapters, a guidance-conditioned generator) equal the one-process run's within float
     tolerance; an FSDP run (with the GAN head) killed after its step-2 checkpoint resumes to exactly the
@@ -102,7 +122,9 @@ def test_ddp_and_fsdp_on_two_processes_equal_one_process_and_fsdp_resumes_exactl
     for name in runs:
         teacher, inputs = run_setup(name, PairReader(pairs_folder, PAIRS_META))
         one, _ = distill(teacher, run_params(name, 4, 1), tmp_path / f"one-{name}.pt", inputs)
-        assert any(not torch.allclose(one.state_dict()[f"denoiser.{k}"], v) for k, v in start.items()), name  # it trained
+        assert any(not torch.allclose(one.state_dict()[f"denoiser.{k}"], v) for k, v in start.items()), (
+            name
+        )  # it trained
         rank0, rank1 = (torch.load(tmp_path / f"rank{r}-{name}-4.pt") for r in (0, 1))
         for key, value in one.state_dict().items():
             assert torch.equal(rank0[key], rank1[key]), (name, key)
@@ -110,7 +132,9 @@ def test_ddp_and_fsdp_on_two_processes_equal_one_process_and_fsdp_resumes_exactl
 
     whole = torch.load(tmp_path / "rank0-fsdp-gan-4.pt")
     (tmp_path / "fsdp-gan.pt").unlink()
-    code, _ = launch(tmp_path, repo_root, pairs_folder, "fsdp-gan:4:3", port=29519)  # dies after the checkpoint of step 2
+    code, _ = launch(
+        tmp_path, repo_root, pairs_folder, "fsdp-gan:4:3", port=29519
+    )  # dies after the checkpoint of step 2
     assert code != 0 and not (tmp_path / "rank0-fsdp-gan-4.pt").unlink() and (tmp_path / "fsdp-gan.pt").exists()
     code, err = launch(tmp_path, repo_root, pairs_folder, "fsdp-gan:4:0", port=29520)
     assert code == 0, err
@@ -121,5 +145,9 @@ def test_ddp_and_fsdp_on_two_processes_equal_one_process_and_fsdp_resumes_exactl
 
 def test_dm_only_ignores_the_regression_warm_up(tmp_path):
     teacher = tiny_teacher()
-    generator, _ = distill(teacher, params(steps=2, lambda_reg=0.0, reg_batch_size=0, regression_warmup_steps=5), tmp_path / "ck.pt")
-    assert any(not torch.equal(a, b) for a, b in zip(generator.denoiser.state_dict().values(), teacher.state_dict().values()))
+    generator, _ = distill(
+        teacher, params(steps=2, lambda_reg=0.0, reg_batch_size=0, regression_warmup_steps=5), tmp_path / "ck.pt"
+    )
+    assert any(
+        not torch.equal(a, b) for a, b in zip(generator.denoiser.state_dict().values(), teacher.state_dict().values())
+    )

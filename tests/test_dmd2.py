@@ -4,15 +4,23 @@ import json
 
 import pytest
 import torch
-from tiny_project import run_stages, write_tiny_project
+from tiny_project import Killed, kill_at, run_stages, write_tiny_project
 
 from dmdlib.denoisers import GuidedDenoiser, ScaleConditionedDenoiser, trainable_copy
-from dmdlib.distill import DistillInputs, distill
-from dmdlib.dmd import GAN, GeneratorBatch, GeneratorObjective, RealBatch, Update, fake_denoiser_step, generator_step
-from dmdlib.gan import GANHead, denoise_with_logits
-from dmdlib.generator import Generator, load_generator, save_generator
 from dmdlib.params import DistillParams, ParamsError, load_params
-from dmdlib.teachers import UNCOND_CLASS, build_kdiffusion, kdiffusion_config
+from dmdlib.teachers.loading import UNCOND_CLASS, build_kdiffusion, kdiffusion_config
+from dmdlib.training.distill import DistillInputs, distill
+from dmdlib.training.dmd import (
+    GAN,
+    GeneratorBatch,
+    GeneratorObjective,
+    RealBatch,
+    Update,
+    fake_denoiser_step,
+    generator_step,
+)
+from dmdlib.training.gan import GANHead, denoise_with_logits
+from dmdlib.training.generator import Generator, load_generator, save_generator
 
 SHAPE = (1, 8, 8)
 
@@ -43,7 +51,8 @@ def count_evaluations(generator: Generator) -> list[int]:
     return calls
 
 
-def test_uncond_label_is_a_zero_class_vector_and_dropout_teachers_serve_it():
+def test_uncond_label():
+    """Uncond label is a zero class vector and dropout teachers serve it."""
     teacher = tiny_teacher()
     assert teacher.uncond.tolist() == [UNCOND_CLASS] and tiny_teacher(0.0).uncond is None
     x, sigma = torch.randn(2, *SHAPE), torch.tensor([1.0, 5.0])
@@ -65,7 +74,9 @@ def test_gan_head_gets_gradients_only_in_its_own_step():
     before = [p.clone() for p in generator.parameters()]
     update = Update(torch.optim.SGD(generator.parameters(), lr=0.1))
     objective = GeneratorObjective(teacher, fake, dm_weight=0.0, gan=gan)
-    result = generator_step(generator, update, GeneratorBatch(z, cond), torch.Generator().manual_seed(0), objective=objective)
+    result = generator_step(
+        generator, update, GeneratorBatch(z, cond), torch.Generator().manual_seed(0), objective=objective
+    )
     assert result.loss_gan > 0
     assert all(p.grad is None for p in [*head.parameters(), *fake.parameters()])  # none in the generator's step
     assert all(p.requires_grad for p in [*head.parameters(), *fake.parameters()])  # and switched back on
@@ -74,50 +85,57 @@ def test_gan_head_gets_gradients_only_in_its_own_step():
     generator_grads = [p.grad.clone() for p in generator.parameters()]
     fake_update = Update(torch.optim.SGD([*fake.parameters(), *head.parameters()], lr=0.1))
     gan.real_images = RealBatch(real_batch(2).images, torch.tensor([2, 0]))
-    fake_loss, head_loss = fake_denoiser_step(fake, fake_update, result.x, cond, torch.Generator().manual_seed(1), gan=gan)
+    fake_loss, head_loss = fake_denoiser_step(
+        fake, fake_update, result.x, cond, torch.Generator().manual_seed(1), gan=gan
+    )
     assert fake_loss > 0 and head_loss > 0
     assert all(p.grad is not None for p in head.parameters()) and any(p.grad.abs().sum() > 0 for p in head.parameters())
     assert all(torch.equal(p.grad, g) for p, g in zip(generator.parameters(), generator_grads))  # samples were detached
 
 
-def test_distill_with_gan_and_two_time_scales_trains_and_resumes_exactly(tmp_path):
+def test_gan_and_two_time_scales_resume(tmp_path):
+    """Distill with gan and two time scales trains and resumes exactly."""
     options = dict(gan_generator_weight=0.1, dm_weight=1.0, fake_steps=2, steps=3, checkpoint_every=1)
     losses = []
-    whole, _ = distill(tiny_teacher(), params(**options), tmp_path / "a.pt", DistillInputs(real_images=real_batch()),
-                       on_step=lambda step, metrics, generator: losses.append(metrics))
+    whole, _ = distill(
+        tiny_teacher(),
+        params(**options),
+        tmp_path / "a.pt",
+        DistillInputs(real_images=real_batch()),
+        on_step=lambda step, metrics, generator: losses.append(metrics),
+    )
     assert {"loss_gan_generator", "loss_gan_head", "loss_fake"} <= set(losses[0])
     assert all(m["loss_gan_head"] > 0 for m in losses)
     state = torch.load(tmp_path / "a.pt", weights_only=True)
     assert state["gan_head"]  # the head is checkpointed with the fake denoiser
 
-    class Killed(Exception):
-        pass
-
-    def kill(step, metrics, generator):
-        if step == 2:
-            raise Killed
-
     with pytest.raises(Killed):
-        distill(tiny_teacher(), params(**options), tmp_path / "b.pt", DistillInputs(real_images=real_batch()), on_step=kill)
+        distill(
+            tiny_teacher(),
+            params(**options),
+            tmp_path / "b.pt",
+            DistillInputs(real_images=real_batch()),
+            on_step=kill_at(2),
+        )
     resumed, _ = distill(tiny_teacher(), params(**options), tmp_path / "b.pt", DistillInputs(real_images=real_batch()))
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 
 
-def test_each_fake_update_after_the_first_trains_on_fresh_generator_samples(tmp_path, monkeypatch):
+def test_fresh_fake_samples(tmp_path, monkeypatch):
     """DMD2's two time-scales: the fake denoiser's later updates of a step see new samples (new noise and labels), as
     DMD2 generates anew for every fake-score update, not the generator step's batch again."""
     import itertools
 
-    import dmdlib.distill
+    import dmdlib.training.distill
 
-    seen, step_function = [], dmdlib.distill.fake_denoiser_step
+    seen, step_function = [], dmdlib.training.distill.fake_denoiser_step
 
     def recording(fake, update, x, cond, rng=None, *, gan=None):
         seen.append((x.clone(), cond.clone()))
         return step_function(fake, update, x, cond, rng, gan=gan)
 
-    monkeypatch.setattr(dmdlib.distill, "fake_denoiser_step", recording)
+    monkeypatch.setattr(dmdlib.training.distill, "fake_denoiser_step", recording)
     distill(tiny_teacher(), params(dm_weight=1.0, fake_steps=3, batch_size=8), tmp_path / "ck.pt")
     assert len(seen) == 2 * 3
     for (x_a, _), (x_b, _) in itertools.combinations(seen, 2):
@@ -125,18 +143,25 @@ def test_each_fake_update_after_the_first_trains_on_fresh_generator_samples(tmp_
     assert any(not torch.equal(cond_a, cond_b) for (_, cond_a), (_, cond_b) in zip(seen, seen[1:]))
 
 
-def test_gan_start_step_delays_the_generators_gan_term_but_not_the_heads_training(tmp_path):
+def test_gan_start_step(tmp_path):
+    """Gan start step delays the generators gan term but not the heads training."""
     losses = []
     options = params(gan_generator_weight=0.1, dm_weight=1.0, steps=3, gan_start_step=2)
-    distill(tiny_teacher(), options, tmp_path / "ck.pt", DistillInputs(real_images=real_batch()),
-            on_step=lambda step, metrics, generator: losses.append(metrics))
+    distill(
+        tiny_teacher(),
+        options,
+        tmp_path / "ck.pt",
+        DistillInputs(real_images=real_batch()),
+        on_step=lambda step, metrics, generator: losses.append(metrics),
+    )
     assert [m["loss_gan_generator"] > 0 for m in losses] == [False, False, True]
     assert all(m["loss_gan_head"] > 0 for m in losses)
     with pytest.raises(ValueError, match="gan_start_step"):
         params(gan_generator_weight=0.1, steps=3, gan_start_step=3)
 
 
-def test_new_networks_start_from_distill_seed_not_from_the_global_rng(tmp_path):
+def test_new_networks_seeded(tmp_path):
+    """New networks start from distill seed not from the global rng."""
     fake_denoisers = []
     for global_seed in (1, 2):
         teacher = tiny_teacher()
@@ -157,11 +182,14 @@ def test_gan_without_real_images_is_an_error(tmp_path):
 def test_k_step_sampling_uses_exactly_k_generator_evaluations(steps):
     generator = Generator.from_teacher(tiny_teacher(), [80.0, 5.0, 0.5])
     calls = count_evaluations(generator)
-    images = generator.sample(torch.randn(4, *SHAPE), torch.tensor([0, 1, 2, 0]), steps, rng=torch.Generator().manual_seed(0))
+    images = generator.sample(
+        torch.randn(4, *SHAPE), torch.tensor([0, 1, 2, 0]), steps, rng=torch.Generator().manual_seed(0)
+    )
     assert len(calls) == steps and images.shape == (4, *SHAPE)
 
 
-def test_one_step_of_a_ladder_is_the_plain_generator_and_backward_simulation_has_no_gradient():
+def test_ladder_first_step():
+    """One step of a ladder is the plain generator and backward simulation has no gradient."""
     generator = Generator.from_teacher(tiny_teacher(), [80.0, 5.0, 0.5])
     z, cond = torch.randn(2, *SHAPE), torch.tensor([0, 1])
     assert torch.equal(generator.sample(z, cond, 1), generator(z, cond))
@@ -175,7 +203,8 @@ def test_one_step_of_a_ladder_is_the_plain_generator_and_backward_simulation_has
         generator.sample(z, cond, 4)
 
 
-def test_few_step_distill_trains_every_ladder_step_and_saves_the_ladder(tmp_path):
+def test_few_step_distill(tmp_path):
+    """Few step distill trains every ladder step and saves the ladder."""
     teacher = tiny_teacher()
     ladder = [80.0, 5.0, 0.5]
     generator, _ = distill(teacher, params(generator_sigmas=ladder, steps=6), tmp_path / "ck.pt")
@@ -183,8 +212,11 @@ def test_few_step_distill_trains_every_ladder_step_and_saves_the_ladder(tmp_path
     loaded = load_generator(tmp_path / "g")
     assert loaded.sigmas == ladder
     z, cond = torch.randn(2, *SHAPE), torch.tensor([0, 1])
-    assert torch.allclose(loaded.sample(z, cond, 3, rng=torch.Generator().manual_seed(0)),
-                          generator.sample(z, cond, 3, rng=torch.Generator().manual_seed(0)), atol=1e-6)
+    assert torch.allclose(
+        loaded.sample(z, cond, 3, rng=torch.Generator().manual_seed(0)),
+        generator.sample(z, cond, 3, rng=torch.Generator().manual_seed(0)),
+        atol=1e-6,
+    )
     with pytest.raises(ParamsError, match="above the teacher's sigma_max"):
         distill(teacher, params(generator_sigmas=[100.0, 1.0]), tmp_path / "x.pt")
 
@@ -194,11 +226,17 @@ def test_guidance_input_starts_neutral_then_changes_the_output(tmp_path):
     generator = Generator.from_teacher(teacher, guidance_range=(1.0, 3.0))
     z, cond = torch.randn(2, *SHAPE), torch.tensor([0, 1])
     plain = Generator.from_teacher(teacher)(z, cond)
-    assert torch.equal(generator(z, cond, 1.0), plain) and torch.equal(generator(z, cond, 3.0), plain)  # zero-initialised
+    assert torch.equal(generator(z, cond, 1.0), plain) and torch.equal(
+        generator(z, cond, 3.0), plain
+    )  # zero-initialised
 
     real = GuidedDenoiser(teacher, teacher.uncond, 1.0)
-    trained, fake = distill(teacher, params(guidance_range=(1.0, 3.0), steps=3, generator_lr=1e-2, fake_lr=1e-2),
-                            tmp_path / "ck.pt", DistillInputs(real_denoiser=real))
+    trained, fake = distill(
+        teacher,
+        params(guidance_range=(1.0, 3.0), steps=3, generator_lr=1e-2, fake_lr=1e-2),
+        tmp_path / "ck.pt",
+        DistillInputs(real_denoiser=real),
+    )
     low, high = trained(z, cond, 1.0), trained(z, cond, 3.0)
     assert not torch.allclose(low, high)  # one model, two scales, two outputs
     # the fake denoiser models G's samples at each scale, so it takes the scale as well
@@ -234,21 +272,30 @@ def test_bad_dmd2_params_name_the_key(tmp_path):
         load_params(path)
 
 
-@pytest.mark.parametrize("options", [
-    "  gan_generator_weight: 0.01\n  generator_sigmas: [80, 2]\n  fake_steps: 2\n",
-    "  guidance_range: [1, 2]\n",
-])
-def test_stage_clis_run_the_dmd2_options_and_evaluate_reports_each(tmp_path, options):
-    write_tiny_project(tmp_path, tiny_teacher(), (
-        "features:\n  steps: 5\n  batch_size: 8\n"
-        "pairs:\n  steps: 2\n"
-        "distill:\n  steps: 2\n  batch_size: 2\n  lambda_reg: 0\n  sample_every: 2\n" + options +
-        "evaluate:\n  samples: 12\n  speed_batch_size: 4\n  speed_repeats: 1\n  guidance_scales: [1, 1.5]\n"
-    ))
+@pytest.mark.parametrize(
+    "options",
+    [
+        "  gan_generator_weight: 0.01\n  generator_sigmas: [80, 2]\n  fake_steps: 2\n",
+        "  guidance_range: [1, 2]\n",
+    ],
+)
+def test_dmd2_options_through_the_stages(tmp_path, options):
+    """Stage clis run the dmd2 options and evaluate reports each."""
+    write_tiny_project(
+        tmp_path,
+        tiny_teacher(),
+        (
+            "features:\n  steps: 5\n  batch_size: 8\n"
+            "pairs:\n  steps: 2\n"
+            "distill:\n  steps: 2\n  batch_size: 2\n  lambda_reg: 0\n  sample_every: 2\n"
+            + options
+            + "evaluate:\n  samples: 12\n  speed_batch_size: 4\n  speed_repeats: 1\n  guidance_scales: [1, 1.5]\n"
+        ),
+    )
     run_stages(tmp_path, ["features", "teacher", "distill", "evaluate"])  # no pairs: lambda_reg is 0
     metrics = json.loads((tmp_path / "eval.json").read_text())
     assert metrics["dmd_one_step"]["nfe"] == 1
-    live = (tmp_path / "live" / "plots" / "metrics")
+    live = tmp_path / "live" / "plots" / "metrics"
     if "gan" in options:
         assert metrics["dmd_2_step"]["nfe"] == 2
         assert (live / "loss_gan_generator.tsv").exists() and (live / "loss_gan_head.tsv").exists()

@@ -32,7 +32,7 @@ def _digest(folder) -> str:
 
 
 def save_teacher(path, seed: int) -> None:
-    from dmdlib.teachers import build_kdiffusion, kdiffusion_config, save_kdiffusion
+    from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, save_kdiffusion
 
     torch.manual_seed(seed)
     config = kdiffusion_config(1, 8, [8, 8], [1, 1], 8, 10, 0.5, 0.002, 80.0)
@@ -47,10 +47,18 @@ def test_a_replaced_teacher_and_a_rejected_param_under_dvc_repro(repo_root, tmp_
         shutil.copytree(repo_root / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(repo_root / "dvc.yaml", project / "dvc.yaml")
     (project / "params.yaml").write_text(TINY_PARAMS)
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
-    dvc = lambda *args: subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env,  # noqa: E731
-                                       capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
+    dvc = lambda *args: subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=project,
+        env=env,  # noqa: E731
+        capture_output=True,
+        text=True,
+    )
     assert dvc("init", "--no-scm").returncode == 0
     first = dvc("repro")
     if first.returncode != 0:

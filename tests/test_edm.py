@@ -14,15 +14,21 @@ from safetensors.torch import load_file
 from dmdlib.denoisers import trainable_copy
 from dmdlib.denoisers.edm import EDMDenoiser, build_network
 from dmdlib.errors import TeacherError
-from dmdlib.snapshots import read_snapshot
-from dmdlib.teachers import convert_edm_snapshot, load_edm
+from dmdlib.teachers.loading import convert_edm_snapshot, load_edm
+from dmdlib.teachers.snapshots import read_snapshot
 
-VARIANTS = ["edm/songunet-ddpmpp-vp-cond", "edm/songunet-ncsnpp-ve-uncond", "edm/dhariwalunet-adm-edm-cond",
-            "edm2/edm2-latent-tiny", "edm2/edm2-pixel-tiny"]
+VARIANTS = [
+    "edm/songunet-ddpmpp-vp-cond",
+    "edm/songunet-ncsnpp-ve-uncond",
+    "edm/dhariwalunet-adm-edm-cond",
+    "edm2/edm2-latent-tiny",
+    "edm2/edm2-pixel-tiny",
+]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_each_snapshot_loads_through_the_teacher_loader_and_gives_edms_reference_output(variant, nvlabs_fixtures, tmp_path):
+def test_snapshots_match_edm(variant, nvlabs_fixtures, tmp_path):
+    """Each snapshot loads through the teacher loader and gives edms reference output."""
     folder = nvlabs_fixtures / variant
     kind = variant.split("/")[0]
     convert_edm_snapshot(folder / "network-snapshot.pkl", kind, tmp_path / "w.safetensors", tmp_path / "c.json")
@@ -46,7 +52,8 @@ def test_each_snapshot_loads_through_the_teacher_loader_and_gives_edms_reference
 
 
 @pytest.mark.parametrize("family", ["edm", "edm2"])
-def test_networks_at_the_published_configurations_have_the_checkpoints_keys_and_shapes(family, nvlabs_fixtures):
+def test_published_configurations(family, nvlabs_fixtures):
+    """Networks at the published configurations have the checkpoints keys and shapes."""
     published = json.loads((nvlabs_fixtures / family / "full-size-keys.json").read_text())
     for name, entry in published.items():
         config = dict(entry["config"])
@@ -101,10 +108,17 @@ def test_a_malicious_snapshot_is_refused_and_runs_nothing(tmp_path, monkeypatch)
     # A persistence record whose embedded source would create the file if it were executed (EDM's own loader runs it).
     source = tmp_path / "source.pkl"
     kwargs = dict(img_resolution=8, img_channels=3, model_channels=8, channel_mult=[1], num_blocks=1)
-    meta = {"type": "class", "version": 6, "class_name": "VPPrecond", "state": {"_init_kwargs": kwargs},
-            "module_src": f"open({str(target)!r}, 'w').write('ran')"}
+    meta = {
+        "type": "class",
+        "version": 6,
+        "class_name": "VPPrecond",
+        "state": {"_init_kwargs": kwargs},
+        "module_src": f"open({str(target)!r}, 'w').write('ran')",
+    }
     source.write_bytes(pickle.dumps({"ema": _Payload(_persistence_reconstructor(monkeypatch), meta)}))
-    with pytest.raises(TeacherError, match=rf"{source}: weights do not fit the network its config describes: \d+ missing"):
+    with pytest.raises(
+        TeacherError, match=rf"{source}: weights do not fit the network its config describes: \d+ missing"
+    ):
         convert_edm_snapshot(source, "edm", tmp_path / "w.safetensors", tmp_path / "c.json")
     meta["state"]["_init_kwargs"] = {"img_resolution": 8}
     source.write_bytes(pickle.dumps({"ema": _Payload(_persistence_reconstructor(monkeypatch), meta)}))
@@ -119,7 +133,8 @@ def test_a_malicious_snapshot_is_refused_and_runs_nothing(tmp_path, monkeypatch)
 
 
 def _persistence_reconstructor(monkeypatch):
-    """A function that pickles as EDM's `torch_utils.persistence._reconstruct_persistent_obj`, as snapshots refer to it."""
+    """A function that pickles as EDM's `torch_utils.persistence._reconstruct_persistent_obj`, as snapshots refer to
+    it."""
     module = types.ModuleType("torch_utils.persistence")
 
     def _reconstruct_persistent_obj(meta):  # never called: the reader resolves the name to its own record type
@@ -133,13 +148,22 @@ def _persistence_reconstructor(monkeypatch):
     return _reconstruct_persistent_obj
 
 
-def test_a_snapshot_of_the_other_family_or_a_latent_one_without_vae_is_named(nvlabs_fixtures, tmp_path):
-    with pytest.raises(TeacherError, match="holds a Precond network; teacher.kind 'edm' expects.*set teacher.kind: edm2"):
-        convert_edm_snapshot(nvlabs_fixtures / "edm2/edm2-pixel-tiny/network-snapshot.pkl", "edm", tmp_path / "w", tmp_path / "c")
+def test_wrong_snapshot_named(nvlabs_fixtures, tmp_path):
+    """A snapshot of the other family or a latent one without vae is named."""
+    with pytest.raises(
+        TeacherError, match="holds a Precond network; teacher.kind 'edm' expects.*set teacher.kind: edm2"
+    ):
+        convert_edm_snapshot(
+            nvlabs_fixtures / "edm2/edm2-pixel-tiny/network-snapshot.pkl", "edm", tmp_path / "w", tmp_path / "c"
+        )
     with pytest.raises(TeacherError, match="not found; download the .pkl beforehand"):
         read_snapshot(tmp_path / "missing.pkl")
-    encoder = convert_edm_snapshot(nvlabs_fixtures / "edm2/edm2-latent-tiny/network-snapshot.pkl", "edm2",
-                                   tmp_path / "w.safetensors", tmp_path / "c.json")
+    encoder = convert_edm_snapshot(
+        nvlabs_fixtures / "edm2/edm2-latent-tiny/network-snapshot.pkl",
+        "edm2",
+        tmp_path / "w.safetensors",
+        tmp_path / "c.json",
+    )
     reference = load_file(nvlabs_fixtures / "edm2/edm2-latent-tiny/reference.safetensors")
     assert encoder["class_name"] == "StabilityVAEEncoder" and encoder["vae_name"] == "stabilityai/sd-vae-ft-mse"
     assert torch.allclose(torch.tensor(encoder["scale"]), reference["encoder_scale"].flatten())
@@ -151,37 +175,68 @@ def _record(module: torch.nn.Module, init_kwargs: dict | None, reconstruct):
     parameters, buffers and children), children likewise; torch containers as themselves."""
     from collections import OrderedDict
 
-    children = OrderedDict((name, None if child is None else _record(child, None, reconstruct))
-                           for name, child in module._modules.items())
-    state = {"_parameters": OrderedDict(module._parameters), "_buffers": OrderedDict(module._buffers),
-             "_non_persistent_buffers_set": set(module._non_persistent_buffers_set), "_modules": children,
-             "training": False, "_init_args": (), "_init_kwargs": init_kwargs or {}}
+    children = OrderedDict(
+        (name, None if child is None else _record(child, None, reconstruct)) for name, child in module._modules.items()
+    )
+    state = {
+        "_parameters": OrderedDict(module._parameters),
+        "_buffers": OrderedDict(module._buffers),
+        "_non_persistent_buffers_set": set(module._non_persistent_buffers_set),
+        "_modules": children,
+        "training": False,
+        "_init_args": (),
+        "_init_kwargs": init_kwargs or {},
+    }
     if isinstance(module, torch.nn.ModuleDict):
         container = torch.nn.ModuleDict()
         container.__dict__.update(state)
         return container
-    meta = {"type": "class", "version": 6, "module_src": "raise RuntimeError('never run')",
-            "class_name": type(module).__name__, "state": state}
+    meta = {
+        "type": "class",
+        "version": 6,
+        "module_src": "raise RuntimeError('never run')",
+        "class_name": type(module).__name__,
+        "state": state,
+    }
     return _Payload(reconstruct, meta)
 
 
-@pytest.mark.parametrize("class_name, kwargs", [
-    ("VPPrecond", dict(model_type="SongUNet", embedding_type="positional", augment_dim=9, label_dim=10)),
-    ("VEPrecond", dict(model_type="SongUNet", embedding_type="fourier", encoder_type="residual", channel_mult_noise=2,
-                       resample_filter=[1, 3, 3, 1])),
-    ("EDMPrecond", dict(model_type="DhariwalUNet", label_dim=10)),
-    ("Precond", dict(label_dim=10)),
-])
-def test_a_snapshot_in_edms_format_of_the_projects_own_network_round_trips(class_name, kwargs, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "class_name, kwargs",
+    [
+        ("VPPrecond", dict(model_type="SongUNet", embedding_type="positional", augment_dim=9, label_dim=10)),
+        (
+            "VEPrecond",
+            dict(
+                model_type="SongUNet",
+                embedding_type="fourier",
+                encoder_type="residual",
+                channel_mult_noise=2,
+                resample_filter=[1, 3, 3, 1],
+            ),
+        ),
+        ("EDMPrecond", dict(model_type="DhariwalUNet", label_dim=10)),
+        ("Precond", dict(label_dim=10)),
+    ],
+)
+def test_own_network_snapshot_round_trip(class_name, kwargs, tmp_path, monkeypatch):
     """Without NVlabs' fixtures (as in CI): a snapshot written in EDM's persistence format (records, storages
     pickled through torch.storage._load_from_bytes) converts and loads to the same outputs."""
     torch.manual_seed(0)
-    init_kwargs = dict(img_resolution=16, img_channels=3, model_channels=16, channel_mult=[1, 2], num_blocks=1,
-                       attn_resolutions=[8], **kwargs)
+    init_kwargs = dict(
+        img_resolution=16,
+        img_channels=3,
+        model_channels=16,
+        channel_mult=[1, 2],
+        num_blocks=1,
+        attn_resolutions=[8],
+        **kwargs,
+    )
     network = build_network(class_name, init_kwargs).eval()
     snapshot = tmp_path / "network-snapshot.pkl"
-    snapshot.write_bytes(pickle.dumps({"ema": _record(network, init_kwargs, _persistence_reconstructor(monkeypatch)),
-                                       "loss_fn": None}))
+    snapshot.write_bytes(
+        pickle.dumps({"ema": _record(network, init_kwargs, _persistence_reconstructor(monkeypatch)), "loss_fn": None})
+    )
     assert b"torch.storage" in snapshot.read_bytes() and b"_load_from_bytes" in snapshot.read_bytes()
     family = "edm2" if class_name == "Precond" else "edm"
     convert_edm_snapshot(snapshot, family, tmp_path / "w.safetensors", tmp_path / "c.json")

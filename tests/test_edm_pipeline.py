@@ -7,16 +7,23 @@ import pytest
 import torch
 from tiny_project import pipeline_params, run_stages
 
-from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
-from dmdlib.generator import load_generator
-from dmdlib.teachers import load_edm, source_digest
+from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parquet
+from dmdlib.teachers.loading import load_edm, source_digest
+from dmdlib.training.generator import load_generator
 
 
 def _write_rgb_data(folder, resolution: int = 16, classes: int = 10, count: int = 60) -> None:
     rng = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (count, resolution, resolution, 3), generator=rng, dtype=torch.uint8).numpy()
-    write_image_parquet(folder / "data.parquet", ImageSet(images, (torch.arange(count) % classes).numpy(),
-                                                          split_train_heldout(count, 0.25, 0), [str(c) for c in range(classes)]))
+    write_image_parquet(
+        folder / "data.parquet",
+        ImageSet(
+            images,
+            (torch.arange(count) % classes).numpy(),
+            split_train_heldout(count, 0.25, 0),
+            [str(c) for c in range(classes)],
+        ),
+    )
 
 
 def _tiny_vae(folder) -> None:
@@ -24,27 +31,43 @@ def _tiny_vae(folder) -> None:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
-                  latent_channels=4, norm_num_groups=4, layers_per_block=1).save_pretrained(folder)
+    AutoencoderKL(
+        block_out_channels=(8,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+    ).save_pretrained(folder)
 
 
 def test_an_edm_snapshot_distils_through_the_stages(nvlabs_fixtures, tmp_path):
     snapshot = nvlabs_fixtures / "edm/songunet-ddpmpp-vp-cond/network-snapshot.pkl"
     _write_rgb_data(tmp_path)
-    (tmp_path / "params.yaml").write_text(f"teacher:\n  kind: edm\n  path: {snapshot}\n  train:\n    sample_steps: 2\n"
-                                          + pipeline_params("  generator_sigmas: [80.0]\n  gradient_checkpointing: true\n"))
+    (tmp_path / "params.yaml").write_text(
+        f"teacher:\n  kind: edm\n  path: {snapshot}\n  train:\n    sample_steps: 2\n"
+        + pipeline_params("  generator_sigmas: [80.0]\n  gradient_checkpointing: true\n")
+    )
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill", "evaluate"])
 
     reference = json.loads((tmp_path / "teacher" / "teacher.json").read_text())
     source = reference.pop("source")  # the snapshot's bytes: a snapshot replaced at its path changes this output
-    assert reference == {"kind": "edm", "path": "network.safetensors", "config": "network.json", "vae": None, "encoder": None}
+    assert reference == {
+        "kind": "edm",
+        "path": "network.safetensors",
+        "config": "network.json",
+        "vae": None,
+        "encoder": None,
+    }
     assert source == source_digest({"path": str(snapshot)})
     generator = load_generator(tmp_path / "generator")
     assert generator.sigmas == [80.0]
     images = generator(torch.randn(3, 3, 16, 16), torch.tensor([0, 4, 9]))
     assert images.shape == (3, 3, 16, 16) and torch.isfinite(images).all()
     # the generator folder is self-contained, its weights under EDM's own names
-    network = load_edm(tmp_path / "generator" / "generator.safetensors", tmp_path / "generator" / "network.json").network
+    network = load_edm(
+        tmp_path / "generator" / "generator.safetensors", tmp_path / "generator" / "network.json"
+    ).network
     teacher = load_edm(tmp_path / "teacher" / "network.safetensors", tmp_path / "teacher" / "network.json").network
     assert network.state_dict().keys() == teacher.state_dict().keys()
     assert not all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), teacher.state_dict().values()))
@@ -53,7 +76,8 @@ def test_an_edm_snapshot_distils_through_the_stages(nvlabs_fixtures, tmp_path):
     assert (tmp_path / "t.png").is_file() and (tmp_path / "grids" / "final.png").is_file()
 
 
-def test_an_edm2_latent_snapshot_distils_in_latent_space_and_evaluates_decoded_images(nvlabs_fixtures, tmp_path):
+def test_edm2_latent_snapshot(nvlabs_fixtures, tmp_path):
+    """An edm2 latent snapshot distils in latent space and evaluates decoded images."""
     snapshot = nvlabs_fixtures / "edm2/edm2-latent-tiny/network-snapshot.pkl"
     _write_rgb_data(tmp_path)
     _tiny_vae(tmp_path / "vae")

@@ -7,7 +7,9 @@ from dmdlib.errors import DataError, DivergedError, DmdError, MissingWeightsErro
 from stages.common import user_errors
 
 
-@pytest.mark.parametrize("error", [ParamsError, DataError, TeacherError, PairsError, MissingWeightsError, DivergedError])
+@pytest.mark.parametrize(
+    "error", [ParamsError, DataError, TeacherError, PairsError, MissingWeightsError, DivergedError]
+)
 def test_project_errors_print_one_line_and_exit_2(error, capsys, monkeypatch):
     monkeypatch.delenv("DMD_TRACEBACK", raising=False)
     assert issubclass(error, DmdError)
@@ -29,14 +31,14 @@ def test_traceback_on_request(monkeypatch):
         raise ParamsError("params.yaml: distill.steps: ...")
 
 
-def test_a_pickled_payload_or_garbage_as_teacher_checkpoint_is_one_line_naming_file_and_global(tmp_path):
+def test_pickled_payload_refused(tmp_path):
     """A .pth that would run code is refused by the weights-only load; the user gets one line, not torch's
     advice to retry with weights_only=False."""
     import os
 
     import torch
 
-    from dmdlib.teachers import load_kdiffusion
+    from dmdlib.teachers.loading import load_kdiffusion
 
     class Payload:
         def __reduce__(self):
@@ -48,47 +50,62 @@ def test_a_pickled_payload_or_garbage_as_teacher_checkpoint_is_one_line_naming_f
         load_kdiffusion(tmp_path / "bad.pth")
     message = str(refused.value)
     assert message.startswith(f"{tmp_path / 'bad.pth'}: not a weights-only checkpoint: it refers to posix.system")
-    assert "\n" not in message and "weights_only=False" in message and "never" in message and not (tmp_path / "ran").exists()
+    assert (
+        "\n" not in message
+        and "weights_only=False" in message
+        and "never" in message
+        and not (tmp_path / "ran").exists()
+    )
     with pytest.raises(TeacherError, match="garbage.pth: not a weights-only checkpoint: not a file of tensors"):
         load_kdiffusion(tmp_path / "garbage.pth")
 
 
-def test_a_teacher_and_data_of_different_shapes_stop_distill_and_evaluate_before_any_work(tmp_path):
+def test_teacher_data_shape_mismatch(tmp_path):
     """A 1-channel 8x8 teacher with 3-channel 8x8 data: one error naming both, and no checkpoint or output written."""
     import torch
     from tiny_project import pipeline_params, run_stages, write_tiny_project
 
-    from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
-    from dmdlib.teachers import build_kdiffusion, kdiffusion_config
+    from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parquet
+    from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config
 
     torch.manual_seed(0)
-    write_tiny_project(tmp_path, build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0)),
-                       pipeline_params())
+    write_tiny_project(
+        tmp_path, build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0)), pipeline_params()
+    )
     run_stages(tmp_path, ["features", "teacher", "pairs"])
     rgb = torch.randint(0, 256, (60, 8, 8, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy()
-    write_image_parquet(tmp_path / "data.parquet", ImageSet(rgb, (torch.arange(60) % 3).numpy(), split_train_heldout(60, 0.25, 0),
-                                                            ["a", "b", "c"]))
+    write_image_parquet(
+        tmp_path / "data.parquet",
+        ImageSet(rgb, (torch.arange(60) % 3).numpy(), split_train_heldout(60, 0.25, 0), ["a", "b", "c"]),
+    )
     for stage in ("distill", "evaluate"):
         with pytest.raises(AssertionError) as stopped:
             run_stages(tmp_path, [stage])
-        assert (f"teacher {tmp_path / 'teacher'} makes 1x8x8 images (3 classes), but {tmp_path / 'data.parquet'} holds "
-                "3x8x8 images (3 classes)") in str(stopped.value)
-    assert not (tmp_path / "ck.pt").exists() and not (tmp_path / "generator").exists() and not (tmp_path / "eval.json").exists()
+        assert (
+            f"teacher {tmp_path / 'teacher'} makes 1x8x8 images (3 classes), but {tmp_path / 'data.parquet'} holds "
+            "3x8x8 images (3 classes)"
+        ) in str(stopped.value)
+    assert (
+        not (tmp_path / "ck.pt").exists()
+        and not (tmp_path / "generator").exists()
+        and not (tmp_path / "eval.json").exists()
+    )
 
 
-def test_a_second_run_on_the_same_checkpoint_or_pair_folder_stops_naming_the_first(tmp_path):
+def test_second_run_stops(tmp_path):
     """Two distill (or pairs) runs on one checkpoint (folder) used to both run and overwrite each other."""
     import os
 
     import torch
     from tiny_project import pipeline_params, run_stages, write_tiny_project
 
-    from dmdlib.io import single_writer
-    from dmdlib.teachers import build_kdiffusion, kdiffusion_config
+    from dmdlib.data.io import single_writer
+    from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config
 
     torch.manual_seed(0)
-    write_tiny_project(tmp_path, build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0)),
-                       pipeline_params())
+    write_tiny_project(
+        tmp_path, build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0)), pipeline_params()
+    )
     run_stages(tmp_path, ["features", "teacher", "pairs"])
     for stage, path in (("pairs", tmp_path / "pairs"), ("distill", tmp_path / "ck.pt")):
         with single_writer(path):  # the first run, still going

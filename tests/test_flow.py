@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from dmdlib.denoisers import GaussianMixtureDenoiser
-from dmdlib.denoisers.base import expand
+from dmdlib.denoisers.base import denoising_loss, expand
 from dmdlib.denoisers.flow import FlowMatchDenoiser, flow_shift, shift_times, sigma_of_time, time_of_sigma
-from dmdlib.losses import denoising_loss, distribution_matching_loss
+from dmdlib.training.losses import distribution_matching_loss
 
 
 class MixtureVelocity(torch.nn.Module):
@@ -39,7 +39,8 @@ def mixtures():
     return real, fake
 
 
-def test_a_flow_teacher_of_a_mixture_is_the_mixtures_denoiser_and_gives_the_same_dm_gradient():
+def test_flow_mixture():
+    """A flow teacher of a mixture is the mixtures denoiser and gives the same dm gradient."""
     real, fake = mixtures()
     real_flow, fake_flow = MixtureFlow(MixtureVelocity(real), shift=3.0), MixtureFlow(MixtureVelocity(fake), shift=3.0)
     rng = torch.Generator().manual_seed(0)
@@ -54,7 +55,7 @@ def test_a_flow_teacher_of_a_mixture_is_the_mixtures_denoiser_and_gives_the_same
     assert flow_dm.loss.item() == pytest.approx(ve_dm.loss.item(), rel=1e-3)
 
 
-def test_the_fake_denoiser_loss_of_a_flow_teacher_is_its_velocity_mse():
+def test_flow_fake_loss():
     """denoising_loss noises x0 in VE space (x0 + sigma n), which is the flow's x_t = (1 - t) x0 + t n with the same
     n: weighted by 1/t^2 = ((1 + sigma) / sigma)^2, the x0 error is exactly ||v - (n - x0)||^2."""
     real, fake = mixtures()
@@ -77,11 +78,20 @@ def test_the_noise_grid_and_shifts_are_diffusers_own():
     times = time_of_sigma(flow.sigma_grid().double())
     # the scheduler's 1000 training times shifted, 1.0 first: every one but t = 1, ascending
     assert torch.allclose(times.float(), scheduler.sigmas[1:].flip(0), atol=1e-6)
-    assert flow.sigma_max == pytest.approx(float(sigma_of_time(shift_times(torch.tensor(0.999, dtype=torch.float64), 3.0))))
-    config = {"use_dynamic_shifting": True, "base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5,
-              "max_shift": 1.15}
+    assert flow.sigma_max == pytest.approx(
+        float(sigma_of_time(shift_times(torch.tensor(0.999, dtype=torch.float64), 3.0)))
+    )
+    config = {
+        "use_dynamic_shifting": True,
+        "base_image_seq_len": 256,
+        "max_image_seq_len": 4096,
+        "base_shift": 0.5,
+        "max_shift": 1.15,
+    }
     mu = calculate_shift(1024, 256, 4096, 0.5, 1.15)
     assert flow_shift(config, image_seq_len=1024) == pytest.approx(math.exp(mu))
     assert flow_shift({"shift": 3.0}) == 3.0
     z = torch.randn(4, 2)
-    assert torch.allclose(z * flow.prior_scale(flow.sigma_max) / (1 + flow.sigma_max), z)  # G's input is the flow's x_t = z
+    assert torch.allclose(
+        z * flow.prior_scale(flow.sigma_max) / (1 + flow.sigma_max), z
+    )  # G's input is the flow's x_t = z

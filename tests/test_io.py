@@ -2,7 +2,7 @@
 
 import pytest
 
-from dmdlib.io import atomic_output
+from dmdlib.data.io import atomic_output
 
 
 class Interrupted(Exception):
@@ -46,7 +46,7 @@ def test_nothing_written_is_an_error(tmp_path):
             pass
 
 
-def test_atomic_outputs_get_the_umasks_modes_even_from_writers_that_make_private_files(tmp_path):
+def test_atomic_output_modes(tmp_path):
     """safetensors writes 0600 files; an output made through atomic_output has the mode a plain open() gives."""
     import os
     import stat
@@ -63,6 +63,9 @@ def test_atomic_outputs_get_the_umasks_modes_even_from_writers_that_make_private
             save_file({"w": torch.zeros(2)}, str(tmp / "inside.safetensors"))
     finally:
         os.umask(umask)
-    for path, mode in ((tmp_path / "weights.safetensors", 0o644), (tmp_path / "folder", 0o755),
-                       (tmp_path / "folder" / "inside.safetensors", 0o644)):
+    for path, mode in (
+        (tmp_path / "weights.safetensors", 0o644),
+        (tmp_path / "folder", 0o755),
+        (tmp_path / "folder" / "inside.safetensors", 0o644),
+    ):
         assert stat.S_IMODE(path.stat().st_mode) == mode, path

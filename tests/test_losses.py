@@ -7,13 +7,13 @@ import torch
 
 from dmdlib.denoisers import Denoiser, GaussianMixtureDenoiser, trainable_copy
 from dmdlib.denoisers.base import GRID_STEPS
-from dmdlib.distill import DistillInputs, distill, dm_sigma_fractions
-from dmdlib.dmd import GeneratorBatch, GeneratorObjective, Update, generator_step
 from dmdlib.errors import MissingWeightsError
-from dmdlib.generator import Generator
-from dmdlib.losses import DM_MAX_FRACTION, DM_MIN_FRACTION, distribution_matching_loss, sample_sigmas
 from dmdlib.params import DistillParams
-from dmdlib.regression import (
+from dmdlib.training.distill import DistillInputs, distill, dm_sigma_fractions
+from dmdlib.training.dmd import GeneratorBatch, GeneratorObjective, Update, generator_step
+from dmdlib.training.generator import Generator
+from dmdlib.training.losses import DM_MAX_FRACTION, DM_MIN_FRACTION, distribution_matching_loss, sample_sigmas
+from dmdlib.training.regression import (
     LPIPSLoss,
     l2_loss,
     lpips_backbone_file,
@@ -104,7 +104,7 @@ class Recording(GaussianMixtureDenoiser):
         return super().denoise(x, sigma, cond)
 
 
-def test_a_generator_step_moves_every_sample_along_the_normalised_score_difference():
+def test_generator_step_dm_update():
     """Through the training step itself: with SGD at lr 1 and no clipping, G's samples x move by
     dm_weight * w * sigma^2 * (s_real - s_fake)(x_s) / numel, with w = 1 / mean|x - mu_real| (paper eq. 7-8), and the
     scores and mu_real = x_s + sigma^2 s_real taken from the mixtures' exact formulas, not from D."""
@@ -112,9 +112,11 @@ def test_a_generator_step_moves_every_sample_along_the_normalised_score_differen
     generator, real = Generator(FreePoints(points), [80.0]), Recording()
     objective = GeneratorObjective(real, FAKE, dm_weight=0.5)
     update = Update(torch.optim.SGD(generator.parameters(), lr=1.0), max_grad_norm=None)
-    generator_step(generator, update, GeneratorBatch(torch.zeros(64, 2)), torch.Generator().manual_seed(0), objective=objective)
+    generator_step(
+        generator, update, GeneratorBatch(torch.zeros(64, 2)), torch.Generator().manual_seed(0), objective=objective
+    )
 
-    (noisy, sigma), = real.calls
+    ((noisy, sigma),) = real.calls
     s = sigma[:, None]
     mu_real = noisy + s**2 * REAL.exact_score(noisy, sigma)
     weight = 1 / (points - mu_real).abs().mean(1, keepdim=True)
@@ -124,12 +126,14 @@ def test_a_generator_step_moves_every_sample_along_the_normalised_score_differen
     assert sigma.min() >= REAL.sigma_grid()[20] and sigma.max() <= REAL.sigma_grid()[979]  # paper: 2%-98%
 
 
-def test_the_default_dm_noise_levels_are_the_papers_2_to_98_percent_of_the_grid_capped_at_sigma_10(tmp_path):
+def test_default_dm_sigmas(tmp_path):
     """The defaults themselves (not literals), through `distill`: every sigma the real denoiser is asked about."""
     from test_dmd2 import tiny_teacher
 
     params = DistillParams(steps=2, batch_size=1024, lambda_reg=0.0, checkpoint_every=10, sample_every=10)
-    assert params.dm_sigma_fractions == (DM_MIN_FRACTION, DM_MAX_FRACTION) == (0.02, 0.98) and params.dm_sigma_max == 10.0
+    assert (
+        params.dm_sigma_fractions == (DM_MIN_FRACTION, DM_MAX_FRACTION) == (0.02, 0.98) and params.dm_sigma_max == 10.0
+    )
     assert GeneratorObjective(REAL, FAKE).dm_sigma_fractions == (0.02, 0.98)  # the library's default too
     teacher, real = tiny_teacher(), tiny_teacher()
     grid = teacher.sigma_grid()

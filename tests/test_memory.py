@@ -6,16 +6,18 @@ import pytest
 import torch
 from distributed_distill import tiny_teacher
 
-from dmdlib.distill import distill
 from dmdlib.errors import ParamsError
-from dmdlib.memory import add_lora, merge_lora, run_in_bfloat16
 from dmdlib.params import DistillParams
+from dmdlib.training.distill import distill
+from dmdlib.training.memory import add_lora, merge_lora, run_in_bfloat16
 
 SHAPE = (1, 8, 8)
 
 
 def params(**overrides):
-    return DistillParams(**{**dict(steps=2, batch_size=2, reg_batch_size=0, lambda_reg=0.0, warmup_steps=1), **overrides})
+    return DistillParams(
+        **{**dict(steps=2, batch_size=2, reg_batch_size=0, lambda_reg=0.0, warmup_steps=1), **overrides}
+    )
 
 
 def input_gradient(denoiser, x, sigma):
@@ -24,7 +26,8 @@ def input_gradient(denoiser, x, sigma):
     return x.grad, [p.grad for p in denoiser.parameters() if p.grad is not None]
 
 
-def test_kdiffusion_gradient_checkpointing_gives_the_same_gradients_and_survives_a_deep_copy():
+def test_gradient_checkpointing():
+    """Kdiffusion gradient checkpointing gives the same gradients and survives a deep copy."""
     x, sigma = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(0)), torch.tensor([0.5, 3.0])
     plain = tiny_teacher().requires_grad_(True)
     checkpointed = tiny_teacher().requires_grad_(True)
@@ -35,10 +38,13 @@ def test_kdiffusion_gradient_checkpointing_gives_the_same_gradients_and_survives
     checkpointed.zero_grad(set_to_none=True)
     copied = copy.deepcopy(checkpointed)  # as the EMA is made: the copy must run its own weights, not the original's
     input_gradient(copied, x, sigma)
-    assert all(p.grad is None for p in checkpointed.parameters()) and any(p.grad is not None for p in copied.parameters())
+    assert all(p.grad is None for p in checkpointed.parameters()) and any(
+        p.grad is not None for p in copied.parameters()
+    )
 
 
-def test_bf16_real_denoiser_keeps_float32_buffers_and_outputs_and_stays_close():
+def test_bf16_real_denoiser():
+    """Bf16 real denoiser keeps float32 buffers and outputs and stays close."""
     teacher, low = tiny_teacher(), tiny_teacher()
     run_in_bfloat16(low)
     assert all(p.dtype == torch.bfloat16 for p in low.parameters())
@@ -49,13 +55,18 @@ def test_bf16_real_denoiser_keeps_float32_buffers_and_outputs_and_stays_close():
     assert torch.allclose(out, teacher(x, sigma), atol=0.05 * float(teacher(x, sigma).abs().max()))
 
 
-def test_lora_trains_adapters_only_and_the_saved_generator_is_merged_to_the_original_layout(tmp_path):
+def test_lora(tmp_path):
+    """Lora trains adapters only and the saved generator is merged to the original layout."""
     teacher = tiny_teacher()
     generator, fake = distill(teacher, params(fake_lora_rank=2, generator_lora_rank=2), tmp_path / "ck.pt")
     assert generator.denoiser.state_dict().keys() == teacher.state_dict().keys()  # adapters folded in
-    assert any(not torch.equal(a, b) for a, b in zip(generator.denoiser.state_dict().values(), teacher.state_dict().values()))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(generator.denoiser.state_dict().values(), teacher.state_dict().values())
+    )
     lora = {name: value for name, value in fake.state_dict().items() if "lora_" in name}
-    assert lora and any(value.abs().sum() > 0 for name, value in lora.items() if "lora_B" in name)  # B left zero: it trained
+    assert lora and any(
+        value.abs().sum() > 0 for name, value in lora.items() if "lora_B" in name
+    )  # B left zero: it trained
     base = {name.replace(".base_layer", ""): value for name, value in fake.state_dict().items() if "lora_" not in name}
     assert all(torch.equal(base[name], value) for name, value in teacher.state_dict().items())  # the frozen copy
 

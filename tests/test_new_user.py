@@ -1,5 +1,6 @@
 """What broke when the pipeline was tried as a new user would: stale teachers and checkpoints, lost checkpoints, white
-16-bit images, another teacher's generator, tracebacks, outputs found unwritable only after the work, missing sections."""
+16-bit images, another teacher's generator, tracebacks, outputs found unwritable only after the work, missing
+sections."""
 
 import json
 import logging
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 
 from dmdlib.errors import ParamsError, TeacherError
 from dmdlib.params import load_params
-from dmdlib.teachers import build_kdiffusion, kdiffusion_config, load_kdiffusion, save_kdiffusion
+from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, load_kdiffusion, save_kdiffusion
 
 TINY_TEACHER = kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0)
 
@@ -41,10 +42,23 @@ def train_teacher_on_mnist(folder, split_seed: int):
     (folder / "params.yaml").write_text(
         f"prepare: {{resolution: 8, seed: {split_seed}}}\n"
         "teacher: {kind: train, train: {channels: [8, 8], depths: [1, 1], mapping_width: 8, steps: 4, batch_size: 8, "
-        "checkpoint_every: 2, sample_steps: 2}}\n")
+        "checkpoint_every: 2, sample_steps: 2}}\n"
+    )
     assert invoke(prepare_app, folder, "--out", folder / "data.parquet", "--preview", folder / "data.png")[0] == 0
-    code, output = invoke(teacher_app, folder, "--data", folder / "data.parquet", "--out", folder / "teacher",
-                          "--samples", folder / "t.png", "--checkpoint", folder / "teacher.pt", "--live", folder / "live")
+    code, output = invoke(
+        teacher_app,
+        folder,
+        "--data",
+        folder / "data.parquet",
+        "--out",
+        folder / "teacher",
+        "--samples",
+        folder / "t.png",
+        "--checkpoint",
+        folder / "teacher.pt",
+        "--live",
+        folder / "live",
+    )
     assert code == 0, output
     return load_kdiffusion(folder / "teacher" / "model.safetensors").state_dict()
 
@@ -59,12 +73,16 @@ def test_a_new_data_split_trains_the_teacher_anew_on_it(tmp_path, caplog):
     assert (tmp_path / "teacher.pt").exists() and len(list(tmp_path.glob("teacher.*.pt"))) == 1  # the first one, kept
 
 
-def test_training_longer_goes_on_and_a_checkpoint_of_other_settings_is_kept_and_named(tmp_path, caplog):
+def test_checkpoint_claims(tmp_path, caplog):
+    """Training longer goes on and a checkpoint of other settings is kept and named."""
     write_tiny_project(tmp_path, tiny_teacher(), pipeline_params())
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill"])
     params = (tmp_path / "params.yaml").read_text()
-    (tmp_path / "params.yaml").write_text(params.replace("  steps: 3\n  batch_size: 2", "  steps: 5\n  batch_size: 2")
-                                          .replace("  sample_every: 2", "  sample_every: 5"))
+    (tmp_path / "params.yaml").write_text(
+        params.replace("  steps: 3\n  batch_size: 2", "  steps: 5\n  batch_size: 2").replace(
+            "  sample_every: 2", "  sample_every: 5"
+        )
+    )
     with caplog.at_level(logging.INFO):
         run_stages(tmp_path, ["distill"])  # more steps, other grids: the same training, which goes on
     assert "resuming distillation from" in caplog.text and "at step 3" in caplog.text
@@ -90,7 +108,7 @@ def test_training_longer_goes_on_and_a_checkpoint_of_other_settings_is_kept_and_
 
 
 def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path, caplog):
-    from dmdlib.data import load_image_folder
+    from dmdlib.data.prepared import load_image_folder
 
     (tmp_path / "digits").mkdir()
     ramp = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1040).astype(np.uint16)  # 0 .. 65520
@@ -103,7 +121,7 @@ def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path, caplog):
     assert np.array_equal(rgb[..., 0], rgb[..., 2]) and rgb.max() == 255 and rgb.min() == 0
 
 
-def test_evaluate_refuses_a_generator_of_another_teacher_in_one_line(tmp_path):
+def test_generator_of_another_teacher(tmp_path):
     """Same architecture: metrics were written against the wrong teacher; another one: a 237-line traceback."""
     from stages.evaluate import app as evaluate_app
 
@@ -115,9 +133,22 @@ def test_evaluate_refuses_a_generator_of_another_teacher_in_one_line(tmp_path):
     for other in (tiny_teacher(seed=1), tiny_teacher(config=wider)):
         save_kdiffusion(tmp_path / "k.safetensors", other, other.config)
         run_stages(tmp_path, ["teacher"])
-        code, output = invoke(evaluate_app, tmp_path, "--data", tmp_path / "data.parquet", "--teacher", tmp_path / "teacher",
-                              "--generator", tmp_path / "generator", "--classifier", tmp_path / "classifier.safetensors",
-                              "--metrics", tmp_path / "eval.json", "--images", tmp_path / "eval")
+        code, output = invoke(
+            evaluate_app,
+            tmp_path,
+            "--data",
+            tmp_path / "data.parquet",
+            "--teacher",
+            tmp_path / "teacher",
+            "--generator",
+            tmp_path / "generator",
+            "--classifier",
+            tmp_path / "classifier.safetensors",
+            "--metrics",
+            tmp_path / "eval.json",
+            "--images",
+            tmp_path / "eval",
+        )
         assert code == 2 and output.count("\n") == 1, output
         assert f"generator.json: distilled from teacher {generator['teacher_digest'][:12]}, not from" in output
         assert not (tmp_path / "eval.json").exists()
@@ -130,7 +161,9 @@ def test_broken_teacher_files_are_one_line_naming_file_and_keys(tmp_path):
     broken = {"empty": b"", "truncated": good.read_bytes()[:-100]}
     for name, data in broken.items():
         (tmp_path / f"{name}.safetensors").write_bytes(data)
-        with pytest.raises(TeacherError, match=rf"{name}.safetensors: not a readable .safetensors file .*download or export"):
+        with pytest.raises(
+            TeacherError, match=rf"{name}.safetensors: not a readable .safetensors file .*download or export"
+        ):
             load_kdiffusion(tmp_path / f"{name}.safetensors")
     from safetensors.torch import save_file
 
@@ -138,8 +171,12 @@ def test_broken_teacher_files_are_one_line_naming_file_and_keys(tmp_path):
     save_file(state, tmp_path / "bad-config.safetensors", metadata={"config": "{not json"})
     with pytest.raises(TeacherError, match=r"bad-config.safetensors: the config in its metadata: not valid JSON"):
         load_kdiffusion(tmp_path / "bad-config.safetensors")
-    save_file(state, tmp_path / "odd-config.safetensors", metadata={"config": json.dumps({"model": {"type": "image_v1"}})})
-    with pytest.raises(TeacherError, match=r"odd-config.safetensors: the config in its metadata: not a k-diffusion model config"):
+    save_file(
+        state, tmp_path / "odd-config.safetensors", metadata={"config": json.dumps({"model": {"type": "image_v1"}})}
+    )
+    with pytest.raises(
+        TeacherError, match=r"odd-config.safetensors: the config in its metadata: not a k-diffusion model config"
+    ):
         load_kdiffusion(tmp_path / "odd-config.safetensors")
     with pytest.raises(TeacherError, match=r"teacher.config .*missing.json: not found"):
         load_kdiffusion(good, tmp_path / "missing.json")
@@ -156,22 +193,38 @@ def test_broken_teacher_files_are_one_line_naming_file_and_keys(tmp_path):
     assert f"1 of another shape ({second} (3, 3) for" in message
 
 
-def test_a_resolution_the_teachers_network_cannot_take_is_one_line(tmp_path):
+def test_untakeable_resolution(tmp_path):
+    """A resolution the teachers network cannot take is one line."""
     from stages.prepare import app as prepare_app
     from stages.teacher import app as teacher_app
 
     (tmp_path / "params.yaml").write_text(
         "prepare: {resolution: 10}\n"
-        "teacher: {kind: train, train: {channels: [8, 8, 8], depths: [1, 1, 1], mapping_width: 8, steps: 2, batch_size: 4}}\n")
+        "teacher: {kind: train,\n"
+        "  train: {channels: [8, 8, 8], depths: [1, 1, 1], mapping_width: 8, steps: 2, batch_size: 4}}\n"
+    )
     assert invoke(prepare_app, tmp_path, "--out", tmp_path / "data.parquet", "--preview", tmp_path / "data.png")[0] == 0
-    code, output = invoke(teacher_app, tmp_path, "--data", tmp_path / "data.parquet", "--out", tmp_path / "teacher",
-                          "--checkpoint", tmp_path / "t.pt", "--live", tmp_path / "live", "--samples", tmp_path / "t.png")
+    code, output = invoke(
+        teacher_app,
+        tmp_path,
+        "--data",
+        tmp_path / "data.parquet",
+        "--out",
+        tmp_path / "teacher",
+        "--checkpoint",
+        tmp_path / "t.pt",
+        "--live",
+        tmp_path / "live",
+        "--samples",
+        tmp_path / "t.png",
+    )
     assert code == 2 and output.count("\n") == 1, output
     assert "teacher.train: its network cannot take 1x10x10 inputs" in output
     assert "prepare.resolution 10: use a multiple of 4 for its 3 levels" in output
 
 
-def test_outputs_that_cannot_be_written_stop_the_stage_before_its_work(tmp_path):
+def test_unwritable_outputs(tmp_path):
+    """Outputs that cannot be written stop the stage before its work."""
     from stages.evaluate import app as evaluate_app
 
     write_tiny_project(tmp_path, tiny_teacher(), pipeline_params())
@@ -187,13 +240,30 @@ def test_outputs_that_cannot_be_written_stop_the_stage_before_its_work(tmp_path)
 def _distill_into(folder, out):
     from stages.distill import app as distill_app
 
-    code, output = invoke(distill_app, folder, "--teacher", folder / "teacher", "--pairs", folder / "pairs", "--data",
-                          folder / "data.parquet", "--classifier", folder / "classifier.safetensors", "--out", out,
-                          "--samples", folder / "grids", "--checkpoint", folder / "ck.pt", "--live", folder / "live")
+    code, output = invoke(
+        distill_app,
+        folder,
+        "--teacher",
+        folder / "teacher",
+        "--pairs",
+        folder / "pairs",
+        "--data",
+        folder / "data.parquet",
+        "--classifier",
+        folder / "classifier.safetensors",
+        "--out",
+        out,
+        "--samples",
+        folder / "grids",
+        "--checkpoint",
+        folder / "ck.pt",
+        "--live",
+        folder / "live",
+    )
     assert code == 0, output
 
 
-def test_a_full_disk_is_one_line_naming_the_output_and_keeps_the_last_one(tmp_path, repo_root):
+def test_full_disk(tmp_path, repo_root):
     """Writes beyond RLIMIT_FSIZE fail with EFBIG, as on a full or size-limited file system: a pair shard (pyarrow), the
     distillation checkpoint (torch) and, below that, dvclive's start (DVC's sqlite caches)."""
     import resource
@@ -207,30 +277,55 @@ def test_a_full_disk_is_one_line_naming_the_output_and_keeps_the_last_one(tmp_pa
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-        result = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--params", tmp_path / "params.yaml", *args],
-                                cwd=cwd, capture_output=True, text=True, preexec_fn=limit_file_size if limit else None,
-                                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)})
+        result = subprocess.run(
+            [sys.executable, "-m", f"stages.{stage}", "--params", tmp_path / "params.yaml", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            preexec_fn=limit_file_size if limit else None,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)},
+        )
         assert result.returncode == (2 if limit else 0), result.stderr
-        return [line for line in result.stderr.splitlines() if line.startswith(("error", "Traceback", "Exception", "╭"))]
+        return [
+            line for line in result.stderr.splitlines() if line.startswith(("error", "Traceback", "Exception", "╭"))
+        ]
 
     run("teacher", None, "--out", tmp_path / "teacher", "--samples", tmp_path / "t.png")
     pairs = tmp_path / "pairs" / "shard-00000.parquet"
     assert run("pairs", 2000, "--teacher", tmp_path / "teacher", "--out", tmp_path / "pairs") == [
-        f"error: {pairs}: could not be written (File too large); what was there before is untouched"]
+        f"error: {pairs}: could not be written (File too large); what was there before is untouched"
+    ]
     assert pairs.read_bytes() == b"an earlier run's shard"
     run("pairs", None, "--teacher", tmp_path / "teacher", "--out", tmp_path / "pairs")
-    distill = ["--teacher", tmp_path / "teacher", "--pairs", tmp_path / "pairs", "--data", tmp_path / "data.parquet",
-               "--classifier", tmp_path / "none.safetensors", "--out", tmp_path / "generator", "--samples", tmp_path / "grids",
-               "--checkpoint", tmp_path / "ck.pt", "--live", tmp_path / "live"]
+    distill = [
+        "--teacher",
+        tmp_path / "teacher",
+        "--pairs",
+        tmp_path / "pairs",
+        "--data",
+        tmp_path / "data.parquet",
+        "--classifier",
+        tmp_path / "none.safetensors",
+        "--out",
+        tmp_path / "generator",
+        "--samples",
+        tmp_path / "grids",
+        "--checkpoint",
+        tmp_path / "ck.pt",
+        "--live",
+        tmp_path / "live",
+    ]
     assert run("distill", 200_000, *distill) == [  # outside a DVC repository: dvclive opens none
-        f"error: {tmp_path / 'ck.pt'}: could not be written (File too large); what was there before is untouched"]
+        f"error: {tmp_path / 'ck.pt'}: could not be written (File too large); what was there before is untouched"
+    ]
     assert run("distill", 20_000, *distill, cwd=repo_root) == [  # inside one: dvclive opens its caches first
-        f"error: {tmp_path / 'live'}: the training log could not start (OperationalError: disk I/O error); free space on "
-        "the disk, or make the project folder writable"]
+        f"error: {tmp_path / 'live'}: the training log could not start (OperationalError: disk I/O error); free space "
+        "on the disk, or make the project folder writable"
+    ]
 
 
 @pytest.mark.parametrize("text", ["", "distill:\n  steps: 3\n"])
-def test_a_params_file_without_the_stages_section_is_an_error_naming_it(tmp_path, text):
+def test_missing_section(tmp_path, text):
     """`pairs` run by hand on such a file replaced 4 shards by 2,000 pairs of the library's defaults."""
     from stages.pairs import app as pairs_app
 
@@ -241,17 +336,28 @@ def test_a_params_file_without_the_stages_section_is_an_error_naming_it(tmp_path
         load_params(tmp_path / "params.yaml", "evaluate", "pairs")
 
 
-def test_one_class_data_warns_that_its_feature_fid_means_little_and_unlabelled_data_names_the_way(tmp_path, caplog):
-    from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
+def test_one_class_and_unlabelled(tmp_path, caplog):
+    """One class data warns that its feature fid means little and unlabelled data names the way."""
+    from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parquet
     from stages.features import app as features_app
 
     (tmp_path / "params.yaml").write_text("features: {steps: 2, batch_size: 4}\n")
     images = np.zeros((20, 8, 8, 1), np.uint8)
     for labels, names in ((np.zeros(20, int), ["cat"]), (np.full(20, -1), [])):
-        write_image_parquet(tmp_path / "data.parquet", ImageSet(images, labels, split_train_heldout(20, 0.25, 0), names))
+        write_image_parquet(
+            tmp_path / "data.parquet", ImageSet(images, labels, split_train_heldout(20, 0.25, 0), names)
+        )
         with caplog.at_level(logging.WARNING):
-            code, output = invoke(features_app, tmp_path, "--data", tmp_path / "data.parquet", "--out", tmp_path / "c.safetensors",
-                                  "--metrics", tmp_path / "c.json")
+            code, output = invoke(
+                features_app,
+                tmp_path,
+                "--data",
+                tmp_path / "data.parquet",
+                "--out",
+                tmp_path / "c.safetensors",
+                "--metrics",
+                tmp_path / "c.json",
+            )
         if names:
             assert code == 0 and "one class (cat): a classifier of one class learns nothing" in caplog.text
         else:

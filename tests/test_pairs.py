@@ -8,16 +8,17 @@ from collections import namedtuple
 import pytest
 import torch
 from tiny_models import save_tiny_ddpm
+from tiny_project import Killed
 from typer.testing import CliRunner
 
-from dmdlib.denoisers.loading import load_diffusers_ddpm
+from dmdlib.denoisers.sampling import heun_sample, make_scheduler, scheduler_sample
 from dmdlib.errors import PairsError
-from dmdlib.pairs import PairReader, ShardPlan, generate_pairs, make_sampler, pair_metadata, seeded_inputs
-from dmdlib.sampling import heun_sample, make_scheduler, scheduler_sample
-from dmdlib.teachers import build_kdiffusion, kdiffusion_config, save_kdiffusion
+from dmdlib.teachers.diffusers import load_diffusers_ddpm
+from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, save_kdiffusion
+from dmdlib.teachers.reference import read_teacher
+from dmdlib.training.pairs import PairReader, ShardPlan, generate_pairs, make_sampler, pair_metadata, seeded_inputs
 from stages.pairs import app
 from stages.teacher import app as teacher_app
-from stages.teacher_reference import read_teacher
 
 PARAMS = "pairs:\n  count: 10\n  shard_size: 4\n  batch_size: {batch}\n  steps: 3\n"
 
@@ -29,9 +30,12 @@ def teacher_folder(tmp_path_factory):
     config = kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0)
     save_kdiffusion(root / "k.safetensors", build_kdiffusion(config), config)
     params = root / "params.yaml"
-    params.write_text(f"teacher:\n  kind: kdiffusion\n  path: {root / 'k.safetensors'}\n  train:\n    sample_steps: 2\n")
-    result = CliRunner().invoke(teacher_app, ["--params", str(params), "--out", str(root / "teacher"),
-                                              "--samples", str(root / "s.png")])
+    params.write_text(
+        f"teacher:\n  kind: kdiffusion\n  path: {root / 'k.safetensors'}\n  train:\n    sample_steps: 2\n"
+    )
+    result = CliRunner().invoke(
+        teacher_app, ["--params", str(params), "--out", str(root / "teacher"), "--samples", str(root / "s.png")]
+    )
     assert result.exit_code == 0, result.output
     return root / "teacher"
 
@@ -43,6 +47,7 @@ def make_pairs(tmp_path, teacher_folder, name, batch=4, extra_env=None):
     result = CliRunner().invoke(app, ["--params", str(params), "--teacher", str(teacher_folder), "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out
+
 
 Loaded = namedtuple("Loaded", "noise target labels")  # every pair of a folder
 
@@ -75,12 +80,11 @@ def test_batch_size_changes_only_the_last_bits(tmp_path, teacher_folder):
 
 def test_killed_run_resumes_to_the_same_set(tmp_path, teacher_folder):
     teacher, _ = read_teacher(teacher_folder)
-    plan, meta = ShardPlan(10, 4), {"teacher": "t", "sampler": "heun", "steps": 3, "guidance": 1.0,
-                                    "shape": [1, 8, 8], "dtype": "float32"}
+    plan, meta = (
+        ShardPlan(10, 4),
+        {"teacher": "t", "sampler": "heun", "steps": 3, "guidance": 1.0, "shape": [1, 8, 8], "dtype": "float32"},
+    )
     sample = lambda noise, labels: heun_sample(teacher, noise, 3, labels)
-
-    class Killed(Exception):
-        pass
 
     made = []
 
@@ -120,7 +124,7 @@ def test_corrupt_and_foreign_shards_are_named(tmp_path, teacher_folder):
     load(folder, teacher_folder)
 
 
-def test_bytes_changed_inside_a_shard_are_caught_and_the_stage_remakes_it(tmp_path, teacher_folder, caplog):
+def test_changed_shard_bytes(tmp_path, teacher_folder, caplog):
     """Same size, different bytes in the middle of the data: the page checksums catch it, the stage names the
     shard and re-makes it, and the re-made pairs equal the original ones."""
     import logging
@@ -142,16 +146,20 @@ def test_bytes_changed_inside_a_shard_are_caught_and_the_stage_remakes_it(tmp_pa
 
 
 def test_changed_bytes_in_the_prepared_data_are_named(tmp_path):
-    from dmdlib.data import ImageSet, read_image_parquet, split_train_heldout, write_image_parquet
+    from dmdlib.data.prepared import ImageSet, read_image_parquet, split_train_heldout, write_image_parquet
     from dmdlib.errors import DataError
 
     images = torch.randint(0, 256, (40, 8, 8, 1), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy()
     path = tmp_path / "prepared.parquet"
-    write_image_parquet(path, ImageSet(images, (torch.arange(40) % 2).numpy(), split_train_heldout(40, 0.25, 0), ["a", "b"]))
+    write_image_parquet(
+        path, ImageSet(images, (torch.arange(40) % 2).numpy(), split_train_heldout(40, 0.25, 0), ["a", "b"])
+    )
     data = bytearray(path.read_bytes())
     data[len(data) // 4] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match="prepared.parquet: corrupt or not Parquet.*delete it and re-run the `prepare` stage"):
+    with pytest.raises(
+        DataError, match="prepared.parquet: corrupt or not Parquet.*delete it and re-run the `prepare` stage"
+    ):
         read_image_parquet(path)
 
 
@@ -159,8 +167,23 @@ def test_two_processes_split_the_seeds_without_gaps(tmp_path, teacher_folder, re
     single = make_pairs(tmp_path, teacher_folder, "single")
     params = tmp_path / "two.yaml"
     params.write_text(PARAMS.format(batch=4))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-               "-m", "stages.pairs", "--params", str(params), "--teacher", str(teacher_folder), "--out", str(tmp_path / "two")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "stages.pairs",
+        "--params",
+        str(params),
+        "--teacher",
+        str(teacher_folder),
+        "--out",
+        str(tmp_path / "two"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -171,7 +194,8 @@ def test_two_processes_split_the_seeds_without_gaps(tmp_path, teacher_folder, re
     assert torch.allclose(a.target, b.target, atol=1e-5)  # other thread counts may change the last bits
 
 
-def test_diffusers_scheduler_sampling_matches_the_diffusers_pipeline(tmp_path):
+def test_scheduler_sampling(tmp_path):
+    """Diffusers scheduler sampling matches the diffusers pipeline."""
     from diffusers import DDIMPipeline
 
     folder = save_tiny_ddpm(tmp_path / "ddpm")
@@ -181,8 +205,9 @@ def test_diffusers_scheduler_sampling_matches_the_diffusers_pipeline(tmp_path):
     ours = scheduler_sample(teacher, noise, scheduler, steps=5)
     pipeline = DDIMPipeline(unet=teacher.network, scheduler=make_scheduler("DDIMScheduler", teacher.scheduler_config))
     pipeline.set_progress_bar_config(disable=True)
-    reference = pipeline(batch_size=2, num_inference_steps=5, eta=0.0, output_type="np",
-                         generator=torch.Generator().manual_seed(0))
+    reference = pipeline(
+        batch_size=2, num_inference_steps=5, eta=0.0, output_type="np", generator=torch.Generator().manual_seed(0)
+    )
     # The pipeline draws the same noise from the same seed, then clamps and maps to [0, 1].
     expected = torch.from_numpy(reference.images).permute(0, 3, 1, 2)
     assert torch.allclose((ours.clamp(-1, 1) + 1) / 2, expected, atol=1e-4)
@@ -191,7 +216,7 @@ def test_diffusers_scheduler_sampling_matches_the_diffusers_pipeline(tmp_path):
 
 
 def test_sampler_passes_the_condition(teacher_folder):
-    from dmdlib.conditions import Conditions
+    from dmdlib.data.conditions import Conditions
     from dmdlib.params import PairsParams
 
     teacher, _ = read_teacher(teacher_folder)

@@ -1,7 +1,6 @@
 """params.yaml validation: every bad input names the file, the key path, the value and what is expected."""
 
-import subprocess
-import sys
+import functools
 
 import pytest
 import yaml
@@ -18,8 +17,16 @@ def write(tmp_path, text):
 def test_repository_params_files_are_valid(repo_root):
     params = load_params(repo_root / "params.yaml")
     assert params.prepare.source == "mnist"
-    kinds = {"sd": "stable_diffusion", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux", "dit-imagenet256": "dit",
-             "edm-cifar10": "edm", "edm-imagenet64": "edm", "edm2-img512": "edm2"}
+    kinds = {
+        "sd": "stable_diffusion",
+        "sdxl": "sdxl",
+        "sd3": "sd3",
+        "flux": "flux",
+        "dit-imagenet256": "dit",
+        "edm-cifar10": "edm",
+        "edm-imagenet64": "edm",
+        "edm2-img512": "edm2",
+    }
     profiles = {path.parent.name: path for path in (repo_root / "pipelines").glob("*/params.yaml")}
     assert set(profiles) == set(kinds)
     for profile, path in profiles.items():
@@ -87,6 +94,14 @@ def test_every_experiment_sets_valid_params(repo_root, tmp_path):
     assert len(experiments) >= 5
     for name, experiment in experiments.items():
         assert experiment["what"] and experiment["settings"], name
-        out = tmp_path / f"{name}.yaml"
-        subprocess.run([sys.executable, "benchmarks/params_variant.py", str(out), *experiment["settings"]], cwd=repo_root, check=True)
-        assert load_params(out) != load_params(repo_root / "params.yaml"), f"{name} changes nothing"
+        params = yaml.safe_load((repo_root / "params.yaml").read_text())
+        for setting in experiment["settings"]:  # as `dvc exp run -S key=value` sets it
+            key, value = setting.split("=", 1)
+            *path, last = key.split(".")
+            section = functools.reduce(lambda node, part: node[part], path, params)
+            assert last in section, f"{name}: {key} is not a key of params.yaml"
+            section[last] = yaml.safe_load(value)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(params))
+        assert load_params(tmp_path / f"{name}.yaml") != load_params(repo_root / "params.yaml"), (
+            f"{name} changes nothing"
+        )

@@ -10,8 +10,8 @@ import pytest
 import torch
 from tiny_project import pipeline_params, run_stages, write_tiny_project
 
-from dmdlib.generator import load_generator
-from dmdlib.teachers import build_kdiffusion, kdiffusion_config
+from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config
+from dmdlib.training.generator import load_generator
 
 EVAL_KEYS = {"fid_classifier", "kid_classifier", "precision_classifier", "recall_classifier", "min_class_share_ratio"}
 
@@ -27,8 +27,12 @@ def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog, repo_
     generator = load_generator(tmp_path / "generator")
     images = generator(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))
     assert images.shape == (4, 1, 8, 8) and torch.isfinite(images).all()
-    assert sorted(x.name for x in (tmp_path / "grids").iterdir()) == ["final.png", "initial.png", "step-000002.png",
-                                                                      "step-000003.png"]
+    assert sorted(x.name for x in (tmp_path / "grids").iterdir()) == [
+        "final.png",
+        "initial.png",
+        "step-000002.png",
+        "step-000003.png",
+    ]
     assert (tmp_path / "live" / "plots" / "metrics" / "diversity" / "spread.tsv").exists()
 
     metrics = json.loads((tmp_path / "eval.json").read_text())
@@ -46,15 +50,23 @@ def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog, repo_
         assert row["fid_classifier_above_floor"] == pytest.approx(row["fid_classifier"] - floor, abs=2e-4)
     assert dmd["fid_classifier_above_floor_vs_teacher_se"] >= 0 and "fid_classifier_above_floor_vs_teacher" in dmd
     assert sorted(x.name for x in (tmp_path / "eval").iterdir()) == [
-        "comparison.png", "dmd_one_step.png", "initial_one_step.png", "teacher.png"]
+        "comparison.png",
+        "dmd_one_step.png",
+        "initial_one_step.png",
+        "teacher.png",
+    ]
 
-    report = subprocess.run([sys.executable, "benchmarks/dmd_report.py", "--metrics", tmp_path / "eval.json", "--repeats", "0"],
-                            cwd=repo_root, capture_output=True, text=True)  # as benchmarks/gpu_default.sh runs it
+    report = subprocess.run(
+        [sys.executable, "benchmarks/dmd_report.py", "--metrics", tmp_path / "eval.json", "--repeats", "0"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )  # as benchmarks/gpu_default.sh runs it
     assert report.returncode == 0, report.stderr
     assert "| dmd_one_step | 1 |" in report.stdout and "(FID - floor) / (teacher's - floor)" in report.stdout
 
 
-def test_a_fresh_run_replaces_its_picture_folders_whole_and_prints_no_third_party_noise(tmp_path, repo_root):
+def test_fresh_run_pictures_and_quiet(tmp_path, repo_root):
     """Grids an earlier run left (another step count, a model this run does not have) went on looking current;
     and every command printed setuptools' pkg_resources warning, evaluate kineto's profiler lines."""
     torch.manual_seed(0)
@@ -65,10 +77,19 @@ def test_a_fresh_run_replaces_its_picture_folders_whole_and_prints_no_third_part
         stale.write_bytes(b"an earlier run's picture")
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill", "evaluate"])
     assert not (tmp_path / "grids" / "step-999999.png").exists() and (tmp_path / "grids" / "final.png").exists()
-    assert not (tmp_path / "eval" / "teacher_guidance_2.png").exists() and (tmp_path / "eval" / "comparison.png").exists()
+    assert (
+        not (tmp_path / "eval" / "teacher_guidance_2.png").exists() and (tmp_path / "eval" / "comparison.png").exists()
+    )
 
-    code = ("import torch, stages.distill, stages.evaluate; from dmdlib.evaluation import peak_tensor_memory_mib; "
-            "peak_tensor_memory_mib(lambda: torch.ones(64, 64) @ torch.ones(64, 64))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True,
-                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    code = (
+        "import torch, stages.distill, stages.evaluate; from dmdlib.evaluation.measure import peak_tensor_memory_mib; "
+        "peak_tensor_memory_mib(lambda: torch.ones(64, 64) @ torch.ones(64, 64))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert result.returncode == 0 and result.stderr == "", result.stderr

@@ -5,22 +5,26 @@ import numpy as np
 import pytest
 import torch
 
-from dmdlib import data, pairs
-from dmdlib.data import TRAIN, ImageSet, PreparedImageReader, read_image_parquet, write_image_parquet
+from dmdlib.data import prepared
+from dmdlib.data.images import to_model_range
+from dmdlib.data.prepared import TRAIN, ImageSet, PreparedImageReader, read_image_parquet, write_image_parquet
 from dmdlib.errors import DataError
-from dmdlib.images import to_model_range
-from dmdlib.pairs import PairReader, ShardPlan, write_shard
+from dmdlib.training import pairs
+from dmdlib.training.pairs import PairReader, ShardPlan, write_shard
 
 META = {"teacher": "t", "sampler": "heun", "steps": 1, "guidance": 1.0, "shape": [1, 4, 4], "dtype": "float16"}
 
 
-def test_pair_reader_reads_every_pair_of_many_row_groups_through_a_small_cache(tmp_path, monkeypatch):
+def test_pair_reader(tmp_path, monkeypatch):
+    """Pair reader reads every pair of many row groups through a small cache."""
     monkeypatch.setattr(pairs, "ROW_GROUP_BYTES", 2 * 32 * 7)  # 7 pairs of 2 x 16 float16 per row group
     plan, noise, target = ShardPlan(50, 20), torch.randn(50, 1, 4, 4), torch.randn(50, 1, 4, 4)
     for shard in range(plan.shards):
         seeds = plan.seeds(shard)
         rows = slice(seeds.start, seeds.stop)
-        write_shard(tmp_path / plan.name(shard), seeds, noise[rows], target[rows], list(range(seeds.start, seeds.stop)), META)
+        write_shard(
+            tmp_path / plan.name(shard), seeds, noise[rows], target[rows], list(range(seeds.start, seeds.stop)), META
+        )
     reader = PairReader(tmp_path, META, cache_bytes=500)  # holds about one row group
     assert len(reader) == 50 and len(reader._rows._groups) == 8  # shards of 20, 20, 10: 3 + 3 + 2 row groups
     index = torch.randperm(50, generator=torch.Generator().manual_seed(0))[:31].repeat(2)  # repeats, any order
@@ -31,11 +35,14 @@ def test_pair_reader_reads_every_pair_of_many_row_groups_through_a_small_cache(t
         reader.batch(torch.tensor([50]))
 
 
-def test_prepared_image_reader_serves_the_training_split_as_the_whole_file_read_does(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "ROW_GROUP_BYTES", 64 * 10)  # 10 images of 8x8x1 per row group
+def test_prepared_image_reader(tmp_path, monkeypatch):
+    """Prepared image reader serves the training split as the whole file read does."""
+    monkeypatch.setattr(prepared, "ROW_GROUP_BYTES", 64 * 10)  # 10 images of 8x8x1 per row group
     rng = np.random.default_rng(0)
     split = np.array([TRAIN if i % 4 else "heldout" for i in range(95)], dtype=object)
-    images = ImageSet(rng.integers(0, 256, (95, 8, 8, 1), dtype=np.uint8), rng.integers(0, 3, 95), split, ["a", "b", "c"])
+    images = ImageSet(
+        rng.integers(0, 256, (95, 8, 8, 1), dtype=np.uint8), rng.integers(0, 3, 95), split, ["a", "b", "c"]
+    )
     write_image_parquet(tmp_path / "prepared.parquet", images)
     whole = read_image_parquet(tmp_path / "prepared.parquet")
     train = whole.subset(TRAIN)

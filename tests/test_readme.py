@@ -7,8 +7,8 @@ import pytest
 import torch
 from tiny_models import save_tiny_dit, save_tiny_flux, save_tiny_sd3, save_tiny_sdxl
 
-from dmdlib.generator import Generator, save_generator
-from dmdlib.teachers import build_kdiffusion, kdiffusion_config, load_teacher, save_kdiffusion
+from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, load_teacher, save_kdiffusion
+from dmdlib.training.generator import Generator, save_generator
 
 
 def readme_snippets(repo_root) -> list[str]:
@@ -22,7 +22,9 @@ def test_every_python_snippet_of_the_readme_runs(repo_root, tmp_path, monkeypatc
     torch.manual_seed(0)
     # models/generator: a 2-step generator with `classes` classes (0: unconditional); a conditional one also takes the
     # guidance scale
-    config = kdiffusion_config(1, 8, [8, 8], [1, 1], 16, classes, 0.5, 0.002, 80.0, label_dropout=0.1 if classes else 0.0)
+    config = kdiffusion_config(
+        1, 8, [8, 8], [1, 1], 16, classes, 0.5, 0.002, 80.0, label_dropout=0.1 if classes else 0.0
+    )
     teacher = build_kdiffusion(config)
     weights = tmp_path / "teacher.safetensors"
     save_kdiffusion(weights, teacher, config)
@@ -51,8 +53,11 @@ def _save_generator_of(folder, kind: str, out, **reference) -> None:
 @pytest.mark.parametrize("family", ["SD3", "FLUX", "DiT"])
 def test_the_readmes_one_step_call_of_each_family_runs(repo_root, tmp_path, family):
     """The commented calls under the pipeline snippet, with the snippet's own `one_step_pipeline`."""
-    build, kind, reference = {"SD3": (save_tiny_sd3, "sd3", {}), "DiT": (lambda folder: save_tiny_dit(folder, num_classes=1000), "dit", {}),
-                              "FLUX": (save_tiny_flux, "flux", {"resolution": 16, "embedded_guidance": 3.5})}[family]
+    build, kind, reference = {
+        "SD3": (save_tiny_sd3, "sd3", {}),
+        "DiT": (lambda folder: save_tiny_dit(folder, num_classes=1000), "dit", {}),
+        "FLUX": (save_tiny_flux, "flux", {"resolution": 16, "embedded_guidance": 3.5}),
+    }[family]
     _save_generator_of(build(tmp_path / kind), kind, tmp_path / "generator", **reference)
     snippet = readme_snippets(repo_root)[1]
     call = re.search(rf"^# {family}: +(pipe\(.*?\))", snippet, flags=re.MULTILINE).group(1)

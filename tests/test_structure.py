@@ -1,5 +1,6 @@
-"""The codebase's shape: no import cycles, imports at module top, stages independent of each other, DVC deps
-complete, and the loop and step functions small enough to read against Algorithm 1."""
+"""The codebase's shape: no import cycles, imports at module top, stages that are only CLIs and independent of each
+other, a library that knows no CLI, DVC deps complete, and the loop and step functions small enough to read against
+Algorithm 1."""
 
 import ast
 from pathlib import Path
@@ -9,8 +10,19 @@ import yaml
 from import_graph import PIPELINE_FILES, ROOT, closure, cycles, graph, imports_of, module_file, project_files
 
 # Libraries that cost seconds to import and that only some paths need: imported where used.
-HEAVY_OPTIONAL = ("accelerate", "bitsandbytes", "cleanfid", "diffusers", "dvclive", "lpips", "mlxtend", "peft", "torch.profiler",
-                  "torchvision", "transformers")
+HEAVY_OPTIONAL = (
+    "accelerate",
+    "bitsandbytes",
+    "cleanfid",
+    "diffusers",
+    "dvclive",
+    "lpips",
+    "mlxtend",
+    "peft",
+    "torch.profiler",
+    "torchvision",
+    "transformers",
+)
 PIPELINES = {name: ROOT / name for name in PIPELINE_FILES}
 
 
@@ -24,8 +36,14 @@ def test_no_import_cycles_counting_imports_inside_functions():
     assert cycles(graph(own_packages=False)) == []
 
 
-def test_project_modules_are_imported_at_module_top_and_only_heavy_libraries_inside_functions():
-    inner = [f"{i.source}:{i.line} imports {i.target}" for path in project_files() for i in imports_of(path) if not i.top_level]
+def test_imports_at_top():
+    """Project modules are imported at module top and only heavy libraries inside functions."""
+    inner = [
+        f"{i.source}:{i.line} imports {i.target}"
+        for path in project_files()
+        for i in imports_of(path)
+        if not i.top_level
+    ]
     assert inner == []
     for path in (ROOT / "dmdlib").rglob("*.py"):
         tree = ast.parse(path.read_text())
@@ -45,6 +63,55 @@ def test_stages_never_import_each_other():
         assert not edges[stage] & (stage_files - {stage}), f"{stage} imports another stage"
 
 
+def test_stages_are_only_clis():
+    """stages/ is one Typer executable per pipeline stage (`app`, `main`) and common.py, their shared CLI kit; the
+    library, tests, benchmarks and scripts import from a stage module at most its `app`, and never its helpers."""
+    pipeline_stages = {file for pipeline in PIPELINES.values() for file in stage_modules(pipeline).values()}
+    for path in sorted((ROOT / "stages").glob("*.py")):
+        name = str(path.relative_to(ROOT))
+        if path.name in ("__init__.py", "common.py"):
+            continue
+        tree = ast.parse(path.read_text())
+        defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        defined |= {
+            target.id
+            for node in tree.body
+            if isinstance(node, ast.Assign)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        assert name in pipeline_stages and {"app", "main"} <= defined, f"{name} is not a pipeline stage's CLI"
+    for folder in ("dmdlib", "tests", "benchmarks", "scripts"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "stages":
+                    names = {alias.name for alias in node.names}
+                    allowed = folder != "dmdlib" and (
+                        names == {"app"} or node.module == "stages.common" and folder == "tests"
+                    )
+                    assert allowed, f"{path.relative_to(ROOT)}:{node.lineno} imports {names} from {node.module}"
+
+
+def test_library_knows_no_cli():
+    """The library knows no cli or dvc and scripts use nothing of the tests."""
+    for path in (ROOT / "dmdlib").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n.split(".")[0] in ("typer", "dvc", "dvclive", "stages") for n in names), (
+                    f"{path.relative_to(ROOT)}:{node.lineno} imports {names}"
+                )
+    for path in [*(ROOT / "scripts").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]:
+        text = path.read_text()
+        assert "tests" not in {n.split(".")[0] for n in _imported(text)} and '/ "tests"' not in text, path.name
+
+
+def _imported(text: str) -> list[str]:
+    return [
+        alias.name for node in ast.walk(ast.parse(text)) if isinstance(node, ast.Import) for alias in node.names
+    ] + [node.module for node in ast.walk(ast.parse(text)) if isinstance(node, ast.ImportFrom) and node.module]
+
+
 def test_every_pipeline_ends_with_the_evaluate_stage():
     """A template that stops at distill would leave its users without metrics (the SD one did)."""
     for pipeline, path in PIPELINES.items():
@@ -59,8 +126,11 @@ def test_dvc_deps_cover_every_project_file_each_stage_imports(pipeline):
     edges = graph()
     for name, module in stage_modules(PIPELINES[pipeline]).items():
         deps = [str(dep) for dep in stages[name].get("deps", [])]
-        missing = sorted(path for path in closure(module, edges)
-                         if not any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps))
+        missing = sorted(
+            path
+            for path in closure(module, edges)
+            if not any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
+        )
         assert not missing, f"{pipeline}: stage {name!r} imports files its deps miss: {missing}"
 
 
@@ -71,11 +141,13 @@ def function(path: str, name: str) -> ast.FunctionDef:
 
 def test_stage_mains_distill_and_step_functions_stay_small():
     for path in sorted(set(stage_modules(PIPELINES["dvc.yaml"]).values()) | {"stages/prompts.py"}):
-        main = function(path, "main")
-        assert main.end_lineno - main.lineno + 1 <= 50, f"{path}: main() has {main.end_lineno - main.lineno + 1} lines"
-    loop = function("dmdlib/distill.py", "distill")
-    assert loop.end_lineno - loop.lineno + 1 <= 60
+        main = function(path, "main")  # its body: the signature lists one option a line
+        assert main.end_lineno - main.body[0].lineno + 1 <= 50, (
+            f"{path}: main() has {main.end_lineno - main.lineno + 1} lines"
+        )
+    loop = function("dmdlib/training/distill.py", "distill")
+    assert loop.end_lineno - loop.body[0].lineno + 1 <= 60
     for name in ("generator_step", "fake_denoiser_step"):
-        arguments = function("dmdlib/dmd.py", name).args
+        arguments = function("dmdlib/training/dmd.py", name).args
         assert len(arguments.args) + len(arguments.kwonlyargs) <= 6, name
         assert arguments.kwonlyargs, f"{name}: its options are keyword-only"

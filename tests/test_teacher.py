@@ -5,14 +5,15 @@ import json
 import pytest
 import torch
 from tiny_models import save_tiny_ddpm, save_tiny_stable_diffusion
+from tiny_project import Killed, kill_at
 from typer.testing import CliRunner
 
-from dmdlib.data import ImageSet, split_train_heldout, write_image_parquet
+from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parquet
 from dmdlib.params import TeacherTrainParams
-from dmdlib.teacher_training import train_teacher
-from dmdlib.teachers import build_kdiffusion, kdiffusion_config, load_kdiffusion, save_kdiffusion
+from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, load_kdiffusion, save_kdiffusion
+from dmdlib.teachers.reference import read_teacher
+from dmdlib.teachers.training import train_teacher
 from stages.teacher import app
-from stages.teacher_reference import read_teacher
 
 TINY = dict(channels=[8, 8], depths=[1, 1], mapping_width=16)
 
@@ -23,10 +24,6 @@ def tiny_teacher(classes=3):
     return build_kdiffusion(config), config
 
 
-class Killed(Exception):
-    pass
-
-
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     images = torch.rand(32, 1, 8, 8) * 2 - 1
     labels = torch.randint(0, 3, (32,))
@@ -34,15 +31,18 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
 
     uninterrupted = train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "a.pt", {"run": "fp"})
 
-    def kill_after_checkpoint(step, loss):
-        if step == 3:
-            raise Killed
-
     with pytest.raises(Killed):
-        train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "b.pt", {"run": "fp"}, on_step=kill_after_checkpoint)
+        train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "b.pt", {"run": "fp"}, on_step=kill_at(3))
     seen = []
-    resumed = train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "b.pt", {"run": "fp"},
-                            on_step=lambda step, loss: seen.append(step))
+    resumed = train_teacher(
+        tiny_teacher()[0],
+        images,
+        labels,
+        params,
+        tmp_path / "b.pt",
+        {"run": "fp"},
+        on_step=lambda step, loss: seen.append(step),
+    )
     assert seen == [4, 5, 6]  # continued from the checkpoint, not from scratch
     for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name  # same machine and threads: bitwise equal
@@ -53,8 +53,15 @@ def test_checkpoint_of_other_params_is_ignored(tmp_path):
     params = TeacherTrainParams(**TINY, steps=2, checkpoint_every=1, batch_size=4)
     train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "c.pt", {"run": "old"})
     seen = []
-    train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "c.pt", {"run": "new"},
-                  on_step=lambda step, _loss: seen.append(step))
+    train_teacher(
+        tiny_teacher()[0],
+        images,
+        labels,
+        params,
+        tmp_path / "c.pt",
+        {"run": "new"},
+        on_step=lambda step, _loss: seen.append(step),
+    )
     assert seen == [1, 2]
 
 
@@ -66,8 +73,10 @@ def test_kdiffusion_checkpoints_round_trip(tmp_path):
         save_kdiffusion(tmp_path / "model.safetensors", denoiser, config)  # config in the file's metadata
         assert torch.equal(load_kdiffusion(tmp_path / "model.safetensors")(x, sigma, labels), expected)
         # k-diffusion train.py layout: a .pth dict with 'model' and 'model_ema', config as separate JSON.
-        torch.save({"model": denoiser.inner_model.state_dict(), "model_ema": denoiser.inner_model.state_dict(), "step": 7},
-                   tmp_path / "ckpt.pth")
+        torch.save(
+            {"model": denoiser.inner_model.state_dict(), "model_ema": denoiser.inner_model.state_dict(), "step": 7},
+            tmp_path / "ckpt.pth",
+        )
         (tmp_path / "config.json").write_text(json.dumps(config))
         loaded = load_kdiffusion(tmp_path / "ckpt.pth", tmp_path / "config.json")
         assert torch.equal(loaded(x, sigma, labels), expected)
@@ -80,8 +89,19 @@ def run_stage(tmp_path, params_text, *extra):
     out = tmp_path / "teacher"
     result = CliRunner().invoke(
         app,
-        ["--params", str(params), "--out", str(out), "--samples", str(tmp_path / "samples.png"),
-         "--checkpoint", str(tmp_path / "ck.pt"), "--live", str(tmp_path / "live"), *extra],
+        [
+            "--params",
+            str(params),
+            "--out",
+            str(out),
+            "--samples",
+            str(tmp_path / "samples.png"),
+            "--checkpoint",
+            str(tmp_path / "ck.pt"),
+            "--live",
+            str(tmp_path / "live"),
+            *extra,
+        ],
     )
     return result, out
 
@@ -133,8 +153,10 @@ def test_train_kind_end_to_end_and_repeatable(tmp_path):
         class_names=["a", "b"],
     )
     write_image_parquet(tmp_path / "data.parquet", data)
-    text = ("teacher:\n  train:\n    channels: [8, 8]\n    depths: [1, 1]\n    mapping_width: 16\n    steps: 4\n"
-            "    batch_size: 4\n    checkpoint_every: 2\n    sample_steps: 2\n")
+    text = (
+        "teacher:\n  train:\n    channels: [8, 8]\n    depths: [1, 1]\n    mapping_width: 16\n    steps: 4\n"
+        "    batch_size: 4\n    checkpoint_every: 2\n    sample_steps: 2\n"
+    )
     result, out = run_stage(tmp_path, text, "--data", str(tmp_path / "data.parquet"))
     assert result.exit_code == 0, result.output
     teacher, reference = read_teacher(out)

@@ -7,24 +7,29 @@ import torch
 from tiny_models import save_tiny_clip, save_tiny_stable_diffusion
 from typer.testing import CliRunner
 
-from dmdlib.generator import load_generator
-from dmdlib.pairs import PairReader, pair_metadata
-from dmdlib.prompt_encoders import PromptEncoder
-from dmdlib.text import load_prompt_set
+from dmdlib.data.prompts import load_prompt_set
+from dmdlib.teachers.prompt_encoders import PromptEncoder
+from dmdlib.teachers.reference import read_teacher
+from dmdlib.training.generator import load_generator
+from dmdlib.training.pairs import PairReader, pair_metadata
 from stages.distill import app as distill_app
 from stages.evaluate import app as evaluate_app
 from stages.pairs import app as pairs_app
 from stages.prompts import app as prompts_app
 from stages.teacher import app as teacher_app
-from stages.teacher_reference import read_teacher
 
 
 def test_prompts_to_one_step_pipeline(tmp_path):
     from diffusers import AutoencoderTiny
 
     sd = save_tiny_stable_diffusion(tmp_path / "sd")
-    AutoencoderTiny(encoder_block_out_channels=(8,), decoder_block_out_channels=(8,), num_encoder_blocks=(1,),
-                    num_decoder_blocks=(1,), latent_channels=4).save_pretrained(tmp_path / "taesd")
+    AutoencoderTiny(
+        encoder_block_out_channels=(8,),
+        decoder_block_out_channels=(8,),
+        num_encoder_blocks=(1,),
+        num_decoder_blocks=(1,),
+        latent_channels=4,
+    ).save_pretrained(tmp_path / "taesd")
     (tmp_path / "prompts.txt").write_text("a cat\na dog\nred car\nblue sky\ngreen tree\n")
     (tmp_path / "params.yaml").write_text(
         f"teacher:\n  kind: stable_diffusion\n  path: {sd}\n"
@@ -41,10 +46,40 @@ def test_prompts_to_one_step_pipeline(tmp_path):
         (teacher_app, ["--out", p("teacher"), "--samples", p("t.png")]),
         (prompts_app, ["--teacher", p("teacher"), "--out", p("prompts")]),
         (pairs_app, ["--teacher", p("teacher"), "--prompts", p("prompts"), "--out", p("pairs")]),
-        (distill_app, ["--teacher", p("teacher"), "--prompts", p("prompts"), "--pairs", p("pairs"),
-                       "--out", p("generator"), "--samples", p("grids"), "--checkpoint", p("ck.pt"), "--live", p("live")]),
-        (evaluate_app, ["--teacher", p("teacher"), "--prompts", p("prompts"), "--generator", p("generator"),
-                        "--metrics", p("eval.json"), "--images", p("eval")]),
+        (
+            distill_app,
+            [
+                "--teacher",
+                p("teacher"),
+                "--prompts",
+                p("prompts"),
+                "--pairs",
+                p("pairs"),
+                "--out",
+                p("generator"),
+                "--samples",
+                p("grids"),
+                "--checkpoint",
+                p("ck.pt"),
+                "--live",
+                p("live"),
+            ],
+        ),
+        (
+            evaluate_app,
+            [
+                "--teacher",
+                p("teacher"),
+                "--prompts",
+                p("prompts"),
+                "--generator",
+                p("generator"),
+                "--metrics",
+                p("eval.json"),
+                "--images",
+                p("eval"),
+            ],
+        ),
     ]:
         result = runner.invoke(app, ["--params", p("params.yaml"), *args])
         assert result.exit_code == 0, result.output
@@ -69,24 +104,50 @@ def test_prompts_to_one_step_pipeline(tmp_path):
         assert 0 <= metrics[model]["clip_score"] <= 100
     # counted: PNDM's 3 steps run the UNet 4 times (its PLMS start repeats one), twice each for guidance
     assert metrics["teacher"]["nfe"] == 8 and metrics["dmd_one_step"]["nfe"] == 1
-    (tmp_path / "sets.yaml").write_text((tmp_path / "params.yaml").read_text().replace("sample_sets: 1", "sample_sets: 2"))
-    result = runner.invoke(evaluate_app, ["--params", p("sets.yaml"), "--teacher", p("teacher"), "--prompts", p("prompts"),
-                                          "--generator", p("generator"), "--metrics", p("eval2.json"), "--images", p("eval2")])
-    assert result.exit_code != 0 and "evaluate.sample_sets is 2" in result.output and not (tmp_path / "eval2.json").exists()
+    (tmp_path / "sets.yaml").write_text(
+        (tmp_path / "params.yaml").read_text().replace("sample_sets: 1", "sample_sets: 2")
+    )
+    result = runner.invoke(
+        evaluate_app,
+        [
+            "--params",
+            p("sets.yaml"),
+            "--teacher",
+            p("teacher"),
+            "--prompts",
+            p("prompts"),
+            "--generator",
+            p("generator"),
+            "--metrics",
+            p("eval2.json"),
+            "--images",
+            p("eval2"),
+        ],
+    )
+    assert (
+        result.exit_code != 0
+        and "evaluate.sample_sets is 2" in result.output
+        and not (tmp_path / "eval2.json").exists()
+    )
 
     # The exported UNet runs in a stock diffusers pipeline with a one-step DDIM schedule at t = 999,
     # and gives exactly what the generator gives.
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     pipeline = StableDiffusionPipeline.from_pretrained(
-        sd, unet=UNet2DConditionModel.from_pretrained(tmp_path / "generator" / "unet"),
-        scheduler=DDIMScheduler.from_pretrained(sd, subfolder="scheduler", timestep_spacing="trailing",
-                                                set_alpha_to_one=True, clip_sample=False),
-        safety_checker=None, requires_safety_checker=False,
+        sd,
+        unet=UNet2DConditionModel.from_pretrained(tmp_path / "generator" / "unet"),
+        scheduler=DDIMScheduler.from_pretrained(
+            sd, subfolder="scheduler", timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False
+        ),
+        safety_checker=None,
+        requires_safety_checker=False,
     )
     pipeline.set_progress_bar_config(disable=True)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    latents = pipeline("a cat", num_inference_steps=1, guidance_scale=1.0, latents=z.clone(), output_type="latent").images
+    latents = pipeline(
+        "a cat", num_inference_steps=1, guidance_scale=1.0, latents=z.clone(), output_type="latent"
+    ).images
     generator = load_generator(tmp_path / "generator")
     with torch.no_grad():
         ours = generator(z, PromptEncoder(sd, "stable_diffusion", (4, 8, 8))(["a cat"]))

@@ -2,8 +2,8 @@
 
 import torch
 
-from dmdlib.generator import Generator
-from dmdlib.toy import distill_toy, mode_shares, prepare_toy, sliced_wasserstein, toy_teacher
+from dmdlib.training.generator import Generator
+from dmdlib.training.toy import distill_toy, mode_shares, prepare_toy, sliced_wasserstein, toy_teacher
 
 
 def test_dmd_covers_every_mode_and_beats_regression_only():

@@ -64,12 +64,17 @@ class Denoiser(nn.Module, abc.ABC):
 
     def time_embedding(self) -> tuple[nn.Module, int]:
         """The module whose [batch, width] output embeds the noise level, and that width (guidance input adds to it)."""
-        raise TeacherError(f"{type(self).__name__} has no noise-level embedding: guidance conditioning needs a UNet teacher")
+        raise TeacherError(
+            f"{type(self).__name__} has no noise-level embedding: guidance conditioning needs a UNet teacher"
+        )
 
     def enable_gradient_checkpointing(self) -> None:
-        """Recompute the network's block activations in backward instead of storing them (distill.gradient_checkpointing)."""
-        raise TeacherError(f"distill.gradient_checkpointing: {type(self).__name__} teachers do not support it; "
-                           "it works for diffusers, k-diffusion, EDM and EDM2 teachers")
+        """Recompute the network's block activations in backward instead of storing them
+        (distill.gradient_checkpointing)."""
+        raise TeacherError(
+            f"distill.gradient_checkpointing: {type(self).__name__} teachers do not support it; "
+            "it works for diffusers, k-diffusion, EDM and EDM2 teachers"
+        )
 
 
 def checkpoint_forward(module: nn.Module) -> None:
@@ -99,7 +104,11 @@ def expand(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def denoise_capturing(
-    denoiser: Denoiser, module: nn.Module, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None
+    denoiser: Denoiser,
+    module: nn.Module,
+    x: torch.Tensor,
+    sigma: torch.Tensor | float,
+    cond: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """D(x, sigma, cond) and the output of one of its modules (e.g. the bottleneck) in the same forward."""
     captured = []
@@ -120,3 +129,25 @@ def frozen(module: nn.Module) -> nn.Module:
 def trainable_copy(module: nn.Module) -> nn.Module:
     """An independent copy with gradients on: how the generator and fake denoiser start (paper section 3)."""
     return copy.deepcopy(module).train().requires_grad_(True)
+
+
+def denoising_loss(
+    denoiser: Denoiser,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
+    cond: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The teacher's own training loss, E[lambda(sigma) ||D(x0 + sigma n, sigma) - x0||^2].
+
+    lambda comes from the denoiser (EDM: 1/c_out^2; epsilon: 1/sigma^2, which equals the
+    epsilon MSE; v: (sigma^2+1)/sigma^2). Used for the fake denoiser on generator samples.
+    """
+    return weighted_denoising_error(denoiser, denoiser(x0 + expand(sigma, x0) * noise, sigma, cond), x0, sigma)
+
+
+def weighted_denoising_error(
+    denoiser: Denoiser, denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """mean over the batch of lambda(sigma) * mean_chw (denoised - x0)^2: `denoising_loss` from a given forward."""
+    return ((denoised - x0).pow(2).flatten(1).mean(1) * denoiser.loss_weight(sigma)).mean()

@@ -43,7 +43,9 @@ class DiscreteDenoiser(Denoiser):
         self.sigma_data = 1.0
         # What a diffusers scheduler needs to sample this teacher; by default the betas of its own schedule.
         betas = 1 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
-        self.scheduler_config = dict(scheduler_config or {"num_train_timesteps": len(alphas_cumprod), "trained_betas": betas.tolist()})
+        self.scheduler_config = dict(
+            scheduler_config or {"num_train_timesteps": len(alphas_cumprod), "trained_betas": betas.tolist()}
+        )
 
     @abc.abstractmethod
     def call_model(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:

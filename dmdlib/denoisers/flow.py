@@ -30,7 +30,9 @@ def flow_shift(scheduler_config: dict, image_seq_len: int | None = None) -> floa
     if not scheduler_config.get("use_dynamic_shifting", False):
         return float(scheduler_config.get("shift", 1.0))
     if image_seq_len is None:
-        raise TeacherError("this flow teacher shifts its times by resolution (use_dynamic_shifting): give image_seq_len")
+        raise TeacherError(
+            "this flow teacher shifts its times by resolution (use_dynamic_shifting): give image_seq_len"
+        )
     base_len, max_len = scheduler_config.get("base_image_seq_len", 256), scheduler_config.get("max_image_seq_len", 4096)
     base_shift, max_shift = scheduler_config.get("base_shift", 0.5), scheduler_config.get("max_shift", 1.15)
     slope = (max_shift - base_shift) / (max_len - base_len)
@@ -74,7 +76,8 @@ class FlowMatchDenoiser(Denoiser):
         return x_t - expand(t, x) * self.call_model(x_t, t, cond, **model_inputs).to(x.dtype)
 
     def sigma_grid(self) -> torch.Tensor:
-        """The scheduler's training times i / N (i = 1..N-1: t = 1 has no finite sigma), shifted, as sigmas, ascending."""
+        """The scheduler's training times i / N (i = 1..N-1: t = 1 has no finite sigma), shifted, as sigmas,
+        ascending."""
         t = torch.arange(1, self.train_timesteps, dtype=torch.float64) / self.train_timesteps
         return sigma_of_time(shift_times(t, self.shift)).float()
 

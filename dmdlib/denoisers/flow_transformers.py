@@ -1,4 +1,5 @@
-"""The flow-matching transformers of diffusers behind `FlowMatchDenoiser`: SD3 and FLUX, each called as its pipeline calls it."""
+"""The flow-matching transformers of diffusers behind `FlowMatchDenoiser`: SD3 and FLUX, each called as its pipeline
+calls it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from dmdlib.denoisers.text_condition import unpack
 
 
 class _TextFlowDenoiser(FlowMatchDenoiser):
-    """A text-conditioned flow transformer: `cond` packs token embeddings and the pooled projection (`text_condition`)."""
+    """A text-conditioned flow transformer: `cond` packs token embeddings and the pooled projection
+    (`text_condition`)."""
 
     pooled_width: int
 
@@ -24,7 +26,8 @@ class _TextFlowDenoiser(FlowMatchDenoiser):
 
 
 class SD3Denoiser(_TextFlowDenoiser):
-    """`SD3Transformer2DModel`: timestep t * 1000, CLIP + T5 tokens, pooled CLIP projections (StableDiffusion3Pipeline)."""
+    """`SD3Transformer2DModel`: timestep t * 1000, CLIP + T5 tokens, pooled CLIP projections
+    (StableDiffusion3Pipeline)."""
 
     def __init__(self, network: nn.Module, shift: float, train_timesteps: int):
         super().__init__(network, shift, train_timesteps)
@@ -32,8 +35,12 @@ class SD3Denoiser(_TextFlowDenoiser):
 
     def call_model(self, x_t, t, cond):
         tokens, pooled = self.split_cond(cond)
-        return self.network(hidden_states=x_t, timestep=t * self.train_timesteps, encoder_hidden_states=tokens,
-                            pooled_projections=pooled).sample
+        return self.network(
+            hidden_states=x_t,
+            timestep=t * self.train_timesteps,
+            encoder_hidden_states=tokens,
+            pooled_projections=pooled,
+        ).sample
 
 
 class FluxDenoiser(_TextFlowDenoiser):
@@ -59,9 +66,15 @@ class FluxDenoiser(_TextFlowDenoiser):
         text_ids = torch.zeros(tokens.shape[1], 3, device=x_t.device, dtype=x_t.dtype)
         scale = self.guidance if guidance is None else guidance
         guidance_input = None if self.guidance is None else torch.full((batch,), float(scale), device=x_t.device)
-        velocity = self.network(hidden_states=packed, timestep=t, guidance=guidance_input, pooled_projections=pooled,
-                                encoder_hidden_states=tokens, txt_ids=text_ids, img_ids=image_ids).sample
+        velocity = self.network(
+            hidden_states=packed,
+            timestep=t,
+            guidance=guidance_input,
+            pooled_projections=pooled,
+            encoder_hidden_states=tokens,
+            txt_ids=text_ids,
+            img_ids=image_ids,
+        ).sample
         # FluxPipeline._unpack_latents works in pixels (it divides by the VAE factor); here the sizes are latent ones
         velocity = velocity.view(batch, height // 2, width // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
         return velocity.reshape(batch, channels, height, width)
-

@@ -16,12 +16,21 @@ class GaussianMixtureDenoiser(Denoiser):
     D(x) = sum_k r_k(x) [mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k)] with responsibilities r_k.
     """
 
-    def __init__(self, means: torch.Tensor, stds: torch.Tensor, weights: torch.Tensor | None = None,
-                 sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
+    def __init__(
+        self,
+        means: torch.Tensor,
+        stds: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        sigma_data: float = 0.5,
+    ):
         super().__init__()
         means = torch.as_tensor(means, dtype=torch.float32)
         count = means.shape[0]
-        weights = torch.full((count,), 1.0 / count) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        weights = (
+            torch.full((count,), 1.0 / count) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        )
         self.register_buffer("means", means)
         self.register_buffer("stds", torch.as_tensor(stds, dtype=torch.float32).expand(count).clone())
         self.register_buffer("weights", weights / weights.sum())

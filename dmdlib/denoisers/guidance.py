@@ -1,4 +1,5 @@
-"""Classifier-free guidance for the real denoiser (Ho & Salimans 2022; docs/method.md), and the guidance scale as a network input."""
+"""Classifier-free guidance for the real denoiser (Ho & Salimans 2022; docs/method.md), and the guidance scale as a
+network input."""
 
 from __future__ import annotations
 

@@ -42,7 +42,9 @@ class KarrasDenoiser(Denoiser):
     def _image_v1(self) -> nn.Module:
         model = getattr(self.inner_model, "inner_model", self.inner_model)  # under OneHotClasses, if any
         if not hasattr(model, "u_net") or not hasattr(model, "timestep_embed"):
-            raise TeacherError(f"{type(model).__name__}: bottleneck and noise embedding are known for k-diffusion image_v1 models only")
+            raise TeacherError(
+                f"{type(model).__name__}: bottleneck and noise embedding are known for k-diffusion image_v1 models only"
+            )
         return model
 
     def bottleneck(self) -> nn.Module:

@@ -6,17 +6,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmdlib.networks.edm_layers import CheckpointedBlocks, Conv2d, GroupNorm, Linear, PositionalEmbedding, UNetBlock, drop_labels
+from dmdlib.networks.edm_layers import (
+    CheckpointedBlocks,
+    Conv2d,
+    GroupNorm,
+    Linear,
+    PositionalEmbedding,
+    UNetBlock,
+    drop_labels,
+)
 
 
 class DhariwalUNet(CheckpointedBlocks, nn.Module):
     """F(x, c_noise, class_labels): ADM's UNet (scale-shift embedding, 64 channels per attention head);
     defaults are EDM's constructor defaults (ImageNet-64)."""
 
-    def __init__(self, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,
-                 augment_dim: int = 0, model_channels: int = 192, channel_mult: list[int] = (1, 2, 3, 4),
-                 channel_mult_emb: int = 4, num_blocks: int = 3, attn_resolutions: list[int] = (32, 16, 8),
-                 dropout: float = 0.10, label_dropout: float = 0.0):
+    def __init__(
+        self,
+        img_resolution: int,
+        in_channels: int,
+        out_channels: int,
+        label_dim: int = 0,
+        augment_dim: int = 0,
+        model_channels: int = 192,
+        channel_mult: list[int] = (1, 2, 3, 4),
+        channel_mult_emb: int = 4,
+        num_blocks: int = 3,
+        attn_resolutions: list[int] = (32, 16, 8),
+        dropout: float = 0.10,
+        label_dropout: float = 0.0,
+    ):
         super().__init__()
         self.label_dropout = label_dropout
         emb_channels = model_channels * channel_mult_emb
@@ -38,8 +57,9 @@ class DhariwalUNet(CheckpointedBlocks, nn.Module):
             else:
                 self.enc[f"{res}x{res}_down"] = UNetBlock(channels, channels, down=True, **block)
             for idx in range(num_blocks):
-                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(channels, model_channels * mult,
-                                                                attention=res in attn_resolutions, **block)
+                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(
+                    channels, model_channels * mult, attention=res in attn_resolutions, **block
+                )
                 channels = model_channels * mult
         skips = [module.out_channels for module in self.enc.values()]
 
@@ -52,14 +72,16 @@ class DhariwalUNet(CheckpointedBlocks, nn.Module):
             else:
                 self.dec[f"{res}x{res}_up"] = UNetBlock(channels, channels, up=True, **block)
             for idx in range(num_blocks + 1):
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(channels + skips.pop(), model_channels * mult,
-                                                                attention=res in attn_resolutions, **block)
+                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(
+                    channels + skips.pop(), model_channels * mult, attention=res in attn_resolutions, **block
+                )
                 channels = model_channels * mult
         self.out_norm = GroupNorm(channels)
         self.out_conv = Conv2d(channels, out_channels, 3)
 
-    def embedding(self, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
-                  augment_labels: torch.Tensor | None) -> torch.Tensor:
+    def embedding(
+        self, noise_labels: torch.Tensor, class_labels: torch.Tensor | None, augment_labels: torch.Tensor | None
+    ) -> torch.Tensor:
         """The block embedding: sinusoidal noise features, augment map, two layers, plus the class map, SiLU."""
         emb = self.map_noise(noise_labels)
         if self.map_augment is not None and augment_labels is not None:
@@ -70,8 +92,13 @@ class DhariwalUNet(CheckpointedBlocks, nn.Module):
             emb = emb + self.map_label(labels)
         return F.silu(emb)
 
-    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
-                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        noise_labels: torch.Tensor,
+        class_labels: torch.Tensor | None,
+        augment_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         emb = self.embedding(noise_labels, class_labels, augment_labels)
         skips = []
         for module in self.enc.values():

@@ -89,10 +89,21 @@ class Block(nn.Module):
     """EDM2's encoder ('enc') or decoder ('dec') block: resample, (skip conv, pixel norm), residual branch scaled by
     the embedding, magnitude-preserving sums, optional cosine attention, activations clipped."""
 
-    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, flavor: str = "enc",
-                 resample_mode: str = "keep", resample_filter: list[int] = (1, 1), attention: bool = False,
-                 channels_per_head: int = 64, dropout: float = 0.0, res_balance: float = 0.3,
-                 attn_balance: float = 0.3, clip_act: float | None = 256):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        flavor: str = "enc",
+        resample_mode: str = "keep",
+        resample_filter: list[int] = (1, 1),
+        attention: bool = False,
+        channels_per_head: int = 64,
+        dropout: float = 0.0,
+        res_balance: float = 0.3,
+        attn_balance: float = 0.3,
+        clip_act: float | None = 256,
+    ):
         super().__init__()
         self.out_channels, self.flavor = out_channels, flavor
         self.resample_mode, self.resample_filter = resample_mode, list(resample_filter)
@@ -132,10 +143,21 @@ class Block(nn.Module):
 class UNet(CheckpointedBlocks, nn.Module):
     """EDM2's UNet F(x, c_noise, class_labels); defaults are EDM2's constructor defaults."""
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int, model_channels: int = 192,
-                 channel_mult: list[int] = (1, 2, 3, 4), channel_mult_noise: int | None = None,
-                 channel_mult_emb: int | None = None, num_blocks: int = 3, attn_resolutions: list[int] = (16, 8),
-                 label_balance: float = 0.5, concat_balance: float = 0.5, **block_kwargs: Any):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int,
+        model_channels: int = 192,
+        channel_mult: list[int] = (1, 2, 3, 4),
+        channel_mult_noise: int | None = None,
+        channel_mult_emb: int | None = None,
+        num_blocks: int = 3,
+        attn_resolutions: list[int] = (16, 8),
+        label_balance: float = 0.5,
+        concat_balance: float = 0.5,
+        **block_kwargs: Any,
+    ):
         super().__init__()
         widths = [model_channels * m for m in channel_mult]
         noise_channels = model_channels * channel_mult_noise if channel_mult_noise is not None else widths[0]
@@ -156,21 +178,30 @@ class UNet(CheckpointedBlocks, nn.Module):
             else:
                 self.enc[f"{res}x{res}_down"] = Block(channels, channels, emb_channels, "enc", "down", **block_kwargs)
             for idx in range(num_blocks):
-                self.enc[f"{res}x{res}_block{idx}"] = Block(channels, width, emb_channels, "enc",
-                                                            attention=res in attn_resolutions, **block_kwargs)
+                self.enc[f"{res}x{res}_block{idx}"] = Block(
+                    channels, width, emb_channels, "enc", attention=res in attn_resolutions, **block_kwargs
+                )
                 channels = width
         skips = [module.out_channels for module in self.enc.values()]
         self.dec = nn.ModuleDict()
         for level, width in reversed(list(enumerate(widths))):
             res = img_resolution >> level
             if level == len(widths) - 1:
-                self.dec[f"{res}x{res}_in0"] = Block(channels, channels, emb_channels, "dec", attention=True, **block_kwargs)
+                self.dec[f"{res}x{res}_in0"] = Block(
+                    channels, channels, emb_channels, "dec", attention=True, **block_kwargs
+                )
                 self.dec[f"{res}x{res}_in1"] = Block(channels, channels, emb_channels, "dec", **block_kwargs)
             else:
                 self.dec[f"{res}x{res}_up"] = Block(channels, channels, emb_channels, "dec", "up", **block_kwargs)
             for idx in range(num_blocks + 1):
-                self.dec[f"{res}x{res}_block{idx}"] = Block(channels + skips.pop(), width, emb_channels, "dec",
-                                                            attention=res in attn_resolutions, **block_kwargs)
+                self.dec[f"{res}x{res}_block{idx}"] = Block(
+                    channels + skips.pop(),
+                    width,
+                    emb_channels,
+                    "dec",
+                    attention=res in attn_resolutions,
+                    **block_kwargs,
+                )
                 channels = width
         self.out_conv = MPConv(channels, img_channels, [3, 3])
 
@@ -197,10 +228,23 @@ class Precond(nn.Module):
 
     epsilon_weighting = False
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int, use_fp16: bool = True,
-                 sigma_data: float = 0.5, logvar_channels: int = 128, **unet_kwargs: Any):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int,
+        use_fp16: bool = True,
+        sigma_data: float = 0.5,
+        logvar_channels: int = 128,
+        **unet_kwargs: Any,
+    ):
         super().__init__()
-        self.img_resolution, self.img_channels, self.label_dim, self.use_fp16 = img_resolution, img_channels, label_dim, use_fp16
+        self.img_resolution, self.img_channels, self.label_dim, self.use_fp16 = (
+            img_resolution,
+            img_channels,
+            label_dim,
+            use_fp16,
+        )
         self.sigma_data = float(sigma_data)
         self.sigma_min, self.sigma_max = 0.0, float("inf")
         self.unet = UNet(img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, **unet_kwargs)

@@ -42,8 +42,17 @@ class Conv2d(nn.Module):
     (NCSN++'s residual input branch), as the published weights were trained.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, bias: bool = True, up: bool = False,
-                 down: bool = False, resample_filter: list[int] = (1, 1), fused_resample: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        bias: bool = True,
+        up: bool = False,
+        down: bool = False,
+        resample_filter: list[int] = (1, 1),
+        fused_resample: bool = False,
+    ):
         super().__init__()
         if up and down:
             raise ValueError("a Conv2d resamples up or down, not both")
@@ -105,14 +114,29 @@ class UNetBlock(nn.Module):
     """The residual block of DDPM++, NCSN++ and ADM: norm, SiLU, conv, the embedding as a bias (or scale and
     shift: `adaptive_scale`), dropout, conv, skip connection; then optional self-attention."""
 
-    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False, down: bool = False,
-                 attention: bool = False, num_heads: int | None = None, channels_per_head: int = 64,
-                 dropout: float = 0.0, skip_scale: float = 1.0, eps: float = 1e-5, resample_filter: list[int] = (1, 1),
-                 resample_proj: bool = False, adaptive_scale: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        up: bool = False,
+        down: bool = False,
+        attention: bool = False,
+        num_heads: int | None = None,
+        channels_per_head: int = 64,
+        dropout: float = 0.0,
+        skip_scale: float = 1.0,
+        eps: float = 1e-5,
+        resample_filter: list[int] = (1, 1),
+        resample_proj: bool = False,
+        adaptive_scale: bool = True,
+    ):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         # As the published networks: heads from channels_per_head when not given, so a narrow level may get none.
-        self.num_heads = 0 if not attention else num_heads if num_heads is not None else out_channels // channels_per_head
+        self.num_heads = (
+            0 if not attention else num_heads if num_heads is not None else out_channels // channels_per_head
+        )
         self.dropout, self.skip_scale, self.adaptive_scale = dropout, skip_scale, adaptive_scale
         resample = dict(up=up, down=down, resample_filter=resample_filter)
         self.norm0 = GroupNorm(in_channels, eps=eps)
@@ -182,7 +206,8 @@ def drop_labels(labels: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class CheckpointedBlocks:
-    """Mixin: each block through activation checkpointing (recomputed in backward) when `gradient_checkpointing` is on."""
+    """Mixin: each block through activation checkpointing (recomputed in backward) when `gradient_checkpointing` is
+    on."""
 
     gradient_checkpointing: bool = False
 

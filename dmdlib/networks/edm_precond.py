@@ -25,15 +25,31 @@ class Preconditioning(nn.Module, abc.ABC):
     epsilon_weighting = True
     out_channel_factor = 1
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, use_fp16: bool = False,
-                 model_type: str = "SongUNet", **model_kwargs: Any):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int = 0,
+        use_fp16: bool = False,
+        model_type: str = "SongUNet",
+        **model_kwargs: Any,
+    ):
         super().__init__()
         if model_type not in NETWORKS:
             raise ValueError(f"model_type {model_type!r}: expected one of {sorted(NETWORKS)}")
-        self.img_resolution, self.img_channels, self.label_dim, self.use_fp16 = img_resolution, img_channels, label_dim, use_fp16
-        self.model = NETWORKS[model_type](img_resolution=img_resolution, in_channels=img_channels,
-                                          out_channels=img_channels * self.out_channel_factor, label_dim=label_dim,
-                                          **model_kwargs)
+        self.img_resolution, self.img_channels, self.label_dim, self.use_fp16 = (
+            img_resolution,
+            img_channels,
+            label_dim,
+            use_fp16,
+        )
+        self.model = NETWORKS[model_type](
+            img_resolution=img_resolution,
+            in_channels=img_channels,
+            out_channels=img_channels * self.out_channel_factor,
+            label_dim=label_dim,
+            **model_kwargs,
+        )
 
     @abc.abstractmethod
     def coefficients(self, sigma: torch.Tensor) -> tuple[Any, Any, Any, torch.Tensor]:
@@ -50,9 +66,19 @@ class Preconditioning(nn.Module, abc.ABC):
 class VPPrecond(Preconditioning):
     """Variance preserving (Song et al.): sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1), c_noise = (M - 1) t."""
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, use_fp16: bool = False,
-                 beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000, epsilon_t: float = 1e-5,
-                 model_type: str = "SongUNet", **model_kwargs: Any):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int = 0,
+        use_fp16: bool = False,
+        beta_d: float = 19.9,
+        beta_min: float = 0.1,
+        M: int = 1000,
+        epsilon_t: float = 1e-5,
+        model_type: str = "SongUNet",
+        **model_kwargs: Any,
+    ):
         super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, **model_kwargs)
         self.beta_d, self.beta_min, self.M, self.epsilon_t = beta_d, beta_min, M, epsilon_t
         self.sigma_min, self.sigma_max = self.sigma(epsilon_t), self.sigma(1.0)
@@ -70,8 +96,17 @@ class VPPrecond(Preconditioning):
 class VEPrecond(Preconditioning):
     """Variance exploding (Song et al.): c_out = sigma, c_noise = log(sigma / 2)."""
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, use_fp16: bool = False,
-                 sigma_min: float = 0.02, sigma_max: float = 100, model_type: str = "SongUNet", **model_kwargs: Any):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int = 0,
+        use_fp16: bool = False,
+        sigma_min: float = 0.02,
+        sigma_max: float = 100,
+        model_type: str = "SongUNet",
+        **model_kwargs: Any,
+    ):
         super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, **model_kwargs)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
@@ -85,9 +120,18 @@ class iDDPMPrecond(Preconditioning):  # noqa: N801 (EDM's class name, which snap
 
     out_channel_factor = 2
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, use_fp16: bool = False,
-                 C_1: float = 0.001, C_2: float = 0.008, M: int = 1000, model_type: str = "DhariwalUNet",
-                 **model_kwargs: Any):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int = 0,
+        use_fp16: bool = False,
+        C_1: float = 0.001,
+        C_2: float = 0.008,
+        M: int = 1000,
+        model_type: str = "DhariwalUNet",
+        **model_kwargs: Any,
+    ):
         super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, **model_kwargs)
         self.C_1, self.C_2, self.M = C_1, C_2, M
         u = [0.0] * (M + 1)
@@ -105,13 +149,23 @@ class iDDPMPrecond(Preconditioning):  # noqa: N801 (EDM's class name, which snap
 
 
 class EDMPrecond(Preconditioning):
-    """EDM's own: c_skip = s_d^2 / (sigma^2 + s_d^2), c_out = sigma s_d / sqrt(...), c_in = 1 / sqrt(...), c_noise = ln(sigma) / 4."""
+    """EDM's own: c_skip = s_d^2 / (sigma^2 + s_d^2), c_out = sigma s_d / sqrt(...), c_in = 1 / sqrt(...), c_noise =
+    ln(sigma) / 4."""
 
     epsilon_weighting = False
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, use_fp16: bool = False,
-                 sigma_min: float = 0.0, sigma_max: float = float("inf"), sigma_data: float = 0.5,
-                 model_type: str = "DhariwalUNet", **model_kwargs: Any):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int = 0,
+        use_fp16: bool = False,
+        sigma_min: float = 0.0,
+        sigma_max: float = float("inf"),
+        sigma_data: float = 0.5,
+        model_type: str = "DhariwalUNet",
+        **model_kwargs: Any,
+    ):
         super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, **model_kwargs)
         self.sigma_min, self.sigma_max, self.sigma_data = float(sigma_min), float(sigma_max), float(sigma_data)
 
@@ -127,7 +181,9 @@ def label_batch(class_labels: torch.Tensor | None, label_dim: int, x: torch.Tens
     return labels.reshape(-1, label_dim).expand(x.shape[0], -1)
 
 
-def edm_coefficients(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def edm_coefficients(
+    sigma: torch.Tensor, sigma_data: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """EDM Table 1's c_skip, c_out, c_in, c_noise (shared by EDM2's Precond)."""
     total = sigma**2 + sigma_data**2
     return sigma_data**2 / total, sigma * sigma_data * total.rsqrt(), total.rsqrt(), sigma.log() / 4

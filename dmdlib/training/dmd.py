@@ -1,0 +1,224 @@
+"""One DMD iteration as two plain functions (paper Algorithm 1): a generator step, then a fake-score step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dmdlib.denoisers.base import Denoiser, denoising_loss, expand, weighted_denoising_error
+from dmdlib.training.draws import Draws, as_draws
+from dmdlib.training.gan import GANHead, denoise_with_logits, generator_gan_loss, head_gan_loss, without_parameter_grads
+from dmdlib.training.generator import Generator
+from dmdlib.training.losses import DM_MAX_FRACTION, DM_MIN_FRACTION, distribution_matching_loss, sample_sigmas
+
+RegressionLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Pairs:
+    """A batch of regression pairs: noise z, the teacher's ODE output y from z, and conditioning."""
+
+    noise: torch.Tensor
+    target: torch.Tensor
+    cond: torch.Tensor | None = None
+    scale: torch.Tensor | None = None  # the guidance scale the pairs were made with, for a guidance-conditioned G
+
+
+@dataclass
+class RealBatch:
+    """Real images (and their conditioning) in memory: the GAN head's positives. Anything with `len` and
+    `batch(index) -> (images, cond)` serves as well (e.g. `dmdlib.data.prepared.PreparedImageReader`, from disk)."""
+
+    images: torch.Tensor
+    cond: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.images[index], (self.cond[index] if self.cond is not None else None)
+
+
+@dataclass
+class GAN:
+    """DMD2's GAN term: the head on the fake denoiser's bottleneck, the two loss weights, and the real images."""
+
+    head: GANHead
+    generator_weight: float
+    head_weight: float
+    real_images: RealBatch | None = None  # all of them (or a reader): each fake step draws as many as it generated
+
+
+@dataclass
+class GeneratorBatch:
+    """The draws of one generator step: noise, its cond, ladder step and guidance scales, and a batch of pairs."""
+
+    z: torch.Tensor
+    cond: torch.Tensor | None = None
+    step_index: int = 0  # the ladder step the DM samples come from (0: from pure noise)
+    scale: torch.Tensor | None = None  # per-sample guidance scales, for a guidance-conditioned generator
+    pairs: Pairs | None = None
+
+
+@dataclass
+class GeneratorObjective:
+    """What the generator step minimises: dm_weight * L_DM(real, fake) + lambda_reg * L_reg (+ DMD2's GAN term)."""
+
+    real_denoiser: Denoiser
+    fake_denoiser: Denoiser
+    dm_weight: float = 1.0
+    dm_sigma_fractions: tuple[float, float] = (DM_MIN_FRACTION, DM_MAX_FRACTION)
+    lambda_reg: float = 0.0
+    regression_loss: RegressionLoss | None = None
+    gan: GAN | None = None
+
+
+@dataclass
+class Update:
+    """One network's optimizer and the paper's update rule around it: clip at max_grad_norm.
+
+    Under DDP or FSDP (`dmdlib.training.parallel`) backward itself leaves the gradients averaged over processes.
+    """
+
+    optimizer: torch.optim.Optimizer
+    max_grad_norm: float | None = 10.0
+
+    def step(self, module: nn.Module, loss: torch.Tensor) -> None:
+        """Backward, clip, step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+
+
+@dataclass
+class GeneratorStepResult:
+    x: torch.Tensor  # the generator samples of this step, detached, for the fake-score step
+    loss_dm: float
+    loss_reg: float
+    grad_norm_dm: float  # mean per-sample norm of the DM update direction
+    loss_gan: float = 0.0
+
+
+def generator_step(
+    generator: Generator,
+    update: Update,
+    batch: GeneratorBatch,
+    rng: Draws | torch.Generator | None = None,
+    *,
+    objective: GeneratorObjective,
+) -> GeneratorStepResult:
+    """Algorithm 1 lines 3-10: update G on dm_weight * L_DM + lambda_reg * L_reg (+ DMD2's GAN term).
+
+    The DM samples come from ladder step `batch.step_index`, whose input G makes itself without
+    gradients (DMD2's backward simulation); the pairs always start from pure noise. G runs once on
+    both together, so a data-parallel wrapper sees one forward.
+    """
+    x, x_ref = _generate(generator, batch, rng, use_pairs=objective.lambda_reg > 0)
+    loss = loss_dm = loss_gan = grad_norm_dm = torch.zeros((), device=x.device)
+    if objective.dm_weight > 0:
+        real_denoiser, fake_denoiser = objective.real_denoiser, objective.fake_denoiser
+        sigma = sample_sigmas(real_denoiser.sigma_grid(), len(x), *objective.dm_sigma_fractions, generator=rng).to(
+            x.device
+        )
+        noise = as_draws(rng).randn(x.shape).to(x.device)
+        dm = distribution_matching_loss(x, real_denoiser, fake_denoiser, sigma, noise, batch.cond)
+        loss, loss_dm = objective.dm_weight * dm.loss, dm.loss
+        grad_norm_dm = dm.grad.flatten(1).norm(dim=1).mean()
+    gan = objective.gan
+    if gan is not None and gan.generator_weight > 0:
+        loss_gan = _generator_gan_loss(x, batch.cond, objective.fake_denoiser, gan.head, rng)
+        loss = loss + gan.generator_weight * loss_gan
+    loss_reg = torch.zeros(())
+    if x_ref is not None:
+        loss_reg = objective.regression_loss(x_ref, batch.pairs.target).mean()
+        loss = loss + objective.lambda_reg * loss_reg
+    update.step(generator, loss)
+    return GeneratorStepResult(
+        x=x.detach(),
+        loss_dm=float(loss_dm.detach()),
+        loss_reg=float(loss_reg.detach()),
+        grad_norm_dm=float(grad_norm_dm),
+        loss_gan=float(loss_gan.detach()),
+    )
+
+
+def _generate(
+    generator: Generator, batch: GeneratorBatch, rng, use_pairs: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(DM samples, regression outputs or None) from one generator forward over both inputs."""
+    z, pairs = batch.z, batch.pairs if use_pairs else None
+    x_in = generator.noisy_input(z, batch.cond, batch.step_index, batch.scale, rng)
+    sigma_in = torch.full((len(z),), generator.sigmas[batch.step_index], device=z.device)
+    cond_all, scale_all = batch.cond, batch.scale
+    if pairs is not None:
+        x_in = torch.cat([x_in, pairs.noise * generator.denoiser.prior_scale(generator.sigma)])
+        sigma_in = torch.cat([sigma_in, torch.full((len(pairs.noise),), generator.sigma, device=z.device)])
+        cond_all, scale_all = _cat_cond(batch.cond, pairs.cond), _cat_cond(batch.scale, pairs.scale)
+    x_all = generator.denoise(x_in, sigma_in, cond_all, scale_all)
+    return x_all[: len(z)], (x_all[len(z) :] if pairs is not None else None)
+
+
+def _generator_gan_loss(x, cond, fake_denoiser: Denoiser, head: GANHead, rng) -> torch.Tensor:
+    """DMD2 eq. 5, generator side, on x noised at random levels of the fake denoiser's grid."""
+    sigma = sample_sigmas(fake_denoiser.sigma_grid(), len(x), generator=rng).to(x.device)
+    noise = as_draws(rng).randn(x.shape).to(x.device)
+    with without_parameter_grads(fake_denoiser, head):  # the head and D_fake learn in their own step only
+        _, logits = denoise_with_logits(fake_denoiser, head, x + expand(sigma, x) * noise, sigma, cond)
+    return generator_gan_loss(logits)
+
+
+def _cat_cond(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if (a is None) != (b is None):
+        raise ValueError(
+            "the DM batch and the pairs must both have conditioning (and guidance scales) or both have none"
+        )
+    return None if a is None else torch.cat([a, b])
+
+
+def fake_denoiser_step(
+    fake_denoiser: Denoiser,
+    update: Update,
+    x: torch.Tensor,
+    cond: torch.Tensor | None,
+    rng: Draws | torch.Generator | None = None,
+    *,
+    gan: GAN | None = None,
+) -> tuple[float, float]:
+    """Algorithm 1 lines 11-14: denoising loss of the fake denoiser on detached generator samples.
+
+    With DMD2's GAN term the same forward also classifies the noisy samples, and as many real images,
+    noised at their own random sigmas, join the batch as positives; D_fake and the head step together
+    (the head's loss reaches D_fake's weights too, as in DMD2). Returns (denoising loss, head loss).
+    """
+    x = x.detach()
+    real = _draw_real(gan.real_images, len(x), rng, x.device) if gan is not None else None
+    grid = fake_denoiser.sigma_grid()
+    sigma = sample_sigmas(grid, len(x), generator=rng).to(x.device)
+    noise = as_draws(rng).randn(x.shape).to(x.device)
+    if gan is None:
+        loss = denoising_loss(fake_denoiser, x, sigma, noise, cond)
+        update.step(fake_denoiser, loss)
+        return float(loss.detach()), 0.0
+    real_sigma = sample_sigmas(grid, len(real.images), generator=rng).to(x.device)
+    real_noise = as_draws(rng).randn(real.images.shape).to(x.device)
+    noisy = torch.cat([x + expand(sigma, x) * noise, real.images + expand(real_sigma, real.images) * real_noise])
+    denoised, logits = denoise_with_logits(
+        fake_denoiser, gan.head, noisy, torch.cat([sigma, real_sigma]), _cat_cond(cond, real.cond)
+    )
+    loss_denoising = weighted_denoising_error(fake_denoiser, denoised[: len(x)], x, sigma)
+    loss_head = head_gan_loss(logits[len(x) :], logits[: len(x)])
+    update.step(nn.ModuleList([fake_denoiser, gan.head]), loss_denoising + gan.head_weight * loss_head)
+    return float(loss_denoising.detach()), float(loss_head.detach())
+
+
+def _draw_real(real_images: RealBatch | None, count: int, rng, device) -> RealBatch:
+    """`count` real images (with their cond) drawn at random: the GAN head's positives of one fake step."""
+    if real_images is None:
+        raise ValueError("the GAN term needs real images (GAN.real_images)")
+    images, cond = real_images.batch(as_draws(rng).randint(0, len(real_images), count))
+    return RealBatch(images.to(device), cond.to(device) if cond is not None else None)

@@ -1,0 +1,131 @@
+"""The project's own import graph, read from the source (every import, at module top or inside a function).
+
+Used by tests/test_structure.py and scripts/sync_dvc_deps.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("dmdlib", "stages")
+
+
+@dataclass(frozen=True)
+class Import:
+    source: str  # the importing file, relative to the repository root
+    target: str  # the imported project file
+    line: int
+    top_level: bool  # at module top (not inside a function or class body)
+
+
+def module_file(module: str) -> str | None:
+    """'dmdlib.denoisers.base' -> 'dmdlib/denoisers/base.py' (or a package's __init__.py); None if not the project's."""
+    if module.split(".")[0] not in PACKAGES:
+        return None
+    path = ROOT / module.replace(".", "/")
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return str(candidate.relative_to(ROOT))
+    return None
+
+
+def _with_packages(module: str) -> list[str]:
+    """A module and every package above it: importing a.b.c runs a/__init__.py and a/b/__init__.py too."""
+    parts = module.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def imports_of(path: Path) -> list[Import]:
+    """Every project import in one file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    source = str(path.relative_to(ROOT))
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from package import name` imports the submodule `name` when there is one
+            modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for module in modules:
+            for name in _with_packages(module):
+                target = module_file(name)
+                if target is not None and target != source:
+                    found.append(Import(source, target, node.lineno, id(node) in top))
+    return found
+
+
+def project_files() -> list[Path]:
+    return sorted(path for package in PACKAGES for path in (ROOT / package).rglob("*.py"))
+
+
+def graph(own_packages: bool = True) -> dict[str, set[str]]:
+    """file -> the project files it imports; without `own_packages`, leaving out the __init__.py of the packages
+    the file itself is in (Python runs those first whatever the file imports, so they make no cycle)."""
+    edges = {}
+    for path in project_files():
+        source = path.relative_to(ROOT)
+        ancestors = {str(parent / "__init__.py") for parent in source.parents}
+        edges[str(source)] = {i.target for i in imports_of(path) if own_packages or i.target not in ancestors}
+    return edges
+
+
+def closure(start: str, edges: dict[str, set[str]]) -> set[str]:
+    """`start` and every project file it imports, directly or indirectly."""
+    seen, todo = {start}, [start]
+    while todo:
+        for target in edges.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle through each strongly connected group of files that import each other (Tarjan)."""
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in edges.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    sys.setrecursionlimit(10_000)
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+# Every DVC pipeline file whose stage deps must cover the code each stage runs (scripts/sync_dvc_deps.py rewrites them).
+PIPELINE_FILES = ("dvc.yaml", "pipelines/templates/text-to-image.yaml", "pipelines/templates/class-conditional.yaml")
+
+
+def compact(files: set[str]) -> list[str]:
+    """Files as DVC deps: a dmdlib subpackage that a stage imports from stands whole for its files (editing any of them
+    re-runs the stage, which resumes or skips what it already made), the other files one by one."""
+    return sorted(
+        {"/".join(Path(f).parts[:2]) if f.startswith("dmdlib/") and len(Path(f).parts) > 2 else f for f in files}
+    )
