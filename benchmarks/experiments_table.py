@@ -18,17 +18,9 @@ import json
 import subprocess
 from pathlib import Path
 
+from dmdlib.data.io import flat_settings
+
 GENERATOR_ROW = ("dmd_", "teacher_guidance_")  # per-model rows of metrics/eval.json besides the baseline ones
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def runs(node, found: list) -> list:
@@ -39,7 +31,7 @@ def runs(node, found: list) -> list:
     elif isinstance(node, dict):
         data = node.get("data")
         if isinstance(data, dict) and "params" in data:
-            params = flatten(data["params"].get("params.yaml", {}).get("data", {}))
+            params = flat_settings(data["params"].get("params.yaml", {}).get("data", {}))
             metrics = {path: entry.get("data", {}) for path, entry in (data.get("metrics") or {}).items()}
             found.append((node.get("name") or node.get("rev"), params, metrics))
         for key in ("experiments", "revs"):

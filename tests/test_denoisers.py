@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tiny_models import tiny_unet2d, tiny_unet2d_condition
 from torch import nn
 
 from dmdlib.denoisers import (
@@ -31,39 +32,6 @@ class SigmaConv(nn.Module):
         if class_cond is not None:
             out = out + class_cond[:, None, None, None].float()
         return out
-
-
-def tiny_unet2d(**overrides):
-    from diffusers import UNet2DModel
-
-    config = dict(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    )
-    return UNet2DModel(**{**config, **overrides}).eval()
-
-
-def tiny_unet2d_condition():
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=12,
-        attention_head_dim=2,
-        norm_num_groups=4,
-    ).eval()
 
 
 def test_karras_adapter_matches_edm_preconditioning():
