@@ -191,8 +191,26 @@ class PairsParams(Section):
 class DistillParams(Section):
     """The `distill` stage: DMD training of the one-step generator (paper Algorithm 1)."""
 
-    # how long the run goes and what it shows, not what it learns: a checkpoint made under other values resumes
-    run_keys: ClassVar[frozenset[str]] = frozenset({"steps", "checkpoint_every", "sample_every", "preview_vae"})
+    # how long the run goes, what it shows and how it fits in memory, not what it learns: a checkpoint made under
+    # other values resumes (a user who turns gradient checkpointing on after running out of memory goes on)
+    run_keys: ClassVar[frozenset[str]] = frozenset(
+        {"steps", "checkpoint_every", "sample_every", "preview_vae", "gradient_checkpointing", "compile"}
+    )
+    # defaults tuned for the embedded 16x16 default (docs/method.md), not the paper's: a real teacher's profile states
+    # each of them, so none of its settings comes from the digits by omission
+    embedded_tuned_keys: ClassVar[frozenset[str]] = frozenset(
+        {
+            "generator_lr",
+            "fake_lr",
+            "warmup_steps",
+            "dm_weight",
+            "lambda_reg",
+            "regression_warmup_steps",
+            "regression_loss",
+            "dm_sigma_max",
+            "ema_decay",
+        }
+    )
 
     steps: int = Field(
         3000, ge=1, description="Generator steps (about 17 minutes on 2 CPU cores for the embedded default)."

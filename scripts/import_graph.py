@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dmdlib import provenance
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("dmdlib", "stages")
 
@@ -24,19 +26,8 @@ class Import:
 
 def module_file(module: str) -> str | None:
     """'dmdlib.denoisers.base' -> 'dmdlib/denoisers/base.py' (or a package's __init__.py); None if not the project's."""
-    if module.split(".")[0] not in PACKAGES:
-        return None
-    path = ROOT / module.replace(".", "/")
-    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
-        if candidate.is_file():
-            return str(candidate.relative_to(ROOT))
-    return None
-
-
-def _with_packages(module: str) -> list[str]:
-    """A module and every package above it: importing a.b.c runs a/__init__.py and a/b/__init__.py too."""
-    parts = module.split(".")
-    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+    path = provenance.module_file(module, PACKAGES)
+    return None if path is None else str(path.resolve().relative_to(ROOT))
 
 
 def imports_of(path: Path) -> list[Import]:
@@ -45,19 +36,10 @@ def imports_of(path: Path) -> list[Import]:
     source = str(path.relative_to(ROOT))
     top = {id(node) for node in tree.body}
     found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            modules = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from package import name` imports the submodule `name` when there is one
-            modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        for module in modules:
-            for name in _with_packages(module):
-                target = module_file(name)
-                if target is not None and target != source:
-                    found.append(Import(source, target, node.lineno, id(node) in top))
+    for node, name in provenance.imported_modules(tree):
+        target = module_file(name)
+        if target is not None and target != source:
+            found.append(Import(source, target, node.lineno, id(node) in top))
     return found
 
 

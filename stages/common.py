@@ -14,6 +14,7 @@ import torch
 import typer
 
 from dmdlib.errors import DmdError, OutputError
+from dmdlib.provenance import code_digest
 
 PARAMS_OPTION = typer.Option(
     Path("params.yaml"),
@@ -44,6 +45,12 @@ def user_errors() -> Iterator[None]:
             raise
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(code=2) from None
+
+
+def code_of(stage: str) -> str:
+    """The digest of a stage's code and of all the project's code it imports: what its checkpoints and shards claim,
+    so that a stage DVC re-runs after a code change does not hand back the old result."""
+    return code_digest(stage, ("dmdlib", "stages"))
 
 
 def compute_device() -> torch.device:

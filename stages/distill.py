@@ -29,7 +29,15 @@ from dmdlib.training.distill import DistillInputs, Processes, distill
 from dmdlib.training.generator import Generator, generate, save_generator
 from dmdlib.training.pairs import GRID_SEED, PairReader, fixed_inputs, pair_metadata
 from dmdlib.training.regression import decoded_regression, make_regression_loss
-from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, open_live, setup_logging, user_errors
+from stages.common import (
+    PARAMS_OPTION,
+    PROMPTS_OPTION,
+    TEACHER_OPTION,
+    code_of,
+    open_live,
+    setup_logging,
+    user_errors,
+)
 
 log = logging.getLogger("distill")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -106,8 +114,12 @@ def main(
 
 def _settings(config: DistillParams, expected_pairs: dict, inputs: DistillInputs, data: Path) -> dict:
     """What the run learns from, as its checkpoint records it: the distill params but their run length, the teacher
-    and pair settings, the pair set, and the GAN's real images."""
-    settings = {"distill": config.model_dump(mode="json", exclude=set(config.run_keys)), "pairs": expected_pairs}
+    and pair settings, the pair set, the GAN's real images, and the code."""
+    settings = {
+        "distill": config.model_dump(mode="json", exclude=set(config.run_keys)),
+        "pairs": expected_pairs,
+        "code": code_of(__spec__.name),
+    }
     if inputs.pairs is not None:
         settings["pair_set"] = inputs.pairs.description()
     if inputs.real_images is not None:

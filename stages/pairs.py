@@ -17,7 +17,7 @@ from dmdlib.data.io import check_writable, single_writer
 from dmdlib.params import load_params
 from dmdlib.teachers.reference import conditioning, read_teacher
 from dmdlib.training.pairs import ShardPlan, generate_pairs, make_sampler, pair_metadata
-from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, setup_logging, user_errors
+from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, code_of, setup_logging, user_errors
 
 log = logging.getLogger("pairs")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -56,7 +56,7 @@ def main(
             written = generate_pairs(
                 out,
                 plan,
-                pair_metadata(denoiser, config, texts),
+                {**pair_metadata(denoiser, config, texts), "code": code_of(__spec__.name)},
                 make_sampler(real_denoiser, config, conditions, state.device),
                 denoiser.sample_shape,
                 conditions.count if conditions else 0,

@@ -32,7 +32,7 @@ from dmdlib.teachers.loading import (
 )
 from dmdlib.teachers.reference import REFERENCE_FILE, image_decoder, read_teacher
 from dmdlib.teachers.training import train_teacher
-from stages.common import PARAMS_OPTION, compute_device, open_live, setup_logging, user_errors
+from stages.common import PARAMS_OPTION, code_of, compute_device, open_live, setup_logging, user_errors
 
 log = logging.getLogger("teacher")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -157,12 +157,14 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
         train.batch_size,
         device,
     )
-    # what the teacher learns from: its params but the run length, its network, and the very images of the train split
+    # what the teacher learns from: its params but the run length, its network, the very images of the train split,
+    # and the code
     split = hashlib.sha256(data.images[train_index].tobytes() + data.labels[train_index].tobytes()).hexdigest()
     settings = {
         "train": train.model_dump(mode="json", exclude=set(train.run_keys)),
         "model": model_config,
         "train_split": split,
+        "code": code_of(__spec__.name),
     }
     with single_writer(checkpoint):  # a second run on this checkpoint would overwrite this one's
         resuming = claim_checkpoint(checkpoint, settings, train.steps, "teacher.train.steps") > 0

@@ -196,3 +196,17 @@ def test_gaussian_mixture_posterior_mean_and_score_are_exact():
     assert torch.allclose(ring.exact_score(x0.detach(), 0.5), autograd_score, atol=1e-5)
     samples = ring.sample(4000, generator=torch.Generator().manual_seed(0))
     assert samples.norm(dim=1).mean() == pytest.approx(2.0, abs=0.02)
+
+
+def test_the_ode_ladder_is_edms_schedule():
+    """EDM eq. 5: sigma_i = (s_max^(1/rho) + i / (N - 1) (s_min^(1/rho) - s_max^(1/rho)))^rho, rho 7, then 0; from
+    min(sigma_max, 80)."""
+    from dmdlib.denoisers.sampling import karras_sigmas
+
+    class Wide(nn.Module):
+        sigma_min, sigma_max = 0.002, 157.0
+
+    sigmas = karras_sigmas(Wide(), 18)
+    top, bottom = 80.0 ** (1 / 7), 0.002 ** (1 / 7)
+    expected = [(top + i / 17 * (bottom - top)) ** 7 for i in range(18)] + [0.0]
+    assert torch.allclose(sigmas.double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5)

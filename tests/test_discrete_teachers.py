@@ -235,3 +235,43 @@ def test_every_ddpm_recipes_ode_pairs_land_on_the_data(beta_schedule, prediction
     distance = sliced_wasserstein(samples, MIXTURE.sample(1000, generator=torch.Generator().manual_seed(2)))
     rms = float(samples.pow(2).mean().sqrt())
     assert abs(rms / data_rms - 1) < 0.05 and distance < 0.3, (rms, distance)  # from sigma_max: 17%, 0.45
+
+
+def test_a_class_conditional_ddpm_unet_gets_its_labels():
+    """Before: a UNet2DModel teacher called without class_labels, ignoring them, passed every test."""
+    from diffusers import UNet2DModel
+    from tiny_models import tiny_unet2d
+
+    from dmdlib.denoisers import DDPMDenoiser
+
+    torch.manual_seed(0)
+    unet = tiny_unet2d(num_class_embeds=3)
+    schedule = DDPMScheduler(num_train_timesteps=1000)
+    denoiser = DDPMDenoiser(unet, schedule.alphas_cumprod)
+    assert isinstance(unet, UNet2DModel)
+    x, sigma = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([2.0, 2.0])
+    with torch.no_grad():
+        zero, one = denoiser(x, sigma, torch.tensor([0, 0])), denoiser(x, sigma, torch.tensor([1, 1]))
+        t = denoiser.timestep(sigma)
+        epsilon = unet(x / (sigma**2 + 1).sqrt()[:, None, None, None], t, class_labels=torch.tensor([1, 1])).sample
+    assert not torch.allclose(zero, one, atol=1e-4)
+    assert torch.allclose(one, x - sigma[:, None, None, None] * epsilon, atol=1e-5)  # diffusers' own call, by hand
+
+
+def test_the_regression_pairs_start_from_the_prior_scaled_noise():
+    """A DDPM generator starts from z * sqrt(sigma^2 + 1), the x_T of a diffusers pipeline; the pairs' noise takes
+    the same path (before, scaling it by sigma passed every test)."""
+    from dmdlib.training import dmd
+
+    teacher = teachers()["epsilon"]
+    generator = Generator.from_teacher(teacher, [10.0])
+    assert teacher.prior_scale(10.0) != 10.0
+    noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    target = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = l2_loss(generator(noise), target).mean()
+    objective = dmd.GeneratorObjective(teacher, teacher, dm_weight=0.0, lambda_reg=1.0, regression_loss=l2_loss)
+    update = dmd.Update(torch.optim.SGD(generator.parameters(), lr=0.0))
+    batch = dmd.GeneratorBatch(torch.zeros(1, 2), pairs=dmd.Pairs(noise, target))
+    result = dmd.generator_step(generator, update, batch, torch.Generator().manual_seed(2), objective=objective)
+    assert result.loss_reg == pytest.approx(float(expected), rel=1e-5)

@@ -151,3 +151,43 @@ def test_dm_only_ignores_the_regression_warm_up(tmp_path):
     assert any(
         not torch.equal(a, b) for a, b in zip(generator.denoiser.state_dict().values(), teacher.state_dict().values())
     )
+
+
+def test_regression_warm_up_then_both_terms(tmp_path, pairs):
+    """The first regression_warmup_steps steps have no DM term (its loss is logged as 0), later ones do."""
+    losses = []
+    distill(
+        tiny_teacher(),
+        params(steps=3, regression_warmup_steps=2, dm_weight=1.0),
+        tmp_path / "ck.pt",
+        DistillInputs(pairs, l2_loss),
+        on_step=lambda step, metrics, generator: losses.append((metrics["loss_dm"], metrics["loss_reg"])),
+    )
+    assert [dm == 0 for dm, _ in losses] == [True, True, False] and all(reg > 0 for _, reg in losses)
+
+
+def test_the_library_resumes_only_a_checkpoint_of_the_same_settings(tmp_path, pairs):
+    """distill() itself (not only the stage's claim) refuses a checkpoint of other settings: it starts from step 0."""
+    inputs = DistillInputs(pairs, l2_loss)
+    distill(tiny_teacher(), params(steps=2), tmp_path / "ck.pt", inputs, settings={"distill": {"fake_lr": 1}})
+    steps = []
+    record = lambda step, metrics, generator: steps.append(step)  # noqa: E731
+    distill(
+        tiny_teacher(),
+        params(steps=3),
+        tmp_path / "ck.pt",
+        inputs,
+        settings={"distill": {"fake_lr": 1}},
+        on_step=record,
+    )
+    assert steps == [3]
+    steps.clear()
+    distill(
+        tiny_teacher(),
+        params(steps=3),
+        tmp_path / "ck.pt",
+        inputs,
+        settings={"distill": {"fake_lr": 2}},
+        on_step=record,
+    )
+    assert steps == [1, 2, 3]

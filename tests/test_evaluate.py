@@ -211,3 +211,104 @@ def test_scheduler_nfe_and_floor(tmp_path):
     assert metrics["noise_floor_omitted"].startswith(
         "the held-out split has 15 images, fewer than evaluate.samples (20)"
     )
+
+
+def test_a_prepared_image_reaches_inception_unchanged():
+    """Before: pixels were floored, so 63 of the 256 grey levels came back one level low (clean-fid rounds)."""
+    from dmdlib.data.images import to_model_range
+    from dmdlib.evaluation.measure import clean_fid_pixels
+
+    levels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    pixels = clean_fid_pixels(to_model_range(levels))
+    assert pixels.dtype == np.uint8 and pixels.shape == (1, 16, 16, 3)
+    assert np.array_equal(pixels, np.repeat(levels, 3, axis=-1))
+    between = torch.tensor([10.4, 10.6, -3.0, 300.0]).reshape(1, 1, 2, 2) / 127.5 - 1  # generated values
+    assert clean_fid_pixels(between)[0, :, :, 0].tolist() == [[10, 11], [0, 255]]
+
+
+def test_jackknife_and_the_floors_error_in_the_net_ratio():
+    from dmdlib.evaluation.metrics import jackknife_standard_error
+
+    values = np.array([1.0, 2.0, 4.0, 7.0])
+    se = jackknife_standard_error(lambda keep: values[keep].mean(), np.arange(4))
+    assert se == pytest.approx(values.std(ddof=1) / 2)  # for the mean, the jackknife is exactly std / sqrt(n)
+    grouped = jackknife_standard_error(lambda keep: values[keep].mean(), np.array([0, 0, 1, 1]))
+    assert grouped == pytest.approx((1 / 2 * ((5.5 - 3.5) ** 2 + (1.5 - 3.5) ** 2)) ** 0.5)  # left out: 5.5, 1.5
+
+    values, baselines, floor = [0.3, 0.2, 0.25], [0.2, 0.2, 0.25], 0.1
+    ratio, sets_only = paired_ratio(values, baselines, floor)
+    _, with_floor = paired_ratio(values, baselines, floor, floor_se=0.02)
+    slope = (0.25 - 0.65 / 3) / (0.65 / 3 - 0.1) ** 2  # d ratio / d floor
+    assert with_floor == pytest.approx((sets_only**2 + (slope * 0.02) ** 2) ** 0.5)
+    assert paired_ratio([0.3], [0.2], floor, floor_se=0.01)[1] == pytest.approx(abs((0.3 - 0.2) / 0.1**2) * 0.01)
+
+
+def test_the_floors_standard_error_is_the_jackknife_over_stratified_groups():
+    from dmdlib.data.prepared import stratified_groups
+    from dmdlib.evaluation.measure import ReferenceSet
+
+    labels = np.repeat(np.arange(3), [50, 30, 20])
+    groups = stratified_groups(labels, 10)
+    assert all(np.bincount(labels[groups == g]).tolist() == [5, 3, 2] for g in range(10))
+    rng = torch.Generator().manual_seed(0)
+    reference, floor = torch.randn(400, 4, generator=rng), torch.randn(100, 4, generator=rng)
+    references = ReferenceSet.of(reference, np.zeros(400, int), {"classifier": lambda x: x}, None, None)
+    errors = references.fid_standard_errors(floor, labels)
+    left_out = np.array([fid(reference, floor[torch.from_numpy(groups != g)]) for g in range(10)])
+    assert errors == {"fid_classifier_se": pytest.approx((0.9 * ((left_out - left_out.mean()) ** 2).sum()) ** 0.5)}
+    assert errors["fid_classifier_se"] > 0
+
+
+def test_net_ratios_use_the_floor_and_its_error():
+    """Before: a floor left out of the net ratio passed every test of rows.py."""
+    from dmdlib.evaluation.measure import Measurement
+    from dmdlib.evaluation.rows import add_paired_ratios
+
+    fids = {"teacher": [0.2, 0.3], "dmd_one_step": [0.4, 0.5]}
+    measured = {name: Measurement({}, {"fid_classifier": values}, None) for name, values in fids.items()}
+    results = {
+        "noise_floor": {"fid_classifier": 0.1, "fid_classifier_se": 0.01},
+        **{name: {"fid_classifier": float(np.mean(values))} for name, values in fids.items()},
+    }
+    add_paired_ratios(results, measured)
+    row = results["dmd_one_step"]
+    assert row["fid_classifier_above_floor"] == pytest.approx(0.35)
+    assert row["fid_classifier_vs_teacher"] == pytest.approx(0.45 / 0.25, abs=1e-4)
+    ratio, se = paired_ratio(fids["dmd_one_step"], fids["teacher"], 0.1, 0.01)
+    assert row["fid_classifier_above_floor_vs_teacher"] == pytest.approx(0.35 / 0.15, abs=1e-4) == ratio
+    assert row["fid_classifier_above_floor_vs_teacher_se"] == pytest.approx(se, abs=1e-4)
+    assert se > paired_ratio(fids["dmd_one_step"], fids["teacher"], 0.1)[1]
+
+
+def test_the_teacher_row_is_the_guided_sampler_that_made_the_pairs():
+    """Before: with pairs.guidance 2 (DiT's profile: 1.5) a class-conditional teacher was measured unguided."""
+    from dmdlib.data.conditions import Conditions
+    from dmdlib.denoisers import GuidedDenoiser
+    from dmdlib.evaluation.rows import models_to_measure
+    from dmdlib.params import Params
+    from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config
+    from dmdlib.training.generator import Generator
+    from dmdlib.training.pairs import make_sampler
+
+    torch.manual_seed(0)
+    teacher = build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0, 0.1))
+    for parameter in teacher.parameters():  # k-diffusion starts the output and its modulation at zero
+        if not parameter.any():
+            torch.nn.init.normal_(parameter, std=0.1)
+    teacher.requires_grad_(False)
+    params = Params.model_validate({"pairs": {"steps": 2, "guidance": 2.0}, "evaluate": {"batch_size": 4}})
+    models = models_to_measure(params, teacher, Generator.from_teacher(teacher), torch.device("cpu"))
+    noise, labels = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2])
+    sample, nfe = models["teacher"]
+    guided = make_sampler(GuidedDenoiser(teacher, teacher.uncond, 2.0), params.pairs, Conditions.of(teacher))
+    unguided = make_sampler(teacher, params.pairs, Conditions.of(teacher))
+    assert torch.allclose(sample(noise, labels), guided(noise, labels), atol=1e-6)
+    assert not torch.allclose(sample(noise, labels), unguided(noise, labels), atol=1e-3)
+    assert nfe == 2 * 3  # Heun's 3 evaluations, each a conditional and an unconditional pass
+
+
+def test_stratified_subsets_round_by_the_largest_remainders():
+    from dmdlib.data.prepared import stratified_subset
+
+    labels = np.repeat(np.arange(3), [60, 30, 10])  # 4 of 100: exact shares 2.4, 1.2, 0.4
+    assert np.bincount(labels[stratified_subset(labels, 4)]).tolist() == [2, 1, 1]  # the last one to remainder 0.4

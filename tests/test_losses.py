@@ -163,12 +163,13 @@ def test_generator_starts_as_teacher_at_sigma_max():
 
 
 def test_trainable_copies_are_independent_of_the_teacher():
-    teacher = torch.nn.Linear(2, 2).requires_grad_(False)
+    """A copy starts at the teacher's weights, in its own memory, in training mode; the teacher stays frozen."""
+    teacher = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)).eval().requires_grad_(False)
     copy = trainable_copy(teacher)
-    assert all(p.requires_grad for p in copy.parameters())
-    with torch.no_grad():
-        copy.weight.add_(1.0)
-    assert not torch.equal(copy.weight, teacher.weight)
+    assert all(torch.equal(a, b) for a, b in zip(copy.parameters(), teacher.parameters()))
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(copy.parameters(), teacher.parameters()))
+    assert copy.training and all(p.requires_grad for p in copy.parameters())
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
 
 def test_l2_and_pseudo_huber():
@@ -206,6 +207,9 @@ def test_lpips_runs_on_small_grey_images_with_local_backbone(tmp_path, monkeypat
     same, different = loss(x, x), loss(x, y)
     assert same.shape == (3,) and torch.allclose(same, torch.zeros(3), atol=1e-6)
     assert torch.all(different > 0)
+    # LPIPS's own network on [-1, 1] images, grey repeated to RGB and upsampled bilinearly to 224 (paper Appendix C)
+    prepare = lambda v: torch.nn.functional.interpolate(v.repeat(1, 3, 1, 1), size=224, mode="bilinear")  # noqa: E731
+    assert torch.allclose(different, loss.model(prepare(x), prepare(y)).flatten(), rtol=1e-5)
     x.requires_grad_(True)
     loss(x, y).sum().backward()
     assert x.grad.abs().sum() > 0

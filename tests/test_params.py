@@ -5,7 +5,7 @@ import functools
 import pytest
 import yaml
 
-from dmdlib.params import Params, ParamsError, load_params
+from dmdlib.params import DistillParams, Params, ParamsError, load_params
 
 
 def write(tmp_path, text):
@@ -14,23 +14,42 @@ def write(tmp_path, text):
     return path
 
 
+# Each profile's teacher kind and the distill settings its comments cite (DMD paper; DMD2's SDXL script; FastGen's
+# FLUX recipe; the SD v1.5 profile's, carried to SD3; DMD's ImageNet recipe for DiT and EDM2; DMD2's EDM defaults):
+# every DM range reaches 98% of the teacher's grid, uncapped.
+PROFILES = {
+    "sd": ("stable_diffusion", dict(dm_weight=1.0, lambda_reg=0.25, regression_warmup_steps=0, warmup_steps=500)),
+    "sdxl": ("sdxl", dict(dm_weight=1.0, lambda_reg=0.0, regression_warmup_steps=0, warmup_steps=0, fake_steps=5)),
+    "sd3": ("sd3", dict(dm_weight=1.0, lambda_reg=0.25, regression_warmup_steps=0, warmup_steps=500)),
+    "flux": ("flux", dict(dm_weight=1.0, lambda_reg=0.0, regression_warmup_steps=0, generator_lr=1e-5, fake_steps=5)),
+    "dit-imagenet256": ("dit", dict(dm_weight=1.0, lambda_reg=0.25, regression_warmup_steps=0, warmup_steps=500)),
+    "edm-cifar10": ("edm", dict(dm_weight=1.0, lambda_reg=0.25, regression_warmup_steps=0, warmup_steps=500)),
+    "edm-imagenet64": ("edm", dict(dm_weight=1.0, lambda_reg=0.25, regression_warmup_steps=0, generator_lr=2e-6)),
+    "edm2-img512": ("edm2", dict(dm_weight=1.0, lambda_reg=0.25, regression_warmup_steps=0, warmup_steps=500)),
+}
+
+
 def test_repository_params_files_are_valid(repo_root):
     params = load_params(repo_root / "params.yaml")
     assert params.prepare.source == "mnist"
-    kinds = {
-        "sd": "stable_diffusion",
-        "sdxl": "sdxl",
-        "sd3": "sd3",
-        "flux": "flux",
-        "dit-imagenet256": "dit",
-        "edm-cifar10": "edm",
-        "edm-imagenet64": "edm",
-        "edm2-img512": "edm2",
-    }
     profiles = {path.parent.name: path for path in (repo_root / "pipelines").glob("*/params.yaml")}
-    assert set(profiles) == set(kinds)
+    assert set(profiles) == set(PROFILES)
     for profile, path in profiles.items():
-        assert load_params(path).teacher.kind == kinds[profile], profile
+        assert load_params(path).teacher.kind == PROFILES[profile][0], profile
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_profiles_state_their_sources_settings(repo_root, profile):
+    """A real teacher's profile states every distill key whose default is tuned for the embedded digits, at the value
+    its source uses: none of the 16x16 default's DM range, weights or warm-up reaches it by omission."""
+    path = repo_root / "pipelines" / profile / "params.yaml"
+    stated = yaml.safe_load(path.read_text())["distill"]
+    missing = DistillParams.embedded_tuned_keys - set(stated)
+    assert not missing, f"{path} leaves {sorted(missing)} at the embedded default's values"
+    distill = load_params(path).distill
+    assert distill.dm_sigma_fractions == (0.02, 0.98) and distill.dm_sigma_max is None, profile
+    for key, value in PROFILES[profile][1].items():
+        assert getattr(distill, key) == value, f"{profile}: distill.{key}"
 
 
 def test_defaults_when_section_is_absent(tmp_path):

@@ -45,10 +45,16 @@ def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog, repo_
     assert metrics["teacher"]["fid_classifier_std"] > 0  # two sets of different seeds
     assert "fid_classifier_vs_teacher" not in metrics["teacher"]
     dmd, teacher, floor = metrics["dmd_one_step"], metrics["teacher"], metrics["noise_floor"]["fid_classifier"]
-    assert dmd["fid_classifier_vs_teacher"] > 0 and dmd["fid_classifier_vs_teacher_se"] >= 0
+    # ratios of the mean FIDs over the same two sets (rounded to 4 places in the JSON)
+    assert dmd["fid_classifier_vs_teacher"] == pytest.approx(
+        dmd["fid_classifier"] / teacher["fid_classifier"], rel=2e-3
+    )
     for row in (teacher, dmd):
         assert row["fid_classifier_above_floor"] == pytest.approx(row["fid_classifier"] - floor, abs=2e-4)
-    assert dmd["fid_classifier_above_floor_vs_teacher_se"] >= 0 and "fid_classifier_above_floor_vs_teacher" in dmd
+    net = (dmd["fid_classifier"] - floor) / (teacher["fid_classifier"] - floor)
+    assert dmd["fid_classifier_above_floor_vs_teacher"] == pytest.approx(net, rel=5e-3)
+    assert metrics["noise_floor"]["fid_classifier_se"] > 0  # the floor's own spread, carried into the net ratio's
+    assert dmd["fid_classifier_above_floor_vs_teacher_se"] > 0 and dmd["fid_classifier_vs_teacher_se"] > 0
     assert sorted(x.name for x in (tmp_path / "eval").iterdir()) == [
         "comparison.png",
         "dmd_one_step.png",

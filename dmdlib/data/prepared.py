@@ -162,6 +162,16 @@ def stratified_subset(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarr
     return np.sort(np.concatenate(chosen))
 
 
+def stratified_groups(labels: np.ndarray, groups: int, seed: int = 0) -> np.ndarray:
+    """A group 0..groups-1 for each position of `labels`, each class dealt round the groups in a seeded random order:
+    every group holds the classes in their shares (to within one image)."""
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(labels)), labels))
+    assigned = np.empty(len(labels), dtype=int)
+    assigned[order] = np.arange(len(labels)) % groups
+    return assigned
+
+
 def write_image_parquet(path: str | os.PathLike, data: ImageSet, extra_metadata: dict | None = None) -> None:
     """Write `data` atomically as Parquet; images are raw uint8 HWC bytes, shape in the file metadata."""
     count = len(data.images)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import statistics
@@ -16,10 +17,18 @@ import numpy as np
 import torch
 
 from dmdlib.data.images import to_uint8
-from dmdlib.data.prepared import stratified_subset
+from dmdlib.data.prepared import stratified_groups, stratified_subset
 from dmdlib.errors import ParamsError
 from dmdlib.evaluation.classifier import FeatureClassifier, predict
-from dmdlib.evaluation.metrics import class_shares, fid, fid_to_statistics, kid, mean_over_sets, precision_recall
+from dmdlib.evaluation.metrics import (
+    class_shares,
+    fid,
+    fid_to_statistics,
+    jackknife_standard_error,
+    kid,
+    mean_over_sets,
+    precision_recall,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +66,17 @@ def inception_extractor(weights: Path, device: torch.device) -> Extractor:
 
     @torch.no_grad()
     def extract(images: torch.Tensor) -> torch.Tensor:
-        pixels = ((images.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
-        if pixels.shape[-1] == 1:
-            pixels = np.repeat(pixels, 3, axis=-1)
-        resized = np.stack([resize(image.astype(np.uint8)) for image in pixels]).transpose(0, 3, 1, 2)
+        resized = np.stack([resize(image) for image in clean_fid_pixels(images)]).transpose(0, 3, 1, 2)
         return model(torch.from_numpy(resized).float().to(device)).cpu()
 
     return extract
+
+
+def clean_fid_pixels(images: torch.Tensor) -> np.ndarray:
+    """Images in [-1, 1] as the uint8 RGB [N, H, W, 3] pixels clean-fid reads: rounded to the nearest level (a
+    prepared image comes back exactly), grey repeated to three channels."""
+    pixels = to_uint8(images)
+    return np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -220,6 +233,23 @@ class ReferenceSet:
             shares = class_shares(predict(self.classifier, samples), len(self.data_shares))
             row["min_class_share_ratio"] = float((shares / self.data_shares).min())
         return row
+
+    def fid_standard_errors(self, samples: torch.Tensor, labels: np.ndarray, groups: int = 10) -> dict[str, float]:
+        """`fid_<extractor>_se` (and `_statistics_se`): the standard error of each FID of `samples`, by the
+        delete-a-group jackknife over `groups` class-stratified groups of them (`metrics.jackknife_standard_error`).
+        For one set of real images, the noise floor, this is the only measure of its own sampling spread."""
+        assigned, errors = stratified_groups(labels, groups), {}
+        for name, extract in self.extractors.items():
+            features = extract_features(extract, samples)
+            distances = {f"fid_{name}_se": functools.partial(fid, self.features[name])}
+            if self.statistics and name in self.statistics:
+                distances[f"fid_{name}_statistics_se"] = functools.partial(fid_to_statistics, *self.statistics[name])
+            for key, distance in distances.items():
+                errors[key] = jackknife_standard_error(
+                    lambda keep, distance=distance, features=features: distance(features[torch.from_numpy(keep)]),
+                    assigned,
+                )
+        return errors
 
 
 @dataclass

@@ -87,9 +87,13 @@ def mean_over_sets(rows: list[dict[str, float]]) -> dict[str, float]:
     return summary
 
 
-def paired_ratio(values: list[float], baselines: list[float], floor: float = 0.0) -> tuple[float, float]:
+def paired_ratio(
+    values: list[float], baselines: list[float], floor: float = 0.0, floor_se: float = 0.0
+) -> tuple[float, float]:
     """(mean(values) - floor) / (mean(baselines) - floor), both measured on the same sample sets from the same seeds,
-    and its standard error by the jackknife over the sets (each left out in turn), which keeps their pairing.
+    and its standard error: the jackknife's over the sets (each left out in turn, which keeps their pairing), plus,
+    in quadrature, the floor's own standard error `floor_se` times the ratio's slope in the floor,
+    (mean(values) - mean(baselines)) / (mean(baselines) - floor)^2 (the delta method).
 
     With `floor` the noise floor's FID, each FID loses the finite-sample part both share and the ratio compares what
     each model adds to it; a ratio of means, because per-set ratios of such small differences are far noisier.
@@ -97,7 +101,16 @@ def paired_ratio(values: list[float], baselines: list[float], floor: float = 0.0
     values, baselines = np.asarray(values, dtype=float), np.asarray(baselines, dtype=float)
     ratio = lambda keep: (values[keep].mean() - floor) / (baselines[keep].mean() - floor)  # noqa: E731
     count = len(values)
-    if count < 2:
-        return float(ratio(slice(None))), 0.0
-    left_out = np.array([ratio(np.arange(count) != i) for i in range(count)])
-    return float(ratio(slice(None))), float(np.sqrt((count - 1) / count * ((left_out - left_out.mean()) ** 2).sum()))
+    slope = (values.mean() - baselines.mean()) / (baselines.mean() - floor) ** 2
+    variance = (slope * floor_se) ** 2
+    if count >= 2:
+        variance += jackknife_standard_error(ratio, np.arange(count)) ** 2
+    return float(ratio(slice(None))), float(np.sqrt(variance))
+
+
+def jackknife_standard_error(statistic, groups: np.ndarray) -> float:
+    """Delete-a-group jackknife standard error of `statistic(keep)` (keep: a boolean mask of the items), each of the
+    groups (0..G-1, one per item) left out in turn: sqrt((G - 1) / G * sum (theta_g - mean theta)^2)."""
+    count = int(groups.max()) + 1
+    left_out = np.array([statistic(groups != g) for g in range(count)])
+    return float(np.sqrt((count - 1) / count * ((left_out - left_out.mean()) ** 2).sum()))

@@ -11,7 +11,6 @@ import torch
 from dmdlib.data.conditions import Conditions
 from dmdlib.data.images import GRID_CLASSES, to_model_range
 from dmdlib.data.prepared import HELDOUT, TRAIN, stratified_subset
-from dmdlib.denoisers import GuidedDenoiser
 from dmdlib.errors import ParamsError
 from dmdlib.evaluation.measure import (
     INCEPTION_FILE,
@@ -27,7 +26,7 @@ from dmdlib.evaluation.measure import (
 )
 from dmdlib.evaluation.metrics import class_shares, paired_ratio
 from dmdlib.params import EvaluateParams
-from dmdlib.teachers.reference import image_decoder
+from dmdlib.teachers.reference import guided, image_decoder
 from dmdlib.training.generator import Generator, generate
 from dmdlib.training.pairs import fixed_inputs, make_sampler, seeded_inputs
 
@@ -35,8 +34,9 @@ log = logging.getLogger(__name__)
 
 
 def noise_floor(reference_set: ReferenceSet, dataset, count: int) -> dict:
-    """The held-out images' metrics at the models' sample count (a seeded subset with the split's class shares);
-    omitted, saying why, when there are fewer of them."""
+    """The held-out images' metrics at the models' sample count (a seeded subset with the split's class shares), with
+    each FID's standard error (the floor is one draw of real images: `ReferenceSet.fid_standard_errors`); omitted,
+    saying why, when there are fewer of them."""
     heldout = dataset.subset(HELDOUT)
     if len(heldout) < count:
         reason = (
@@ -46,7 +46,12 @@ def noise_floor(reference_set: ReferenceSet, dataset, count: int) -> dict:
         log.warning("no noise floor: %s", reason)
         return {"noise_floor": None, "noise_floor_omitted": reason}
     chosen = heldout[stratified_subset(dataset.labels[heldout], count)]
-    return {"noise_floor": rounded(reference_set.quality(to_model_range(dataset.images[chosen])))}
+    images = to_model_range(dataset.images[chosen])
+    return {
+        "noise_floor": rounded(
+            {**reference_set.quality(images), **reference_set.fid_standard_errors(images, dataset.labels[chosen])}
+        )
+    }
 
 
 def reference_set(dataset, feature_net, config: EvaluateParams) -> ReferenceSet:
@@ -90,18 +95,17 @@ def decoded(sample, decoder, batch: int):
 
 
 def models_to_measure(all_params, real_denoiser, distilled: Generator, device) -> dict:
-    """name -> (sampler, NFE): the teacher with the pairs' sampler, the initial and the distilled generator (and its
-    ladder and guidance scales, when it has them)."""
+    """name -> (sampler, NFE): the teacher with the pairs' sampler and guidance (the model that made the pairs and
+    served as the real score), the initial and the distilled generator (and its ladder and guidance scales, when it
+    has them)."""
     config, batch = all_params.evaluate, all_params.evaluate.batch_size
     shape, classes = real_denoiser.sample_shape, real_denoiser.num_classes
     probe = torch.zeros(1, *shape), (torch.zeros(1, dtype=torch.long) if classes else None)
     # the teacher at the distilled generator's first noise level: where distillation started (on the teacher's device)
     initial = Generator.from_teacher(real_denoiser, distilled.sigmas[:1]).eval().requires_grad_(False)
 
-    def teacher_rows(scale: float = 1.0):
-        denoiser = (
-            real_denoiser if scale == 1 else GuidedDenoiser(real_denoiser, real_denoiser.uncond, scale).to(device)
-        )
+    def teacher_rows(scale: float):
+        denoiser = guided(real_denoiser, real_denoiser.uncond, scale).to(device)
         sample = make_sampler(denoiser, all_params.pairs, Conditions.of(real_denoiser), device)
         return (
             lambda z, y: torch.cat(
@@ -114,7 +118,7 @@ def models_to_measure(all_params, real_denoiser, distilled: Generator, device) -
         return lambda z, y: generate(generator, z, y, batch, steps, scale), steps
 
     models = {
-        "teacher": teacher_rows(),
+        "teacher": teacher_rows(all_params.pairs.guidance),
         "initial_one_step": generator_rows(initial, 1),
         "dmd_one_step": generator_rows(distilled, 1),
     }
@@ -131,7 +135,8 @@ def models_to_measure(all_params, real_denoiser, distilled: Generator, device) -
 def add_paired_ratios(results: dict, measured: dict[str, Measurement]) -> None:
     """Every model's FID net of the noise floor's (`_above_floor`: the floor is the finite-sample FID of real images,
     which every FID here carries), and each unguided generator's FID over the teacher's on the same sets, raw and net
-    of the floor, with its standard error over the sets (`metrics.paired_ratio`)."""
+    of the floor, with its standard error over the sets and, net of the floor, the floor's own (`metrics.paired_ratio`).
+    """
     floor, teacher = results.get("noise_floor") or {}, measured["teacher"].set_fids
     for name, measurement in measured.items():
         row = results[name]
@@ -142,7 +147,9 @@ def add_paired_ratios(results: dict, measured: dict[str, Measurement]) -> None:
                 continue
             ratios = {f"{key}_vs_teacher": paired_ratio(values, teacher[key])}
             if key in floor:
-                ratios[f"{key}_above_floor_vs_teacher"] = paired_ratio(values, teacher[key], floor[key])
+                ratios[f"{key}_above_floor_vs_teacher"] = paired_ratio(
+                    values, teacher[key], floor[key], floor.get(f"{key}_se", 0.0)
+                )
             for ratio_key, (mean, standard_error) in ratios.items():
                 row[ratio_key], row[f"{ratio_key}_se"] = round(mean, 4), round(standard_error, 4)
 

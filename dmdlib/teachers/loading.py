@@ -241,13 +241,48 @@ def load_edm(weights: str | os.PathLike, config: str | os.PathLike) -> EDMDenois
 
 
 def teacher_digest(denoiser: nn.Module) -> str:
-    """SHA-256 of a denoiser's weights and buffers (names, dtypes, shapes and bytes): which teacher made a file."""
+    """SHA-256 of a denoiser's weights and buffers (names, dtypes, shapes and bytes) and of how they are read (every
+    module's class and settings: `module_settings`): which teacher made a file. One UNet read as epsilon or v
+    prediction, or a flow network at another shift, is another teacher."""
     digest = hashlib.sha256()
     for name, tensor in sorted(denoiser.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    digest.update(json.dumps(module_settings(denoiser), sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def module_settings(module: nn.Module) -> dict[str, dict[str, Any]]:
+    """name -> {class, settings} of every submodule: its public attributes that are plain values (a prediction type,
+    a shift, a sigma range, a scheduler config, a small tensor such as the 'no condition' label) and a diffusers
+    model's config, without the keys that name where it was read from (`_name_or_path` and the like)."""
+    described = {}
+    for name, child in module.named_modules():
+        attributes = {key: value for key, value in vars(child).items() if not key.startswith("_") and key != "training"}
+        if isinstance(getattr(child, "config", None), dict):
+            attributes["config"] = child.config
+        plain = {key: _plain(value) for key, value in attributes.items()}
+        described[name] = {"class": type(child).__name__, **{k: v for k, v in plain.items() if v is not _NOT_PLAIN}}
+    return described
+
+
+_NOT_PLAIN = object()
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able copy of `value` (dict keys starting with '_' left out), or _NOT_PLAIN."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 1024 else _NOT_PLAIN
+    if isinstance(value, (list, tuple)):
+        items = [_plain(item) for item in value]
+        return _NOT_PLAIN if any(item is _NOT_PLAIN for item in items) else items
+    if isinstance(value, dict):
+        items = {str(key): _plain(item) for key, item in value.items() if not str(key).startswith("_")}
+        return _NOT_PLAIN if any(item is _NOT_PLAIN for item in items.values()) else items
+    return _NOT_PLAIN
 
 
 def check_takes_its_shape(denoiser: Denoiser, source: str | os.PathLike, hint: str) -> None:

@@ -154,6 +154,8 @@ def read_shard(path: Path, expected: dict, seeds: range | None = None) -> pa.Tab
 
 def _check_metadata(path: Path, found: dict, expected: dict) -> None:
     for key, value in {**expected, "format": FORMAT}.items():
+        if key == "code" and found.get(key) != value:
+            raise PairsError(f"{path}: made by other code ({str(found.get(key))[:12]}, now {value[:12]})")
         if found.get(key) != value:
             raise PairsError(
                 f"{path}: {key} is {found.get(key)!r}, expected {value!r} (pairs made for another teacher or settings)"
@@ -176,10 +178,11 @@ def generate_pairs(
     """Make this process's shards (every world_size-th) that are missing or invalid; return those written.
 
     `sample(noise, ids)` is the teacher's ODE solver, `ids` the condition ids (class labels, or indices
-    into `prompts`) or None. Complete, valid shards are skipped, so a killed run resumes where it stopped.
+    into `prompts`) or None. Complete, valid shards are skipped, so a killed run resumes where it stopped;
+    the first invalid one is named.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, remade = [], 0
     for shard in range(rank, plan.shards, world_size):
         path, seeds = folder / plan.name(shard), plan.seeds(shard)
         if path.exists():
@@ -189,7 +192,9 @@ def generate_pairs(
                     progress(len(seeds))
                 continue
             except PairsError as err:
-                log.warning("re-making %s", err)
+                remade += 1
+                if remade == 1:
+                    log.warning("re-making %s (and any other shard that does not match)", err)
         inputs = [seeded_inputs(seed, shape, num_conditions) for seed in seeds]
         noise = torch.stack([z for z, _ in inputs])
         labels = [label for _, label in inputs]
@@ -202,6 +207,8 @@ def generate_pairs(
         texts = [prompts[label] for label in labels] if prompts is not None else None
         write_shard(path, seeds, noise, torch.cat(targets), labels, metadata, texts)
         written.append(shard)
+    if remade > 1:
+        log.warning("re-made %d shards that did not match", remade)
     return written
 
 
@@ -216,18 +223,21 @@ class PairReader:
         if not paths:
             raise PairsError(f"{folder}: no pair shards; run the `pairs` stage first (`dvc repro pairs`)")
         self._rows = RowGroupReader(paths, ["noise", "target", "label"], self._decode, PairsError, "pairs", cache_bytes)
+        made_by = set()
         for f, path in enumerate(paths):
             meta = schema_metadata(path, self._rows.schema(f), METADATA_KEY, COLUMNS, PairsError, "pairs")
             _check_metadata(path, meta, expected)
+            made_by.add(str(meta.get("code")))
         self._shape, self._dtype = tuple(meta["shape"]), meta["dtype"]  # equal in every shard: `expected` has both
-        self._paths = paths
+        self._paths, self._made_by = paths, sorted(made_by)
 
     def description(self) -> dict:
-        """Which pairs these are, for a checkpoint's settings: their count and a digest of their seeds in order."""
+        """Which pairs these are, for a checkpoint's settings: their count, a digest of their seeds in order, and the
+        code that made them (pairs re-made by changed code are other pairs)."""
         seeds = hashlib.sha256()
         for path in self._paths:
             seeds.update(pq.read_table(path, columns=["seed"]).column("seed").to_numpy().tobytes())
-        return {"count": len(self), "seeds": seeds.hexdigest()}
+        return {"count": len(self), "seeds": seeds.hexdigest(), "code": self._made_by}
 
     def _decode(self, table: pa.Table) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         noise, target = (
