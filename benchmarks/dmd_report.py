@@ -20,9 +20,10 @@ from dmdlib.denoisers import trainable_copy
 from dmdlib.evaluation.measure import throughput
 from dmdlib.params import load_params
 from dmdlib.teachers.reference import read_teacher
-from dmdlib.training.dmd import GeneratorBatch, GeneratorObjective, Pairs, Update, fake_denoiser_step, generator_step
+from dmdlib.training.dmd import GeneratorBatch, Pairs, Update, fake_denoiser_step, generator_step
 from dmdlib.training.generator import Generator
 from dmdlib.training.losses import sample_sigmas
+from dmdlib.training.objectives import DistributionMatching, Regression
 from dmdlib.training.regression import make_regression_loss
 
 
@@ -97,10 +98,13 @@ def step_table(teacher_folder: Path, params_file: Path, repeats: int) -> None:
     }
     timings = {name: median_seconds(fn, repeats) for name, fn in passes.items()}
 
-    objective = GeneratorObjective(teacher, fake, lambda_reg=params.lambda_reg, regression_loss=regression)
+    terms = {
+        "dm": DistributionMatching(real_denoiser=teacher, fake_denoiser=fake),
+        "reg": Regression(distance=regression, weight=params.lambda_reg),
+    }
 
     def whole_step():
-        result = generator_step(generator, g_update, GeneratorBatch(z, cond, pairs=pairs), rng, objective=objective)
+        result = generator_step(generator, g_update, GeneratorBatch(z, cond, pairs=pairs), rng, terms=terms)
         fake_denoiser_step(fake, f_update, result.x, cond, rng)
 
     total = median_seconds(whole_step, repeats)

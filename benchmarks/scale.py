@@ -201,16 +201,10 @@ def measure(model: str, batch: int, option: str, repeats: int) -> dict:
     import torch
 
     from dmdlib.denoisers.base import frozen, trainable_copy
-    from dmdlib.training.dmd import (
-        GeneratorBatch,
-        GeneratorObjective,
-        Pairs,
-        Update,
-        fake_denoiser_step,
-        generator_step,
-    )
+    from dmdlib.training.dmd import GeneratorBatch, Pairs, Update, fake_denoiser_step, generator_step
     from dmdlib.training.generator import Generator
     from dmdlib.training.memory import add_lora, run_in_bfloat16
+    from dmdlib.training.objectives import DistributionMatching, Regression
     from dmdlib.training.regression import l2_loss
 
     cuda = torch.cuda.is_available()
@@ -230,7 +224,10 @@ def measure(model: str, batch: int, option: str, repeats: int) -> dict:
     optimizers = [
         Update(torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], 1e-5)) for net in (generator, fake)
     ]
-    objective = GeneratorObjective(real, fake, lambda_reg=0.25, regression_loss=l2_loss)
+    terms = {
+        "dm": DistributionMatching(real_denoiser=real, fake_denoiser=fake),
+        "reg": Regression(distance=l2_loss, weight=0.25),
+    }
     seconds: dict[str, float] = {}
     phase = ["generator"]
 
@@ -264,7 +261,7 @@ def measure(model: str, batch: int, option: str, repeats: int) -> dict:
             optimizers[0],
             GeneratorBatch(noise, cond, pairs=Pairs(pairs_noise, pairs_target, cond)),
             rng,
-            objective=objective,
+            terms=terms,
         )
         phase[0], middle = "fake", now()
         fake_denoiser_step(fake, optimizers[1], result.x, cond, rng)

@@ -212,6 +212,12 @@ class DistillParams(Section):
         }
     )
 
+    objective: Literal["dmd", "sid", "sida"] = Field(
+        "dmd",
+        description="The generator's objective: 'dmd' (DMD / DMD2: distribution matching, regression on the pairs, "
+        "the GAN term), 'sid' (Score identity Distillation: data-free, no pairs) or 'sida' (SiD plus the GAN term "
+        "on real images); docs/method.md.",
+    )
     steps: int = Field(
         3000, ge=1, description="Generator steps (about 17 minutes on 2 CPU cores for the embedded default)."
     )
@@ -257,6 +263,9 @@ class DistillParams(Section):
         gt=0,
         description="Also cap DM noise levels at this sigma (paper: none; the full range collapsed the "
         "embedded default, docs/method.md); null for none.",
+    )
+    sid_alpha: float = Field(
+        1.2, description="Objectives 'sid' and 'sida': the alpha of SiD's loss (the papers' 1.2; 1 is DMD's direction)."
     )
     fake_steps: int = Field(
         1, ge=1, description="Fake-denoiser steps per generator step (1: DMD; DMD2: 5 ImageNet, 10 SD)."
@@ -333,7 +342,9 @@ class DistillParams(Section):
         low, high = self.dm_sigma_fractions
         if not 0 <= low < high <= 1:
             raise ValueError("`dm_sigma_fractions` must be [low, high] with 0 <= low < high <= 1")
-        if self.dm_weight == 0 and self.lambda_reg == 0 and self.gan_generator_weight == 0:
+        if self.objective == "sida" and self.gan_generator_weight == 0:
+            raise ValueError("objective 'sida' needs `gan_generator_weight` > 0: the weight of its GAN term")
+        if self.objective == "dmd" and self.dm_weight == 0 and self.lambda_reg == 0 and self.gan_generator_weight == 0:
             raise ValueError(
                 "`dm_weight`, `lambda_reg` and `gan_generator_weight` are all 0: the generator would get no loss"
             )

@@ -189,9 +189,9 @@ MUTATIONS = {
         ["tests/test_code_changes.py"],
     ),
     "regression warm-up ignored": (
-        "dmdlib/training/distill.py",
-        "warming_up = batch.pairs is not None and step < params.regression_warmup_steps",
-        "warming_up = False",
+        "dmdlib/training/objectives/dmd.py",
+        "warm_up = params.regression_warmup_steps if parts.regression_loss is not None else 0",
+        "warm_up = 0",
         ["tests/test_distill.py"],
     ),
     "stratified subset rounding the smallest remainders up": (
@@ -206,15 +206,50 @@ MUTATIONS = {
         "",
         ["tests/test_params.py"],
     ),
+    "SiD identity term's sign flipped": (
+        "dmdlib/training/losses.py",
+        "per_pixel = (difference * ((mu_real - x) - alpha * difference))",
+        "per_pixel = (difference * ((x - mu_real) - alpha * difference))",
+        ["tests/test_sid.py"],
+    ),
+    "SiD alpha taken as 1": (
+        "dmdlib/training/losses.py",
+        "((mu_real - x) - alpha * difference)",
+        "((mu_real - x) - 1.0 * difference)",
+        ["tests/test_sid.py"],
+    ),
+    "SiD normaliser dropped": (
+        "dmdlib/training/losses.py",
+        ".flatten(1) * weight[:, None]",
+        ".flatten(1)",
+        ["tests/test_sid.py"],
+    ),
+    "SiD normaliser not held fixed": (
+        "dmdlib/training/losses.py",
+        "    with torch.no_grad():\n        weight = 1.0 / (x - mu_real).abs().flatten(1).mean(1).clamp_min(1e-5)",
+        "    if True:\n        weight = 1.0 / (x - mu_real).abs().flatten(1).mean(1).clamp_min(1e-5)",
+        ["tests/test_sid.py"],
+    ),
+    "SiD's generator step reaching the fake denoiser's weights": (
+        "dmdlib/training/objectives/sid.py",
+        "with without_parameter_grads(self.fake_denoiser):",
+        "if True:",
+        ["tests/test_sid.py"],
+    ),
 }
+
+
+def _not_copied(folder: str, names: list[str]) -> set[str]:
+    """Caches and the environment anywhere; the pipeline's outputs (data/, models/) at the root only: dmdlib/data is
+    code, and a copy without it would import the unmutated original through the editable install."""
+    skipped = {".venv", ".git", "__pycache__", ".dvc"} | ({"data", "models"} if Path(folder) == ROOT else set())
+    return skipped & set(names)
 
 
 def run(name: str, file: str, code: str, replacement: str, tests: list[str]) -> str:
     with tempfile.TemporaryDirectory() as folder:
         copy = Path(folder) / "project"
-        shutil.copytree(
-            ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", ".dvc", "data", "models")
-        )
+        shutil.copytree(ROOT, copy, ignore=_not_copied)
         target = copy / file
         text = target.read_text()
         if text.count(code) != 1:

@@ -27,6 +27,7 @@ from dmdlib.params import DistillParams, load_params
 from dmdlib.teachers.reference import check_teacher_fits_data, conditioning, image_decoder, is_latent, read_teacher
 from dmdlib.training.distill import DistillInputs, Processes, distill
 from dmdlib.training.generator import Generator, generate, save_generator
+from dmdlib.training.objectives import USES_PAIRS
 from dmdlib.training.pairs import GRID_SEED, PairReader, fixed_inputs, pair_metadata
 from dmdlib.training.regression import decoded_regression, make_regression_loss
 from stages.common import (
@@ -79,9 +80,10 @@ def main(
                 teacher_denoiser, reference, all_params.pairs.guidance, prompts, config.guidance_range
             )
             expected_pairs = pair_metadata(teacher_denoiser, all_params.pairs, texts)
+            regresses = config.lambda_reg > 0 and config.objective in USES_PAIRS  # SiD and SiDA never read pairs
             inputs = DistillInputs(
-                PairReader(pairs, expected_pairs) if config.lambda_reg > 0 else None,
-                _regression_loss(config, reference, accelerator.device),
+                PairReader(pairs, expected_pairs) if regresses else None,
+                _regression_loss(config, reference, accelerator.device) if regresses else None,
                 real_denoiser,
                 conditions,
                 _real_images(data, reference) if config.gan_generator_weight > 0 else None,
@@ -179,10 +181,7 @@ def _grid_writer(folder: Path, teacher: Denoiser, conditions, decoder, fresh: bo
 
 
 def _regression_loss(config: DistillParams, reference: dict, device: torch.device):
-    """The configured regression loss on `device`, on decoded images when asked for a latent teacher; None without
-    pairs."""
-    if config.lambda_reg == 0:
-        return None
+    """The configured regression loss on `device`, on decoded images when asked for a latent teacher."""
     regression = make_regression_loss(config.regression_loss, config.lpips_net, config.lpips_fallback)
     if hasattr(regression, "to"):
         regression = regression.to(device)

@@ -262,6 +262,7 @@ def test_the_regression_pairs_start_from_the_prior_scaled_noise():
     """A DDPM generator starts from z * sqrt(sigma^2 + 1), the x_T of a diffusers pipeline; the pairs' noise takes
     the same path (before, scaling it by sigma passed every test)."""
     from dmdlib.training import dmd
+    from dmdlib.training.objectives import Regression
 
     teacher = teachers()["epsilon"]
     generator = Generator.from_teacher(teacher, [10.0])
@@ -270,8 +271,8 @@ def test_the_regression_pairs_start_from_the_prior_scaled_noise():
     target = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = l2_loss(generator(noise), target).mean()
-    objective = dmd.GeneratorObjective(teacher, teacher, dm_weight=0.0, lambda_reg=1.0, regression_loss=l2_loss)
+    terms = {"reg": Regression(distance=l2_loss)}
     update = dmd.Update(torch.optim.SGD(generator.parameters(), lr=0.0))
     batch = dmd.GeneratorBatch(torch.zeros(1, 2), pairs=dmd.Pairs(noise, target))
-    result = dmd.generator_step(generator, update, batch, torch.Generator().manual_seed(2), objective=objective)
-    assert result.loss_reg == pytest.approx(float(expected), rel=1e-5)
+    result = dmd.generator_step(generator, update, batch, torch.Generator().manual_seed(2), terms=terms)
+    assert result.metrics["loss_reg"] == pytest.approx(float(expected), rel=1e-5)

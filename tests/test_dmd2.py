@@ -13,7 +13,6 @@ from dmdlib.training.distill import DistillInputs, distill
 from dmdlib.training.dmd import (
     GAN,
     GeneratorBatch,
-    GeneratorObjective,
     RealBatch,
     Update,
     fake_denoiser_step,
@@ -21,6 +20,7 @@ from dmdlib.training.dmd import (
 )
 from dmdlib.training.gan import GANHead, denoise_with_logits
 from dmdlib.training.generator import Generator, load_generator, save_generator
+from dmdlib.training.objectives import Adversarial
 
 SHAPE = (1, 8, 8)
 
@@ -73,11 +73,9 @@ def test_gan_head_gets_gradients_only_in_its_own_step():
 
     before = [p.clone() for p in generator.parameters()]
     update = Update(torch.optim.SGD(generator.parameters(), lr=0.1))
-    objective = GeneratorObjective(teacher, fake, dm_weight=0.0, gan=gan)
-    result = generator_step(
-        generator, update, GeneratorBatch(z, cond), torch.Generator().manual_seed(0), objective=objective
-    )
-    assert result.loss_gan > 0
+    terms = {"gan_generator": Adversarial(fake_denoiser=fake, head=head)}
+    result = generator_step(generator, update, GeneratorBatch(z, cond), torch.Generator().manual_seed(0), terms=terms)
+    assert result.metrics["loss_gan_generator"] > 0
     assert all(p.grad is None for p in [*head.parameters(), *fake.parameters()])  # none in the generator's step
     assert all(p.requires_grad for p in [*head.parameters(), *fake.parameters()])  # and switched back on
     assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))  # G learned from the GAN alone

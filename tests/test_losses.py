@@ -10,9 +10,10 @@ from dmdlib.denoisers.base import GRID_STEPS
 from dmdlib.errors import MissingWeightsError
 from dmdlib.params import DistillParams
 from dmdlib.training.distill import DistillInputs, distill, dm_sigma_fractions
-from dmdlib.training.dmd import GeneratorBatch, GeneratorObjective, Update, generator_step
+from dmdlib.training.dmd import GeneratorBatch, Update, generator_step
 from dmdlib.training.generator import Generator
 from dmdlib.training.losses import DM_MAX_FRACTION, DM_MIN_FRACTION, distribution_matching_loss, sample_sigmas
+from dmdlib.training.objectives import DistributionMatching
 from dmdlib.training.regression import (
     LPIPSLoss,
     l2_loss,
@@ -110,11 +111,9 @@ def test_generator_step_dm_update():
     scores and mu_real = x_s + sigma^2 s_real taken from the mixtures' exact formulas, not from D."""
     points = torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
     generator, real = Generator(FreePoints(points), [80.0]), Recording()
-    objective = GeneratorObjective(real, FAKE, dm_weight=0.5)
+    terms = {"dm": DistributionMatching(real_denoiser=real, fake_denoiser=FAKE, weight=0.5)}
     update = Update(torch.optim.SGD(generator.parameters(), lr=1.0), max_grad_norm=None)
-    generator_step(
-        generator, update, GeneratorBatch(torch.zeros(64, 2)), torch.Generator().manual_seed(0), objective=objective
-    )
+    generator_step(generator, update, GeneratorBatch(torch.zeros(64, 2)), torch.Generator().manual_seed(0), terms=terms)
 
     ((noisy, sigma),) = real.calls
     s = sigma[:, None]
@@ -134,7 +133,10 @@ def test_default_dm_sigmas(tmp_path):
     assert (
         params.dm_sigma_fractions == (DM_MIN_FRACTION, DM_MAX_FRACTION) == (0.02, 0.98) and params.dm_sigma_max == 10.0
     )
-    assert GeneratorObjective(REAL, FAKE).dm_sigma_fractions == (0.02, 0.98)  # the library's default too
+    assert DistributionMatching(real_denoiser=REAL, fake_denoiser=FAKE).sigma_fractions == (
+        0.02,
+        0.98,
+    )  # the library's default too
     teacher, real = tiny_teacher(), tiny_teacher()
     grid = teacher.sigma_grid()
     assert grid[0] == pytest.approx(0.002) and grid[-1] == pytest.approx(80.0)

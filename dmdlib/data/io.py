@@ -255,9 +255,16 @@ def _differing_keys(recorded: str | None, current: dict) -> str:
         return "it records no settings"
     recorded = json.loads(recorded)
     keys = sorted(key for key in {*recorded, *current} if recorded.get(key) != current.get(key))
-    return ", ".join(f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}" for key in keys[:8]) + (
+    return ", ".join(f"{key}: {_short(recorded.get(key))!r} -> {_short(current.get(key))!r}" for key in keys[:8]) + (
         f" and {len(keys) - 8} more" if len(keys) > 8 else ""
     )
+
+
+def _short(value):
+    """A SHA-256 (of code, a teacher, a split) as its first 12 hex digits, as the kept checkpoints are named."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value):
+        return value[:12]
+    return [_short(item) for item in value] if isinstance(value, list) else value
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike, row_group_size: int | None = None) -> None:

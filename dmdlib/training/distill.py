@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -24,7 +23,6 @@ from dmdlib.params import DistillParams
 from dmdlib.training.dmd import (
     GAN,
     GeneratorBatch,
-    GeneratorObjective,
     Pairs,
     RealBatch,
     RegressionLoss,
@@ -36,6 +34,7 @@ from dmdlib.training.draws import Draws
 from dmdlib.training.gan import GANHead
 from dmdlib.training.generator import Generator
 from dmdlib.training.memory import adamw, add_lora, merge_lora, run_in_bfloat16
+from dmdlib.training.objectives import ObjectiveParts, Term, generator_terms
 from dmdlib.training.pairs import PairReader
 from dmdlib.training.parallel import (
     Strategy,
@@ -90,7 +89,8 @@ class _Run:
     generator_update: Update
     fake_update: Update
     gan: GAN | None
-    objective: GeneratorObjective  # at full weights; warm-up steps switch terms off
+    real_denoiser: Denoiser
+    terms: dict[str, Term]  # the objective's loss terms, each on from its start step
     conditions: Conditions | None  # what `cond` the generator is trained on
     strategy: Strategy | None = None  # how processes share generator and fake denoiser; None for one process
     unsharded: Generator | None = None  # under FSDP: a CPU generator the gathered weights are loaded into
@@ -152,14 +152,12 @@ def distill(
             for group in update.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * min(1.0, (step + 1) / max(1, params.warmup_steps))
         batch = _draw_batch(run, params, inputs, rng, processes.device)  # lines 3-4: z, cond and pairs
+        active = {name: term for name, term in run.terms.items() if step >= term.start_step}
         with processes.autocast():  # lines 5-10: generator update
-            result = generator_step(
-                run.generator, run.generator_update, batch, rng, objective=_objective_at(step, run, params, batch)
-            )
-        metrics = {"loss_dm": result.loss_dm, "loss_reg": result.loss_reg, "dm_grad_norm": result.grad_norm_dm}
-        if run.gan is not None:
-            metrics["loss_gan_generator"] = result.loss_gan
-        if params.dm_weight > 0 or run.gan is not None:  # lines 11-14: fake-score update(s)
+            result = generator_step(run.generator, run.generator_update, batch, rng, terms=active)
+        metrics = {name: 0.0 for term in run.terms for name in (f"loss_{term}", *run.terms[term].reports)}
+        metrics.update(result.metrics)
+        if any(term.uses_fake for term in run.terms.values()):  # lines 11-14: fake-score update(s)
             metrics.update(_fake_steps(run, params, batch, result.x, rng, processes))
         _stop_if_diverged(metrics, step, checkpoint, params.checkpoint_every)
         if run.ema is not None:
@@ -244,14 +242,12 @@ def _build(teacher: Denoiser, params: DistillParams, inputs: DistillInputs, proc
         generator.denoiser.compile()
         fake_denoiser.compile()
     fake_parameters = [*fake_denoiser.parameters(), *(gan.head.parameters() if gan is not None else [])]
-    objective = GeneratorObjective(
+    parts = ObjectiveParts(
         real_denoiser,
         fake_denoiser,
-        params.dm_weight,
         dm_sigma_fractions(real_denoiser.sigma_grid(), params),
-        params.lambda_reg if inputs.pairs is not None else 0.0,
-        inputs.regression_loss,
-        gan,
+        inputs.regression_loss if inputs.pairs is not None and params.lambda_reg > 0 else None,
+        gan.head if gan is not None else None,
     )
     return _Run(
         generator,
@@ -260,7 +256,8 @@ def _build(teacher: Denoiser, params: DistillParams, inputs: DistillInputs, proc
         _update(generator.parameters(), params.generator_lr, params, device),
         _update(fake_parameters, params.fake_lr, params, device),
         gan,
-        objective,
+        real_denoiser,
+        generator_terms(params.objective, params, parts),
         conditions,
         strategy,
         unsharded,
@@ -299,21 +296,14 @@ def _draw_batch(run: _Run, params: DistillParams, inputs: DistillInputs, rng: Dr
     if params.guidance_range is not None:
         low, high = params.guidance_range
         scale = (low + (high - low) * rng.rand(params.batch_size)).to(device)
-        run.objective.real_denoiser.scale = run.fake_denoiser.scale = scale
+        run.real_denoiser.scale = run.fake_denoiser.scale = scale
     pairs = None
-    if inputs.pairs is not None and params.lambda_reg > 0:
+    if inputs.pairs is not None and any(term.uses_pairs for term in run.terms.values()):
         noise, target, labels = inputs.pairs.batch(rng.randint(0, len(inputs.pairs), params.reg_batch_size))
         pair_cond = conditions.lookup(labels).to(device) if conditions is not None else None
         pair_scale = torch.full((len(labels),), inputs.pair_guidance, device=device) if scale is not None else None
         pairs = Pairs(noise.to(device), target.to(device), pair_cond, pair_scale)
     return GeneratorBatch(z, cond, step_index, scale, pairs)
-
-
-def _objective_at(step: int, run: _Run, params: DistillParams, batch: GeneratorBatch) -> GeneratorObjective:
-    """The generator's objective at `step`: regression alone during its warm-up, the GAN term from gan_start_step."""
-    warming_up = batch.pairs is not None and step < params.regression_warmup_steps
-    gan = None if warming_up or step < params.gan_start_step else run.gan
-    return dataclasses.replace(run.objective, dm_weight=0.0 if warming_up else params.dm_weight, gan=gan)
 
 
 def _fake_steps(

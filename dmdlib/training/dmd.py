@@ -1,4 +1,5 @@
-"""One DMD iteration as two plain functions (paper Algorithm 1): a generator step, then a fake-score step."""
+"""One iteration as two plain functions (paper Algorithm 1): a generator step on any objective's terms, then a
+fake-score step."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from torch import nn
 
 from dmdlib.denoisers.base import Denoiser, denoising_loss, expand, weighted_denoising_error
 from dmdlib.training.draws import Draws, as_draws
-from dmdlib.training.gan import GANHead, denoise_with_logits, generator_gan_loss, head_gan_loss, without_parameter_grads
+from dmdlib.training.gan import GANHead, denoise_with_logits, head_gan_loss
 from dmdlib.training.generator import Generator
-from dmdlib.training.losses import DM_MAX_FRACTION, DM_MIN_FRACTION, distribution_matching_loss, sample_sigmas
+from dmdlib.training.losses import sample_sigmas
+from dmdlib.training.objectives.terms import Term, TermInputs
 
 RegressionLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -64,19 +66,6 @@ class GeneratorBatch:
 
 
 @dataclass
-class GeneratorObjective:
-    """What the generator step minimises: dm_weight * L_DM(real, fake) + lambda_reg * L_reg (+ DMD2's GAN term)."""
-
-    real_denoiser: Denoiser
-    fake_denoiser: Denoiser
-    dm_weight: float = 1.0
-    dm_sigma_fractions: tuple[float, float] = (DM_MIN_FRACTION, DM_MAX_FRACTION)
-    lambda_reg: float = 0.0
-    regression_loss: RegressionLoss | None = None
-    gan: GAN | None = None
-
-
-@dataclass
 class Update:
     """One network's optimizer and the paper's update rule around it: clip at max_grad_norm.
 
@@ -98,10 +87,7 @@ class Update:
 @dataclass
 class GeneratorStepResult:
     x: torch.Tensor  # the generator samples of this step, detached, for the fake-score step
-    loss_dm: float
-    loss_reg: float
-    grad_norm_dm: float  # mean per-sample norm of the DM update direction
-    loss_gan: float = 0.0
+    metrics: dict[str, float]  # `loss_<term>` of every term given, and the other figures they report
 
 
 def generator_step(
@@ -110,47 +96,31 @@ def generator_step(
     batch: GeneratorBatch,
     rng: Draws | torch.Generator | None = None,
     *,
-    objective: GeneratorObjective,
+    terms: dict[str, Term],
 ) -> GeneratorStepResult:
-    """Algorithm 1 lines 3-10: update G on dm_weight * L_DM + lambda_reg * L_reg (+ DMD2's GAN term).
+    """Algorithm 1 lines 3-10, for any objective: update G on the weighted sum of `terms` (`objectives`).
 
-    The DM samples come from ladder step `batch.step_index`, whose input G makes itself without
-    gradients (DMD2's backward simulation); the pairs always start from pure noise. G runs once on
+    The samples come from ladder step `batch.step_index`, whose input G makes itself without gradients (DMD2's
+    backward simulation); the pairs, when a term regresses on them, always start from pure noise. G runs once on
     both together, so a data-parallel wrapper sees one forward.
     """
-    x, x_ref = _generate(generator, batch, rng, use_pairs=objective.lambda_reg > 0)
-    loss = loss_dm = loss_gan = grad_norm_dm = torch.zeros((), device=x.device)
-    if objective.dm_weight > 0:
-        real_denoiser, fake_denoiser = objective.real_denoiser, objective.fake_denoiser
-        sigma = sample_sigmas(real_denoiser.sigma_grid(), len(x), *objective.dm_sigma_fractions, generator=rng).to(
-            x.device
-        )
-        noise = as_draws(rng).randn(x.shape).to(x.device)
-        dm = distribution_matching_loss(x, real_denoiser, fake_denoiser, sigma, noise, batch.cond)
-        loss, loss_dm = objective.dm_weight * dm.loss, dm.loss
-        grad_norm_dm = dm.grad.flatten(1).norm(dim=1).mean()
-    gan = objective.gan
-    if gan is not None and gan.generator_weight > 0:
-        loss_gan = _generator_gan_loss(x, batch.cond, objective.fake_denoiser, gan.head, rng)
-        loss = loss + gan.generator_weight * loss_gan
-    loss_reg = torch.zeros(())
-    if x_ref is not None:
-        loss_reg = objective.regression_loss(x_ref, batch.pairs.target).mean()
-        loss = loss + objective.lambda_reg * loss_reg
+    uses_pairs = batch.pairs is not None and any(term.uses_pairs for term in terms.values())
+    x, x_ref = _generate(generator, batch, rng, use_pairs=uses_pairs)
+    inputs = TermInputs(x, batch.cond, x_ref, batch.pairs.target if uses_pairs else None)
+    loss, metrics = torch.zeros((), device=x.device), {}
+    for name, term in terms.items():
+        value, reported = term(inputs, rng)
+        loss = loss + term.weight * value
+        metrics[f"loss_{name}"] = float(value.detach())
+        metrics.update(reported)
     update.step(generator, loss)
-    return GeneratorStepResult(
-        x=x.detach(),
-        loss_dm=float(loss_dm.detach()),
-        loss_reg=float(loss_reg.detach()),
-        grad_norm_dm=float(grad_norm_dm),
-        loss_gan=float(loss_gan.detach()),
-    )
+    return GeneratorStepResult(x=x.detach(), metrics=metrics)
 
 
 def _generate(
     generator: Generator, batch: GeneratorBatch, rng, use_pairs: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(DM samples, regression outputs or None) from one generator forward over both inputs."""
+    """(samples, regression outputs or None) from one generator forward over both inputs."""
     z, pairs = batch.z, batch.pairs if use_pairs else None
     x_in = generator.noisy_input(z, batch.cond, batch.step_index, batch.scale, rng)
     sigma_in = torch.full((len(z),), generator.sigmas[batch.step_index], device=z.device)
@@ -161,15 +131,6 @@ def _generate(
         cond_all, scale_all = _cat_cond(batch.cond, pairs.cond), _cat_cond(batch.scale, pairs.scale)
     x_all = generator.denoise(x_in, sigma_in, cond_all, scale_all)
     return x_all[: len(z)], (x_all[len(z) :] if pairs is not None else None)
-
-
-def _generator_gan_loss(x, cond, fake_denoiser: Denoiser, head: GANHead, rng) -> torch.Tensor:
-    """DMD2 eq. 5, generator side, on x noised at random levels of the fake denoiser's grid."""
-    sigma = sample_sigmas(fake_denoiser.sigma_grid(), len(x), generator=rng).to(x.device)
-    noise = as_draws(rng).randn(x.shape).to(x.device)
-    with without_parameter_grads(fake_denoiser, head):  # the head and D_fake learn in their own step only
-        _, logits = denoise_with_logits(fake_denoiser, head, x + expand(sigma, x) * noise, sigma, cond)
-    return generator_gan_loss(logits)
 
 
 def _cat_cond(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:

@@ -64,3 +64,38 @@ def distribution_matching_loss(
         grad = torch.nan_to_num((mu_fake - mu_real) * expand(weight, x), nan=0.0, posinf=0.0, neginf=0.0)
     loss = 0.5 * F.mse_loss(x, (x_detached - grad), reduction="mean")
     return DistributionMatching(loss=loss, grad=grad, weight=weight)
+
+
+@dataclass
+class ScoreIdentity:
+    """The SiD loss and what it was made of, for logging."""
+
+    loss: torch.Tensor
+    weight: torch.Tensor  # per-sample normaliser 1 / mean|x - mu_real|
+
+
+def score_identity_loss(
+    x: torch.Tensor,
+    real_denoiser: Denoiser,
+    fake_denoiser: Denoiser,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
+    cond: torch.Tensor | None = None,
+    alpha: float = 1.2,
+) -> ScoreIdentity:
+    """SiD's generator loss (Zhou et al. 2024, eq. 8 with the normaliser of its code), at x_s = x + sigma n:
+
+    mean over pixels of (mu_real - mu_fake) . ((mu_real - x) - alpha (mu_real - mu_fake)) / mean_chw|x - mu_real|.
+
+    Unlike DMD's, its gradient flows through x and, through x_s, through both denoisers (the caller keeps it out of
+    their weights); a sample whose terms are not finite is left out, as SiD does.
+    """
+    noisy = x + expand(sigma, x) * noise
+    mu_real, mu_fake = real_denoiser(noisy, sigma, cond), fake_denoiser(noisy, sigma, cond)
+    with torch.no_grad():
+        weight = 1.0 / (x - mu_real).abs().flatten(1).mean(1).clamp_min(1e-5)
+    difference = mu_real - mu_fake
+    per_pixel = (difference * ((mu_real - x) - alpha * difference)).flatten(1) * weight[:, None]
+    finite = torch.isfinite(per_pixel).all(dim=1)
+    loss = per_pixel[finite].mean() if finite.any() else (x * 0).sum()
+    return ScoreIdentity(loss=loss, weight=weight)

@@ -11,9 +11,10 @@ from torch import nn
 from dmdlib.denoisers import GaussianMixtureDenoiser, KarrasDenoiser, trainable_copy
 from dmdlib.denoisers.base import denoising_loss
 from dmdlib.denoisers.sampling import heun_sample
-from dmdlib.training.dmd import GeneratorBatch, GeneratorObjective, Pairs, Update, fake_denoiser_step, generator_step
+from dmdlib.training.dmd import GeneratorBatch, Pairs, Update, fake_denoiser_step, generator_step
 from dmdlib.training.generator import Generator
 from dmdlib.training.losses import sample_sigmas
+from dmdlib.training.objectives import DistributionMatching, Regression, ScoreIdentity
 from dmdlib.training.regression import l2_loss
 
 
@@ -76,29 +77,34 @@ def prepare_toy(seed: int = 0, fit_steps: int = 1000, pair_count: int = 16) -> T
 def distill_toy(
     run: ToyRun,
     steps: int,
-    use_dm: bool = True,
+    objective: str = "dmd",
     lambda_reg: float = 0.5,
     batch_size: int = 256,
     lr: float = 1e-3,
     fake_steps: int = 5,
     seed: int = 0,
 ) -> Generator:
-    """DMD on the toy with the image pipeline's own step functions; use_dm=False gives regression only."""
+    """Distil the toy with the image pipeline's own step functions: objective 'dmd' (DM + regression on the pairs),
+    'regression' (the pairs alone) or 'sid' (SiD's score identity alone, data-free, on 30%-80% of the grid)."""
     rng = torch.Generator().manual_seed(seed)
     real_denoiser = toy_teacher()
     generator = Generator.from_teacher(run.teacher_network)
     fake_denoiser = trainable_copy(run.teacher_network)
     generator_update = Update(torch.optim.AdamW(generator.parameters(), lr=lr, weight_decay=0.01))
     fake_update = Update(torch.optim.AdamW(fake_denoiser.parameters(), lr=lr, weight_decay=0.01))
-    objective = GeneratorObjective(
-        real_denoiser, fake_denoiser, 1.0 if use_dm else 0.0, lambda_reg=lambda_reg, regression_loss=l2_loss
-    )
+    denoisers = dict(real_denoiser=real_denoiser, fake_denoiser=fake_denoiser)
+    terms = {
+        "dmd": {"dm": DistributionMatching(**denoisers), "reg": Regression(distance=l2_loss, weight=lambda_reg)},
+        "regression": {"reg": Regression(distance=l2_loss, weight=lambda_reg)},
+        "sid": {"sid": ScoreIdentity(**denoisers, sigma_fractions=(0.3, 0.8))},
+    }[objective]
     # Linear decay to zero: the stochastic DM gradient otherwise leaves the small MLP jittering around the target.
     decay = torch.optim.lr_scheduler.LambdaLR(generator_update.optimizer, lambda step: 1 - step / steps)
     for _ in range(steps):
         batch = GeneratorBatch(torch.randn(batch_size, 2, generator=rng), pairs=run.pairs)
-        x = generator_step(generator, generator_update, batch, rng, objective=objective).x
-        for update in range(fake_steps if use_dm else 0):  # DMD2: fresh generator samples for every fake update
+        x = generator_step(generator, generator_update, batch, rng, terms=terms).x
+        trains_fake = any(term.uses_fake for term in terms.values())
+        for update in range(fake_steps if trains_fake else 0):  # DMD2: fresh generator samples for every update
             if update > 0:
                 with torch.no_grad():
                     x = generator(torch.randn(batch_size, 2, generator=rng))

@@ -1,0 +1,61 @@
+"""Score identity Distillation (Zhou et al., ICML 2024) and its adversarial form SiDA (Zhou et al., ICLR 2025):
+data-free, from the teacher and the fake denoiser alone; SiDA adds a GAN term on real images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dmdlib.denoisers.base import Denoiser
+from dmdlib.training.draws import as_draws
+from dmdlib.training.gan import without_parameter_grads
+from dmdlib.training.losses import sample_sigmas, score_identity_loss
+from dmdlib.training.objectives.terms import Adversarial, Term
+
+SID_ALPHA = 1.2  # the papers' alpha
+
+
+@dataclass(kw_only=True)
+class ScoreIdentity(Term):
+    """SiD's loss (`losses.score_identity_loss`) at noise levels drawn between `sigma_fractions` of the real
+    denoiser's grid; gradients reach G through both denoisers' inputs, none lands on the fake denoiser's weights."""
+
+    real_denoiser: Denoiser
+    fake_denoiser: Denoiser
+    sigma_fractions: tuple[float, float]
+    alpha: float = SID_ALPHA
+    uses_fake: bool = field(default=True, init=False)
+
+    def __call__(self, inputs, rng):
+        x = inputs.x
+        sigma = sample_sigmas(self.real_denoiser.sigma_grid(), len(x), *self.sigma_fractions, generator=rng)
+        noise = as_draws(rng).randn(x.shape).to(x.device)
+        with without_parameter_grads(self.fake_denoiser):
+            sid = score_identity_loss(
+                x, self.real_denoiser, self.fake_denoiser, sigma.to(x.device), noise, inputs.cond, self.alpha
+            )
+        return sid.loss, {}
+
+
+def sid_terms(params, parts) -> dict[str, Term]:
+    """SiD: the score identity term alone (no pairs: data-free)."""
+    return {
+        "sid": ScoreIdentity(
+            real_denoiser=parts.real_denoiser,
+            fake_denoiser=parts.fake_denoiser,
+            sigma_fractions=parts.sigma_fractions,
+            alpha=params.sid_alpha,
+        )
+    }
+
+
+def sida_terms(params, parts) -> dict[str, Term]:
+    """SiDA: SiD plus the GAN term of the head on the fake denoiser (gan_generator_weight, from gan_start_step)."""
+    return {
+        **sid_terms(params, parts),
+        "gan_generator": Adversarial(
+            fake_denoiser=parts.fake_denoiser,
+            head=parts.gan_head,
+            weight=params.gan_generator_weight,
+            start_step=params.gan_start_step,
+        ),
+    }
