@@ -25,7 +25,6 @@ from dmdlib.training.dmd import (
     GeneratorBatch,
     Pairs,
     RealBatch,
-    RegressionLoss,
     Update,
     fake_denoiser_step,
     generator_step,
@@ -34,7 +33,7 @@ from dmdlib.training.draws import Draws
 from dmdlib.training.gan import GANHead
 from dmdlib.training.generator import Generator
 from dmdlib.training.memory import adamw, add_lora, merge_lora, run_in_bfloat16
-from dmdlib.training.objectives import ObjectiveParts, Term, generator_terms
+from dmdlib.training.objectives import ObjectiveParts, RegressionLoss, Term, generator_terms
 from dmdlib.training.pairs import PairReader
 from dmdlib.training.parallel import (
     Strategy,
@@ -155,7 +154,7 @@ def distill(
         active = {name: term for name, term in run.terms.items() if step >= term.start_step}
         with processes.autocast():  # lines 5-10: generator update
             result = generator_step(run.generator, run.generator_update, batch, rng, terms=active)
-        metrics = {name: 0.0 for term in run.terms for name in (f"loss_{term}", *run.terms[term].reports)}
+        metrics = {key: 0.0 for name, term in run.terms.items() for key in (f"loss_{name}", *term.reports)}
         metrics.update(result.metrics)
         if any(term.uses_fake for term in run.terms.values()):  # lines 11-14: fake-score update(s)
             metrics.update(_fake_steps(run, params, batch, result.x, rng, processes))

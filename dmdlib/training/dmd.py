@@ -3,7 +3,6 @@ fake-score step."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,8 +14,6 @@ from dmdlib.training.gan import GANHead, denoise_with_logits, head_gan_loss
 from dmdlib.training.generator import Generator
 from dmdlib.training.losses import sample_sigmas
 from dmdlib.training.objectives.terms import Term, TermInputs
-
-RegressionLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass

@@ -9,7 +9,7 @@ from dmdlib.denoisers.base import Denoiser
 from dmdlib.training.gan import GANHead
 from dmdlib.training.objectives.dmd import DistributionMatching, dmd_terms
 from dmdlib.training.objectives.sid import ScoreIdentity, sid_terms, sida_terms
-from dmdlib.training.objectives.terms import Adversarial, Regression, Term, TermInputs
+from dmdlib.training.objectives.terms import Adversarial, Regression, RegressionLoss, Term, TermInputs
 
 OBJECTIVES = {"dmd": dmd_terms, "sid": sid_terms, "sida": sida_terms}
 USES_PAIRS = {"dmd"}  # SiD and SiDA are data-free: they never read the pairs
@@ -23,7 +23,7 @@ class ObjectiveParts:
     real_denoiser: Denoiser
     fake_denoiser: Denoiser
     sigma_fractions: tuple[float, float]
-    regression_loss: object | None = None
+    regression_loss: RegressionLoss | None = None
     gan_head: GANHead | None = None
 
 
@@ -39,6 +39,7 @@ __all__ = [
     "DistributionMatching",
     "ObjectiveParts",
     "Regression",
+    "RegressionLoss",
     "ScoreIdentity",
     "Term",
     "TermInputs",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -12,6 +13,8 @@ from dmdlib.denoisers.base import Denoiser, expand
 from dmdlib.training.draws import Draws, as_draws
 from dmdlib.training.gan import GANHead, denoise_with_logits, generator_gan_loss, without_parameter_grads
 from dmdlib.training.losses import sample_sigmas
+
+RegressionLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, target) -> per-sample loss
 
 
 @dataclass
@@ -45,7 +48,7 @@ class Term(abc.ABC):
 class Regression(Term):
     """Paper eq. 9: the distance of G's output from the teacher's ODE output on the same noise."""
 
-    distance: object  # (x, target) -> per-sample loss: `dmdlib.training.regression.make_regression_loss`
+    distance: RegressionLoss  # e.g. `dmdlib.training.regression.make_regression_loss`'s
     uses_pairs: bool = field(default=True, init=False)
 
     def __call__(self, inputs, rng):
