@@ -40,9 +40,8 @@ def main(out: str, runs: list[str]) -> None:
         steps, minutes, fids = curve(Path(folder))
         by_step.plot(steps, fids, marker="o", markersize=3, label=name)
         by_time.plot(minutes, fids, marker="o", markersize=3, label=name)
-        print(
-            f"{name}: feature FID {fids[0]:.3f} at step {steps[0]} -> {fids[-1]:.3f} at step {steps[-1]}, {minutes[-1]:.1f} min"
-        )
+        print(f"{name}: feature FID {fids[0]:.3f} at step {steps[0]} -> {fids[-1]:.3f} at step {steps[-1]}", end="")
+        print(f", {minutes[-1]:.1f} min")
     by_step.set_xlabel("generator steps")
     by_time.set_xlabel("wall-clock minutes")
     by_step.set_ylabel("feature FID (500 samples, classifier space)")
