@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dmdlib.denoisers.base import Denoiser
-from dmdlib.training.draws import as_draws
-from dmdlib.training.losses import DM_MAX_FRACTION, DM_MIN_FRACTION, distribution_matching_loss, sample_sigmas
-from dmdlib.training.objectives.terms import Adversarial, Regression, Term
+from dmdlib.training.losses import DM_MAX_FRACTION, DM_MIN_FRACTION, distribution_matching_loss
+from dmdlib.training.objectives.terms import Adversarial, Regression, Term, noise_draws
 
 
 @dataclass(kw_only=True)
@@ -24,11 +23,8 @@ class DistributionMatching(Term):
 
     def __call__(self, inputs, rng):
         x = inputs.x
-        sigma = sample_sigmas(self.real_denoiser.sigma_grid(), len(x), *self.sigma_fractions, generator=rng)
-        noise = as_draws(rng).randn(x.shape).to(x.device)
-        dm = distribution_matching_loss(
-            x, self.real_denoiser, self.fake_denoiser, sigma.to(x.device), noise, inputs.cond
-        )
+        sigma, noise = noise_draws(self.real_denoiser, x, self.sigma_fractions, rng)
+        dm = distribution_matching_loss(x, self.real_denoiser, self.fake_denoiser, sigma, noise, inputs.cond)
         return dm.loss, {"dm_grad_norm": float(dm.grad.flatten(1).norm(dim=1).mean())}
 
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dmdlib.denoisers.base import Denoiser
-from dmdlib.training.draws import as_draws
 from dmdlib.training.gan import without_parameter_grads
-from dmdlib.training.losses import sample_sigmas, score_identity_loss
-from dmdlib.training.objectives.terms import Adversarial, Term
+from dmdlib.training.losses import score_identity_loss
+from dmdlib.training.objectives.terms import Adversarial, Term, noise_draws
 
 SID_ALPHA = 1.2  # the papers' alpha
 
@@ -27,12 +26,9 @@ class ScoreIdentity(Term):
 
     def __call__(self, inputs, rng):
         x = inputs.x
-        sigma = sample_sigmas(self.real_denoiser.sigma_grid(), len(x), *self.sigma_fractions, generator=rng)
-        noise = as_draws(rng).randn(x.shape).to(x.device)
+        sigma, noise = noise_draws(self.real_denoiser, x, self.sigma_fractions, rng)
         with without_parameter_grads(self.fake_denoiser):
-            sid = score_identity_loss(
-                x, self.real_denoiser, self.fake_denoiser, sigma.to(x.device), noise, inputs.cond, self.alpha
-            )
+            sid = score_identity_loss(x, self.real_denoiser, self.fake_denoiser, sigma, noise, inputs.cond, self.alpha)
         return sid.loss, {}
 
 

@@ -28,6 +28,15 @@ class TermInputs:
     target: torch.Tensor | None = None
 
 
+def noise_draws(
+    denoiser: Denoiser, x: torch.Tensor, fractions: tuple[float, float], rng: Draws | torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma, noise) for x: noise levels drawn uniformly between `fractions` of the denoiser's grid, then unit noise
+    shaped like x, in that order from `rng`."""
+    sigma = sample_sigmas(denoiser.sigma_grid(), len(x), *fractions, generator=rng).to(x.device)
+    return sigma, as_draws(rng).randn(x.shape).to(x.device)
+
+
 @dataclass(kw_only=True)
 class Term(abc.ABC):
     """One weighted loss term of the generator, on from `start_step` on. `__call__` gives the loss and the other
@@ -66,8 +75,7 @@ class Adversarial(Term):
 
     def __call__(self, inputs, rng):
         x = inputs.x
-        sigma = sample_sigmas(self.fake_denoiser.sigma_grid(), len(x), generator=rng).to(x.device)
-        noise = as_draws(rng).randn(x.shape).to(x.device)
+        sigma, noise = noise_draws(self.fake_denoiser, x, (0.0, 1.0), rng)
         with without_parameter_grads(self.fake_denoiser, self.head):
             _, logits = denoise_with_logits(
                 self.fake_denoiser, self.head, x + expand(sigma, x) * noise, sigma, inputs.cond
