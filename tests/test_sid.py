@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from test_dmd2 import tiny_teacher
+from test_losses import FAKE, REAL, FreePoints  # the DM tests' mixtures and free-point generator
 from tiny_models import (
     save_tiny_ddpm,
     save_tiny_dit,
@@ -27,9 +28,6 @@ from dmdlib.training.dmd import GeneratorBatch, RealBatch, Update, generator_ste
 from dmdlib.training.generator import Generator
 from dmdlib.training.losses import sample_sigmas, score_identity_loss
 from dmdlib.training.objectives import ScoreIdentity
-
-REAL = GaussianMixtureDenoiser(torch.tensor([[2.0, 0.0], [-2.0, 0.0]]), torch.tensor(0.2))
-FAKE = GaussianMixtureDenoiser(torch.tensor([[0.0, 1.0], [0.5, -1.0], [1.0, 1.0]]), torch.tensor(0.4))
 
 
 def posterior(mixture: GaussianMixtureDenoiser, x: torch.Tensor, sigma: torch.Tensor):
@@ -81,21 +79,6 @@ def test_sid_vanishes_where_the_fake_is_the_real():
     sid = score_identity_loss(x, REAL, REAL, torch.full((8,), 0.5), torch.randn(8, 2))
     sid.loss.backward()
     assert float(sid.loss.detach()) == 0 and torch.allclose(x.grad, torch.zeros(8, 2), atol=1e-7)
-
-
-class FreePoints(torch.nn.Module):
-    """G's output is a trainable tensor, whatever its input."""
-
-    def __init__(self, points):
-        super().__init__()
-        self.points = torch.nn.Parameter(points.clone())
-        self.sample_shape = tuple(points.shape[1:])
-
-    def forward(self, x, sigma, cond=None):
-        return self.points
-
-    def prior_scale(self, sigma):
-        return sigma
 
 
 def test_the_sid_term_moves_the_generator_by_the_closed_form_and_leaves_the_fake_alone():
