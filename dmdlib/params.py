@@ -337,6 +337,11 @@ class DistillParams(Section):
     sample_every: int = Field(250, ge=1, description="Steps between fixed-noise sample grids and diversity checks.")
     seed: int = Field(0, ge=0, description="Seed of every random draw of the run (with the step and process rank).")
 
+    @property
+    def reads_pairs(self) -> bool:
+        """Whether the run reads the `pairs` stage's shards: DMD's regression only (SiD and SiDA are data-free)."""
+        return self.objective == "dmd" and self.lambda_reg > 0
+
     @model_validator(mode="after")
     def _fractions(self) -> "DistillParams":
         low, high = self.dm_sigma_fractions

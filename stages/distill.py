@@ -27,7 +27,6 @@ from dmdlib.params import DistillParams, load_params
 from dmdlib.teachers.reference import check_teacher_fits_data, conditioning, image_decoder, is_latent, read_teacher
 from dmdlib.training.distill import DistillInputs, Processes, distill
 from dmdlib.training.generator import Generator, generate, save_generator
-from dmdlib.training.objectives import USES_PAIRS
 from dmdlib.training.pairs import GRID_SEED, PairReader, fixed_inputs, pair_metadata
 from dmdlib.training.regression import decoded_regression, make_regression_loss
 from stages.common import (
@@ -80,10 +79,9 @@ def main(
                 teacher_denoiser, reference, all_params.pairs.guidance, prompts, config.guidance_range
             )
             expected_pairs = pair_metadata(teacher_denoiser, all_params.pairs, texts)
-            regresses = config.lambda_reg > 0 and config.objective in USES_PAIRS  # SiD and SiDA never read pairs
             inputs = DistillInputs(
-                PairReader(pairs, expected_pairs) if regresses else None,
-                _regression_loss(config, reference, accelerator.device) if regresses else None,
+                PairReader(pairs, expected_pairs) if config.reads_pairs else None,
+                _regression_loss(config, reference, accelerator.device) if config.reads_pairs else None,
                 real_denoiser,
                 conditions,
                 _real_images(data, reference) if config.gan_generator_weight > 0 else None,
@@ -117,6 +115,8 @@ def main(
 def _settings(config: DistillParams, expected_pairs: dict, inputs: DistillInputs, data: Path) -> dict:
     """What the run learns from, as its checkpoint records it: the distill params but their run length, the teacher
     and pair settings, the pair set, the GAN's real images, and the code."""
+    if inputs.pairs is None:  # the pairs' own settings (sampler, steps, dtype) do not touch a run that reads none
+        expected_pairs = {key: expected_pairs[key] for key in ("teacher", "guidance", "conditions")}
     settings = {
         "distill": config.model_dump(mode="json", exclude=set(config.run_keys)),
         "pairs": expected_pairs,

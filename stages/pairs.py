@@ -30,13 +30,26 @@ def main(
     out: Path = typer.Option(Path("data/pairs"), help="Folder of pair shards (shard-NNNNN.parquet)."),
     prompts: Path = PROMPTS_OPTION,
 ) -> None:
-    """Sample the configured number of pairs; shards already complete and valid are kept."""
+    """Sample the configured number of pairs; shards already complete and valid are kept. Nothing is made when
+    `distill` reads no pairs (a data-free objective, or lambda_reg 0)."""
     from accelerate import PartialState
 
     setup_logging()
     with user_errors():
-        config = load_params(params, "pairs").pairs
+        config = (all_params := load_params(params, "pairs", "distill")).pairs
         check_writable(out)
+        if not all_params.distill.reads_pairs:
+            # An empty folder is the stage's output, so under `dvc repro` distill waits on nothing and pair settings
+            # re-run nothing; shards from an earlier objective stay for when it comes back.
+            out.mkdir(parents=True, exist_ok=True)
+            log.info(
+                "distill.objective %r with lambda_reg %g reads no pairs: none made (%d shards already in %s kept)",
+                all_params.distill.objective,
+                all_params.distill.lambda_reg,
+                len(list(out.glob("shard-*.parquet"))),
+                out,
+            )
+            return
         state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes under torchrun: gloo
         with single_writer(out, state.process_index):  # a second run on this folder would write the same shards
             denoiser, reference = read_teacher(teacher)

@@ -1,6 +1,6 @@
 """`dvc repro` itself, on a copy of the project with tiny params: a teacher replaced at its path re-runs every stage
-from `teacher` on, and a stage whose params are rejected leaves every output of the last good run as it was, cached
-(models/generator) and uncached (reports/distill) alike."""
+from `teacher` on, a stage whose params are rejected leaves every output of the last good run as it was, cached
+(models/generator) and uncached (reports/distill) alike, and a data-free objective's distill does not hang on pairs."""
 
 import hashlib
 import os
@@ -19,7 +19,7 @@ teacher:
   path: teacher.safetensors
   train: {sample_steps: 2}
 pairs: {count: 4, shard_size: 2, batch_size: 2, sampler: heun, steps: 2, guidance: 1.0, dtype: float32}
-distill: {steps: 2, batch_size: 2, reg_batch_size: 2, sample_every: 1, checkpoint_every: 1}
+distill: {steps: 2, objective: dmd, lambda_reg: 0.5, batch_size: 2, reg_batch_size: 2, sample_every: 1, checkpoint_every: 1}
 evaluate: {samples: 8, sample_sets: 1, speed_batch_size: 4, speed_repeats: 1}
 """
 
@@ -39,27 +39,32 @@ def save_teacher(path, seed: int) -> None:
     save_kdiffusion(path, build_kdiffusion(config), config)
 
 
-def test_a_replaced_teacher_and_a_rejected_param_under_dvc_repro(repo_root, tmp_path):
-    project = tmp_path / "project"
-    project.mkdir()
-    save_teacher(project / "teacher.safetensors", seed=0)
+def dvc_project(repo_root, project, params: str):
+    """A copy of the project's code and dvc.yaml in `project` with `params`, as a `dvc(*args)` runner."""
     for name in ("dmdlib", "stages"):
         shutil.copytree(repo_root / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(repo_root / "dvc.yaml", project / "dvc.yaml")
-    (project / "params.yaml").write_text(TINY_PARAMS)
+    (project / "params.yaml").write_text(params)
     env = {
         **os.environ,
         "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
         "OMP_NUM_THREADS": "1",
     }
-    dvc = lambda *args: subprocess.run(
-        [sys.executable, "-m", "dvc", *args],
-        cwd=project,
-        env=env,  # noqa: E731
-        capture_output=True,
-        text=True,
-    )
+
+    def dvc(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True
+        )
+
     assert dvc("init", "--no-scm").returncode == 0
+    return dvc
+
+
+def test_a_replaced_teacher_and_a_rejected_param_under_dvc_repro(repo_root, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    save_teacher(project / "teacher.safetensors", seed=0)
+    dvc = dvc_project(repo_root, project, TINY_PARAMS)
     first = dvc("repro")
     if first.returncode != 0:
         pytest.fail(first.stdout[-3000:] + first.stderr[-3000:])
@@ -79,3 +84,22 @@ def test_a_replaced_teacher_and_a_rejected_param_under_dvc_repro(repo_root, tmp_
     assert rejected.returncode != 0 and "distill.steps" in rejected.stdout + rejected.stderr
     after = {name: _digest(project / name) for name in before}
     assert after == before  # the cached generator and the uncached grids, untouched
+
+
+def test_a_data_free_objective_neither_makes_nor_waits_on_pairs(repo_root, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    save_teacher(project / "teacher.safetensors", seed=0)
+    data_free = TINY_PARAMS.replace("objective: dmd", "objective: sid")
+    dvc = dvc_project(repo_root, project, data_free)
+    first = dvc("repro")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "reads no pairs: none made" in first.stderr
+    assert not list((project / "data/pairs").iterdir())
+    generator = _digest(project / "models/generator")
+
+    (project / "params.yaml").write_text(data_free.replace("steps: 2, guidance", "steps: 3, guidance"))
+    changed = dvc("repro")  # another pairs sampler: the pairs stage runs (and makes nothing), distill does not
+    assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-3000:]
+    assert "Running stage 'pairs'" in changed.stdout and "Running stage 'distill'" not in changed.stdout
+    assert _digest(project / "models/generator") == generator

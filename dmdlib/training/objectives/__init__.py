@@ -12,7 +12,6 @@ from dmdlib.training.objectives.sid import ScoreIdentity, sid_terms, sida_terms
 from dmdlib.training.objectives.terms import Adversarial, Regression, RegressionLoss, Term, TermInputs
 
 OBJECTIVES = {"dmd": dmd_terms, "sid": sid_terms, "sida": sida_terms}
-USES_PAIRS = {"dmd"}  # SiD and SiDA are data-free: they never read the pairs
 
 
 @dataclass
@@ -34,7 +33,6 @@ def generator_terms(objective: str, params, parts: ObjectiveParts) -> dict[str, 
 
 __all__ = [
     "OBJECTIVES",
-    "USES_PAIRS",
     "Adversarial",
     "DistributionMatching",
     "ObjectiveParts",
