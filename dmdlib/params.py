@@ -194,7 +194,15 @@ class DistillParams(Section):
     # how long the run goes, what it shows and how it fits in memory, not what it learns: a checkpoint made under
     # other values resumes (a user who turns gradient checkpointing on after running out of memory goes on)
     run_keys: ClassVar[frozenset[str]] = frozenset(
-        {"steps", "checkpoint_every", "sample_every", "preview_vae", "gradient_checkpointing", "compile"}
+        {
+            "steps",
+            "checkpoint_every",
+            "sample_every",
+            "preview_vae",
+            "gradient_checkpointing",
+            "compile",
+            "micro_batch_size",
+        }
     )
     # defaults tuned for the embedded 16x16 default (docs/method.md), not the paper's: a real teacher's profile states
     # each of them, so none of its settings comes from the digits by omission
@@ -221,8 +229,17 @@ class DistillParams(Section):
     steps: int = Field(
         3000, ge=1, description="Generator steps (about 17 minutes on 2 CPU cores for the embedded default)."
     )
-    batch_size: int = Field(32, ge=1, description="Generator samples per step for the DM loss (per process).")
-    reg_batch_size: int = Field(32, ge=0, description="Pairs per step for the regression loss (per process).")
+    batch_size: int = Field(
+        32, ge=1, description="Generator samples per step for the DM loss, over all processes (the global batch)."
+    )
+    reg_batch_size: int = Field(32, ge=0, description="Pairs per step for the regression loss, over all processes.")
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Generator samples per forward on one process; the process's share of batch_size is split into "
+        "micro-batches whose gradients add up to one step (gradient accumulation; the pairs split alike). null: "
+        "the whole share at once.",
+    )
     generator_lr: float = Field(3e-4, gt=0, description="Generator learning rate (paper: 2e-6 ImageNet, 1e-5 LAION).")
     fake_lr: float = Field(1e-4, gt=0, description="Fake-denoiser learning rate.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas of both optimizers.")

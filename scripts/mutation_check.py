@@ -88,9 +88,27 @@ MUTATIONS = {
     ),
     "fake updates reuse the generator step's samples": (
         "dmdlib/training/distill.py",
-        "            if update > 0:\n                x, cond = _fresh_samples(",
-        "            if update < 0:\n                x, cond = _fresh_samples(",
+        "if update == 0 else _fresh_samples(run, params, batch, rng)",
+        "if True else _fresh_samples(run, params, batch, rng)",
         ["tests/test_dmd2.py"],
+    ),
+    "micro-batches clear each other's gradients": (
+        "dmdlib/training/dmd.py",
+        "        (loss * share if share != 1.0 else loss).backward()",
+        "        self.optimizer.zero_grad()\n        (loss * share if share != 1.0 else loss).backward()",
+        ["tests/test_distill.py"],
+    ),
+    "every micro-batch draws the same part of the batch": (
+        "dmdlib/training/distill.py",
+        "processes.rank * rounds + micro, processes.world_size * rounds",
+        "processes.rank * rounds, processes.world_size * rounds",
+        ["tests/test_distill.py"],
+    ),
+    "precision/recall blocks skip a row": (
+        "dmdlib/evaluation/metrics.py",
+        "yield torch.cdist(points[start : start + rows], against)",
+        "yield torch.cdist(points[start + 1 : start + rows + 1], against)",
+        ["tests/test_evaluate.py"],
     ),
     "LPIPS fed [0, 1] instead of [-1, 1]": (
         "dmdlib/training/regression.py",

@@ -1,5 +1,6 @@
-"""Run by the tests under torchrun: DMD runs on the CPU (gloo), each `strategy[-gan][-lora][-guided]:steps:kill_at` in
-turn (kill_at 0: never); every rank saves the run's generator as rank<r>-<run name>-<steps>.pt."""
+"""Run by the tests under torchrun: DMD runs on the CPU (gloo), each
+`strategy[-gan][-lora][-guided][-micro]:steps:kill_at` in turn (kill_at 0: never); every rank saves the run's
+generator as rank<r>-<run name>-<steps>.pt."""
 
 import sys
 from pathlib import Path
@@ -27,15 +28,17 @@ def tiny_teacher(label_dropout: float = 0.0):
 
 def run_params(name: str, steps: int, processes: int) -> DistillParams:
     """The same global batch (4 samples, 4 pairs) whatever the process count; `name` is
-    strategy[-gan][-lora][-guided]."""
+    strategy[-gan][-lora][-guided][-micro] (micro: several processes accumulate micro-batches of one sample, the
+    one-process run takes the whole batch at once)."""
     strategy, *extras = name.split("-")
     options = {"gan_generator_weight": 3e-3, "fake_steps": 2} if "gan" in extras else {}  # fresh samples for the 2nd
     options |= {"fake_lora_rank": 2, "generator_lora_rank": 2} if "lora" in extras else {}
     options |= {"guidance_range": (1.0, 2.0)} if "guided" in extras else {}
+    options |= {"micro_batch_size": 1} if "micro" in extras and processes > 1 else {}
     return DistillParams(
         steps=steps,
-        batch_size=4 // processes,
-        reg_batch_size=4 // processes,
+        batch_size=4,
+        reg_batch_size=4,
         warmup_steps=1,
         checkpoint_every=2,
         regression_loss="l2",

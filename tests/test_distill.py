@@ -10,7 +10,7 @@ from distributed_distill import PAIRS_META, run_params, run_setup, tiny_teacher
 from tiny_project import Killed, kill_at
 
 from dmdlib.denoisers.sampling import heun_sample
-from dmdlib.errors import DivergedError
+from dmdlib.errors import DivergedError, ParamsError
 from dmdlib.params import DistillParams
 from dmdlib.training.distill import DistillInputs, distill
 from dmdlib.training.pairs import PairReader, ShardPlan, generate_pairs
@@ -112,10 +112,11 @@ def launch(tmp_path, repo_root, pairs_folder, *runs, port):
 
 def test_ddp_and_fsdp(tmp_path, repo_root, pairs_folder):
     """Two gloo processes, each half the global batch: after 4 steps DDP's and FSDP's generators (also with the
-    GAN term, LoRA adapters, a guidance-conditioned generator) equal the one-process run's within float
-    tolerance; an FSDP run (with the GAN head) killed after its step-2 checkpoint resumes to exactly the
-    weights of the uninterrupted FSDP run."""
+    GAN term, LoRA adapters, a guidance-conditioned generator; DDP with the GAN term in micro-batches of one sample)
+    equal the one-process run's within float tolerance; an FSDP run (with the GAN head) killed after its step-2
+    checkpoint resumes to exactly the weights of the uninterrupted FSDP run."""
     runs = ("ddp", "fsdp", "ddp-gan", "fsdp-gan", "ddp-lora", "fsdp-lora", "ddp-guided", "fsdp-guided")
+    runs += ("ddp-gan-micro",)
     code, err = launch(tmp_path, repo_root, pairs_folder, *(f"{name}:4:0" for name in runs), port=29518)
     assert code == 0, err
     start = tiny_teacher().state_dict()
@@ -141,6 +142,30 @@ def test_ddp_and_fsdp(tmp_path, repo_root, pairs_folder):
     resumed = torch.load(tmp_path / "rank0-fsdp-gan-4.pt")
     for name, value in whole.items():
         assert torch.equal(resumed[name], value), name
+
+
+@pytest.mark.parametrize("micro_batch_size", [1, 2])
+def test_micro_batches_add_up_to_the_whole_batch(tmp_path, pairs, micro_batch_size):
+    """Gradient accumulation: a step of 4 samples and 4 pairs in micro-batches (DM, regression, GAN head and two
+    fake updates, the second on fresh samples) trains the generator and the fake denoiser as one batch of 4 does."""
+    base = dict(batch_size=4, reg_batch_size=4, steps=3, gan_generator_weight=3e-3, fake_steps=2, dm_weight=1.0)
+    runs = {}
+    for name, extra in (("whole", {}), ("micro", {"micro_batch_size": micro_batch_size})):
+        teacher, inputs = run_setup("ddp-gan", pairs)
+        runs[name] = distill(teacher, params(**base, **extra), tmp_path / f"{name}.pt", inputs)
+    start = tiny_teacher().state_dict()
+    (whole_generator, whole_fake), (generator, fake) = runs["whole"], runs["micro"]
+    assert any(not torch.allclose(whole_fake.state_dict()[k], v) for k, v in start.items())  # it trained
+    for whole, accumulated in ((whole_generator, generator), (whole_fake, fake)):
+        for key, value in whole.state_dict().items():
+            assert torch.allclose(accumulated.state_dict()[key], value, atol=1e-5, rtol=1e-4), key
+
+
+def test_uneven_micro_batches_are_refused(tmp_path):
+    with pytest.raises(ParamsError, match=r"distill.micro_batch_size 3 does not divide the per-process share 4"):
+        distill(tiny_teacher(), params(batch_size=4, micro_batch_size=3), tmp_path / "ck.pt")
+    with pytest.raises(ParamsError, match=r"distill.reg_batch_size 3 does not split into 2 equal parts"):
+        distill(tiny_teacher(), params(batch_size=4, reg_batch_size=3, micro_batch_size=2), tmp_path / "ck.pt")
 
 
 def test_dm_only_ignores_the_regression_warm_up(tmp_path):

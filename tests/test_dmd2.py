@@ -127,13 +127,13 @@ def test_fresh_fake_samples(tmp_path, monkeypatch):
 
     import dmdlib.training.distill
 
-    seen, step_function = [], dmdlib.training.distill.fake_denoiser_step
+    seen, loss_function = [], dmdlib.training.distill.fake_denoiser_loss
 
-    def recording(fake, update, x, cond, rng=None, *, gan=None):
+    def recording(fake, x, cond, rng=None, *, gan=None):
         seen.append((x.clone(), cond.clone()))
-        return step_function(fake, update, x, cond, rng, gan=gan)
+        return loss_function(fake, x, cond, rng, gan=gan)
 
-    monkeypatch.setattr(dmdlib.training.distill, "fake_denoiser_step", recording)
+    monkeypatch.setattr(dmdlib.training.distill, "fake_denoiser_loss", recording)
     distill(tiny_teacher(), params(dm_weight=1.0, fake_steps=3, batch_size=8), tmp_path / "ck.pt")
     assert len(seen) == 2 * 3
     for (x_a, _), (x_b, _) in itertools.combinations(seen, 2):

@@ -19,7 +19,8 @@ teacher:
   path: teacher.safetensors
   train: {sample_steps: 2}
 pairs: {count: 4, shard_size: 2, batch_size: 2, sampler: heun, steps: 2, guidance: 1.0, dtype: float32}
-distill: {steps: 2, objective: dmd, lambda_reg: 0.5, batch_size: 2, reg_batch_size: 2, sample_every: 1, checkpoint_every: 1}
+distill: {steps: 2, objective: dmd, lambda_reg: 0.5, batch_size: 2, reg_batch_size: 2, sample_every: 1,
+  checkpoint_every: 1}
 evaluate: {samples: 8, sample_sets: 1, speed_batch_size: 4, speed_repeats: 1}
 """
 

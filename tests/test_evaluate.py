@@ -42,6 +42,24 @@ def test_precision_recall_see_mode_collapse():
     )
 
 
+@pytest.mark.parametrize("block_elements", [1, 37, 700])
+def test_precision_recall_in_blocks_equals_the_whole_matrix(block_elements):
+    """Distances a block of rows at a time (1 row; uneven blocks; several rows) give the shares the whole float64
+    matrices give, ties at the ball's edge included (integer points)."""
+    rng = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 4, (60, 3), generator=rng).float()
+    generated = torch.randint(1, 6, (45, 3), generator=rng).float()
+
+    def whole(manifold, samples, k=3):
+        distances = torch.cdist(manifold.double(), manifold.double())
+        radii = distances.kthvalue(k + 1, dim=1).values
+        return float((torch.cdist(samples.double(), manifold.double()) <= radii[None]).any(dim=1).double().mean())
+
+    expected = (whole(real, generated), whole(generated, real))
+    assert 0 < expected[0] < 1 and 0 < expected[1] < 1  # neither share trivial
+    assert precision_recall(real, generated, block_elements=block_elements) == expected
+
+
 def test_sample_set_statistics():
     """Sample sets give means spreads standard errors and paired ratios net of the floor."""
     rows = [{"fid_classifier": 0.2, "recall_classifier": 0.8}, {"fid_classifier": 0.4, "recall_classifier": 0.9}]

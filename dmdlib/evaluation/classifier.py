@@ -74,8 +74,11 @@ def train_classifier(
 
 @torch.no_grad()
 def predict(model: FeatureClassifier, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Predicted class of each image."""
-    return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+    """Predicted class of each image (on the model's device, in batches; labels come back on the CPU)."""
+    device = next(model.parameters()).device
+    return torch.cat(
+        [model(images[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)]
+    )
 
 
 def save_classifier(path, model: FeatureClassifier) -> None:

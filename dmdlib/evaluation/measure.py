@@ -10,11 +10,13 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from dmdlib.data.images import to_uint8
 from dmdlib.data.prepared import stratified_groups, stratified_subset
@@ -37,8 +39,9 @@ Extractor = Callable[[torch.Tensor], torch.Tensor]  # images in [-1, 1], NCHW ->
 
 
 def classifier_extractor(classifier: FeatureClassifier) -> Extractor:
-    """Penultimate activations of the pipeline's own classifier, at the data's resolution."""
-    return classifier.features
+    """Penultimate activations of the pipeline's own classifier, at the data's resolution, on its device."""
+    device = next(classifier.parameters()).device
+    return lambda images: classifier.features(images.to(device))
 
 
 def find_inception(configured: str | os.PathLike | None, clean_fid_dir: Path = Path("/tmp")) -> Path | None:
@@ -63,10 +66,12 @@ def inception_extractor(weights: Path, device: torch.device) -> Extractor:
         )
     model = InceptionV3W(str(weights.parent), download=False).to(device).eval()
     resize = build_resizer("clean")
+    # PIL resizes one image at a time, mostly outside the GIL: threads keep the cores (and the GPU) busy
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
     @torch.no_grad()
     def extract(images: torch.Tensor) -> torch.Tensor:
-        resized = np.stack([resize(image) for image in clean_fid_pixels(images)]).transpose(0, 3, 1, 2)
+        resized = np.stack(list(pool.map(resize, clean_fid_pixels(images)))).transpose(0, 3, 1, 2)
         return model(torch.from_numpy(resized).float().to(device)).cpu()
 
     return extract
@@ -94,9 +99,14 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def extract_features(extractor: Extractor, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
-    """Features of all images, in batches."""
-    return torch.cat([extractor(images[i : i + batch_size]).float().cpu() for i in range(0, len(images), batch_size)])
+def extract_features(
+    extractor: Extractor, images: torch.Tensor, batch_size: int = 250, desc: str = "features"
+) -> torch.Tensor:
+    """Features of all images, in batches (a progress bar past one batch)."""
+    starts = tqdm(
+        range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, disable=len(images) <= batch_size
+    )
+    return torch.cat([extractor(images[i : i + batch_size]).float().cpu() for i in starts])
 
 
 def throughput(sample: Callable[[], torch.Tensor], batch_size: int, repeats: int, min_seconds: float = 2.0) -> float:
@@ -217,17 +227,15 @@ class ReferenceSet:
         """FID and KID per extractor (against every reference image), precision and recall (classifier space, against
         as many reference images as samples: a seeded subset with the data's class shares), and the smallest
         class-share ratio."""
-        row = {}
+        row, features_of = {}, {}
         for name, extract in self.extractors.items():
-            features = extract_features(extract, samples)
+            features = features_of[name] = extract_features(extract, samples, desc=f"{name} features")
             row[f"fid_{name}"] = fid(self.features[name], features)
             row[f"kid_{name}"] = kid(self.features[name], features)
             if self.statistics and name in self.statistics:
                 row[f"fid_{name}_statistics"] = fid_to_statistics(*self.statistics[name], features)
         real = self.features["classifier"][torch.from_numpy(stratified_subset(self.labels, len(samples)))]
-        precision, recall = precision_recall(
-            real, extract_features(self.extractors["classifier"], samples), self.precision_recall_k
-        )
+        precision, recall = precision_recall(real, features_of["classifier"], self.precision_recall_k)
         row["precision_classifier"], row["recall_classifier"] = precision, recall
         if self.data_shares is not None:
             shares = class_shares(predict(self.classifier, samples), len(self.data_shares))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from tqdm.auto import tqdm
 
 from dmdlib.data.conditions import Conditions
 from dmdlib.data.images import GRID_CLASSES, to_model_range
@@ -54,13 +55,13 @@ def noise_floor(reference_set: ReferenceSet, dataset, count: int) -> dict:
     }
 
 
-def reference_set(dataset, feature_net, config: EvaluateParams) -> ReferenceSet:
+def reference_set(dataset, feature_net, config: EvaluateParams, device: torch.device) -> ReferenceSet:
     """The training split in each extractor's feature space: the classifier's, and Inception's when its weights are on
-    disk."""
-    extractors = {"classifier": classifier_extractor(feature_net)}
+    disk; both networks run on `device`."""
+    extractors = {"classifier": classifier_extractor(feature_net.to(device))}
     inception = find_inception(config.inception_path)
     if inception is not None:
-        extractors["inception"] = inception_extractor(inception, torch.device("cpu"))
+        extractors["inception"] = inception_extractor(inception, device)
     else:
         log.info(
             "no Inception FID: put %s at evaluate.inception_path or /tmp/ (clean-fid's place) to add "
@@ -109,13 +110,16 @@ def models_to_measure(all_params, real_denoiser, distilled: Generator, device) -
         sample = make_sampler(denoiser, all_params.pairs, Conditions.of(real_denoiser), device)
         return (
             lambda z, y: torch.cat(
-                [sample(z[i : i + batch], None if y is None else y[i : i + batch]) for i in range(0, len(z), batch)]
+                [
+                    sample(z[i : i + batch], None if y is None else y[i : i + batch])
+                    for i in tqdm(range(0, len(z), batch), desc="teacher", unit="batch", leave=False)
+                ]
             ),
             count_evaluations(lambda: sample(*probe), real_denoiser, 1),
         )  # Heun: 2 * steps - 1; guided: twice that
 
     def generator_rows(generator: Generator, steps: int, scale: float | None = None):
-        return lambda z, y: generate(generator, z, y, batch, steps, scale), steps
+        return lambda z, y: generate(generator, z, y, batch, steps, scale, progress=True), steps
 
     models = {
         "teacher": teacher_rows(all_params.pairs.guidance),
@@ -162,7 +166,7 @@ def measure_all(
     config = all_params.evaluate
     count, sets = config.samples or len(dataset.subset(HELDOUT)), config.sample_sets
     shape, classes = real_denoiser.sample_shape, real_denoiser.num_classes
-    references = reference_set(dataset, feature_net, config)
+    references = reference_set(dataset, feature_net, config, device)
     inputs = [seeded_inputs(config.first_seed + i, shape, classes) for i in range(count * sets)]
     noise = torch.stack([z for z, _ in inputs])
     labels = torch.tensor([label for _, label in inputs]) if classes else None

@@ -26,8 +26,9 @@ from dmdlib.training.dmd import (
     Pairs,
     RealBatch,
     Update,
-    fake_denoiser_step,
-    generator_step,
+    fake_denoiser_loss,
+    fake_trained,
+    generator_loss,
 )
 from dmdlib.training.draws import Draws
 from dmdlib.training.gan import GANHead
@@ -129,11 +130,13 @@ def distill(
     Generator and fake denoiser start as copies of the (unguided) teacher. Resumes from `checkpoint`
     when it was made with `settings` (what the run learns from: `dmdlib.data.io.claim_checkpoint`). A
     non-finite loss stops the run, keeping the last good checkpoint. Several processes (an initialised
-    default process group) split each step's global batch and share generator and fake denoiser by
-    params.data_parallel. params.real_denoiser_bf16 casts the real denoiser (the teacher, unless
-    `inputs` give one) in place.
+    default process group) split each step's global batch (each its share in micro-batches of
+    params.micro_batch_size, gradients accumulated) and share generator and fake denoiser by
+    params.data_parallel. params.real_denoiser_bf16 casts the real denoiser (the teacher, unless `inputs` give one)
+    in place.
     """
     processes, inputs, checkpoint = processes or Processes(), inputs or DistillInputs(), Path(checkpoint)
+    rounds = micro_batches(params, processes.world_size)
     run, identity = _build(teacher, params, inputs, processes), checkpoint_identity(settings or {})
     start = _resume(checkpoint, identity["fingerprint"], run)
     progress = tqdm(
@@ -146,18 +149,27 @@ def distill(
         mininterval=1.0,
     )
     for step in progress:
-        rng = Draws(step_rng(params.seed, step), processes.rank, processes.world_size)
+        streams = [  # one per micro-batch: the step's whole stream, sliced to its part
+            Draws(step_rng(params.seed, step), processes.rank * rounds + micro, processes.world_size * rounds)
+            for micro in range(rounds)
+        ]
         for update in (run.generator_update, run.fake_update):  # linear learning-rate warm-up
             for group in update.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * min(1.0, (step + 1) / max(1, params.warmup_steps))
-        batch = _draw_batch(run, params, inputs, rng, processes.device)  # lines 3-4: z, cond and pairs
         active = {name: term for name, term in run.terms.items() if step >= term.start_step}
-        with processes.autocast():  # lines 5-10: generator update
-            result = generator_step(run.generator, run.generator_update, batch, rng, terms=active)
+        batches, results = [], []
+        run.generator_update.begin()
+        for rng in streams:  # lines 3-10: z, cond and pairs, then the generator update, a micro-batch at a time
+            batches.append(batch := _draw_batch(run, params, inputs, rng, processes.device))
+            with processes.autocast():
+                loss, result = generator_loss(run.generator, batch, rng, terms=active)
+            run.generator_update.add(loss, 1 / rounds)
+            results.append(result)
+        run.generator_update.finish(run.generator)
         metrics = {key: 0.0 for name, term in run.terms.items() for key in (f"loss_{name}", *term.reports)}
-        metrics.update(result.metrics)
+        metrics.update(_mean([result.metrics for result in results]))
         if any(term.uses_fake for term in run.terms.values()):  # lines 11-14: fake-score update(s)
-            metrics.update(_fake_steps(run, params, batch, result.x, rng, processes))
+            metrics.update(_fake_steps(run, params, batches, [result.x for result in results], streams, processes))
         _stop_if_diverged(metrics, step, checkpoint, params.checkpoint_every)
         if run.ema is not None:
             ema_update(run.generator, run.ema, params.ema_decay)
@@ -278,15 +290,16 @@ def _update(parameters, lr: float, params: DistillParams, device: torch.device) 
 
 
 def _draw_batch(run: _Run, params: DistillParams, inputs: DistillInputs, rng: Draws, device) -> GeneratorBatch:
-    """This step's noise, cond, ladder step, guidance scales and pairs, in that order from `rng`.
+    """This step's noise, cond, ladder step, guidance scales and pairs, in that order from `rng`: `rng`'s part of the
+    global batch.
 
     Draws happen only when their option is on, so the default's random stream is unchanged.
     """
-    conditions = run.conditions
-    z = rng.randn((params.batch_size, *run.generator.denoiser.sample_shape)).to(device)
+    conditions, count = run.conditions, params.batch_size // rng.parts
+    z = rng.randn((count, *run.generator.denoiser.sample_shape)).to(device)
     cond = None
     if conditions is not None:
-        cond = conditions.lookup(rng.randint(0, conditions.count, params.batch_size)).to(device)
+        cond = conditions.lookup(rng.randint(0, conditions.count, count)).to(device)
     ladder = run.generator.sigmas
     step_index = (
         int(torch.randint(0, len(ladder), (), generator=rng.generator)) if len(ladder) > 1 else 0
@@ -294,11 +307,13 @@ def _draw_batch(run: _Run, params: DistillParams, inputs: DistillInputs, rng: Dr
     scale = None
     if params.guidance_range is not None:
         low, high = params.guidance_range
-        scale = (low + (high - low) * rng.rand(params.batch_size)).to(device)
+        scale = (low + (high - low) * rng.rand(count)).to(device)
         run.real_denoiser.scale = run.fake_denoiser.scale = scale
     pairs = None
     if inputs.pairs is not None and any(term.uses_pairs for term in run.terms.values()):
-        noise, target, labels = inputs.pairs.batch(rng.randint(0, len(inputs.pairs), params.reg_batch_size))
+        noise, target, labels = inputs.pairs.batch(
+            rng.randint(0, len(inputs.pairs), params.reg_batch_size // rng.parts)
+        )
         pair_cond = conditions.lookup(labels).to(device) if conditions is not None else None
         pair_scale = torch.full((len(labels),), inputs.pair_guidance, device=device) if scale is not None else None
         pairs = Pairs(noise.to(device), target.to(device), pair_cond, pair_scale)
@@ -306,43 +321,79 @@ def _draw_batch(run: _Run, params: DistillParams, inputs: DistillInputs, rng: Dr
 
 
 def _fake_steps(
-    run: _Run, params: DistillParams, batch: GeneratorBatch, x: torch.Tensor, rng: Draws, processes: Processes
+    run: _Run,
+    params: DistillParams,
+    batches: list[GeneratorBatch],
+    samples: list[torch.Tensor],
+    streams: list[Draws],
+    processes: Processes,
 ) -> dict[str, float]:
-    """params.fake_steps fake-denoiser updates (DMD2's two time-scales) and their mean losses: the first on this step's
-    generator samples `x`, each later one on fresh samples of the updated generator (new noise and cond, the same
-    ladder step and guidance scales), as DMD2 makes new samples for every fake-score update."""
-    fake_losses, head_losses, cond = [], [], batch.cond
+    """params.fake_steps fake-denoiser updates (DMD2's two time-scales) and their mean losses, a micro-batch at a time:
+    the first on this step's generator samples, each later one on fresh samples of the updated generator (new noise
+    and cond, the same ladder step and guidance scales), as DMD2 makes new samples for every fake-score update."""
+    fake_losses, head_losses = [], []
+    trained = fake_trained(run.fake_denoiser, run.gan)
     for update in range(params.fake_steps):
-        with processes.autocast():
-            if update > 0:
-                x, cond = _fresh_samples(run, params, batch, rng, processes.device)
-            fake_loss, head_loss = fake_denoiser_step(run.fake_denoiser, run.fake_update, x, cond, rng, gan=run.gan)
-        fake_losses.append(fake_loss)
-        head_losses.append(head_loss)
-    metrics = {"loss_fake": sum(fake_losses) / params.fake_steps}
+        run.fake_update.begin()
+        for micro, (batch, rng) in enumerate(zip(batches, streams)):
+            if batch.scale is not None:  # the guidance scales of this micro-batch, as its generator loss had them
+                run.real_denoiser.scale = run.fake_denoiser.scale = batch.scale
+            with processes.autocast():
+                x, cond = (samples[micro], batch.cond) if update == 0 else _fresh_samples(run, params, batch, rng)
+                loss, fake_loss, head_loss = fake_denoiser_loss(run.fake_denoiser, x, cond, rng, gan=run.gan)
+            run.fake_update.add(loss, 1 / len(streams))
+            fake_losses.append(fake_loss)
+            head_losses.append(head_loss)
+        run.fake_update.finish(trained)
+    metrics = {"loss_fake": sum(fake_losses) / len(fake_losses)}
     if run.gan is not None:
-        metrics["loss_gan_head"] = sum(head_losses) / params.fake_steps
+        metrics["loss_gan_head"] = sum(head_losses) / len(head_losses)
     return metrics
 
 
 @torch.no_grad()
 def _fresh_samples(
-    run: _Run, params: DistillParams, batch: GeneratorBatch, rng: Draws, device
+    run: _Run, params: DistillParams, batch: GeneratorBatch, rng: Draws
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """New generator samples (and their cond) at this step's ladder step and guidance scales, without gradients."""
-    generator, conditions = run.generator, run.conditions
-    z = rng.randn((params.batch_size, *generator.denoiser.sample_shape)).to(device)
-    cond = (
-        conditions.lookup(rng.randint(0, conditions.count, params.batch_size)).to(device)
-        if conditions is not None
-        else None
-    )
+    """New generator samples (and their cond) at this step's ladder step and guidance scales, without gradients:
+    `rng`'s part of a global batch."""
+    generator, conditions, count = run.generator, run.conditions, params.batch_size // rng.parts
+    device = batch.z.device
+    z = rng.randn((count, *generator.denoiser.sample_shape)).to(device)
+    cond = conditions.lookup(rng.randint(0, conditions.count, count)).to(device) if conditions is not None else None
     x = generator.noisy_input(z, cond, batch.step_index, batch.scale, rng)
     x = generator.denoise(x, generator.sigmas[batch.step_index], cond, batch.scale)
     if run.strategy == "fsdp":  # no backward follows this forward
         for unit in _units(generator):
             reshard(unit)
     return x, cond
+
+
+def micro_batches(params: DistillParams, world_size: int) -> int:
+    """How many micro-batches each of `world_size` processes splits its share of the global batch into (1 without
+    params.micro_batch_size); every batch must split evenly."""
+    share = params.batch_size // world_size
+    rounds = 1 if params.micro_batch_size is None else share // params.micro_batch_size
+    parts = world_size * max(rounds, 1)
+    problems = [
+        f"distill.{key} {value} does not split into {parts} equal parts ({world_size} process(es) x {rounds} "
+        "micro-batch(es))"
+        for key, value in (("batch_size", params.batch_size), ("reg_batch_size", params.reg_batch_size))
+        if value % parts or (key == "batch_size" and value < parts)
+    ]
+    if params.micro_batch_size is not None and params.micro_batch_size * rounds != share:
+        problems.append(
+            f"distill.micro_batch_size {params.micro_batch_size} does not divide the per-process share "
+            f"{share} of distill.batch_size {params.batch_size}"
+        )
+    if problems:
+        raise ParamsError("; ".join(problems) + ": choose sizes that divide evenly")
+    return rounds
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's mean over the micro-batches (each loss a mean over equal micro-batches: the step's mean)."""
+    return {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]}
 
 
 def _stop_if_diverged(metrics: dict[str, float], step: int, checkpoint: Path, checkpoint_every: int) -> None:

@@ -74,8 +74,20 @@ class Update:
 
     def step(self, module: nn.Module, loss: torch.Tensor) -> None:
         """Backward, clip, step."""
+        self.begin()
+        self.add(loss)
+        self.finish(module)
+
+    def begin(self) -> None:
+        """Clear the gradients before a step's first backward."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+
+    def add(self, loss: torch.Tensor, share: float = 1.0) -> None:
+        """Backward of one micro-batch's loss, weighted by its share of the step's batch (gradients add up)."""
+        (loss * share if share != 1.0 else loss).backward()
+
+    def finish(self, module: nn.Module) -> None:
+        """Clip the summed gradients and step."""
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(module.parameters(), self.max_grad_norm)
         self.optimizer.step()
@@ -101,6 +113,15 @@ def generator_step(
     backward simulation); the pairs, when a term regresses on them, always start from pure noise. G runs once on
     both together, so a data-parallel wrapper sees one forward.
     """
+    loss, result = generator_loss(generator, batch, rng, terms=terms)
+    update.step(generator, loss)
+    return result
+
+
+def generator_loss(
+    generator: Generator, batch: GeneratorBatch, rng: Draws | torch.Generator | None = None, *, terms: dict[str, Term]
+) -> tuple[torch.Tensor, GeneratorStepResult]:
+    """The weighted sum of `terms` on one (micro-)batch, to backward, and what `generator_step` returns."""
     uses_pairs = batch.pairs is not None and any(term.uses_pairs for term in terms.values())
     x, x_ref = _generate(generator, batch, rng, use_pairs=uses_pairs)
     inputs = TermInputs(x, batch.cond, x_ref, batch.pairs.target if uses_pairs else None)
@@ -110,8 +131,7 @@ def generator_step(
         loss = loss + term.weight * value
         metrics[f"loss_{name}"] = float(value.detach())
         metrics.update(reported)
-    update.step(generator, loss)
-    return GeneratorStepResult(x=x.detach(), metrics=metrics)
+    return loss, GeneratorStepResult(x=x.detach(), metrics=metrics)
 
 
 def _generate(
@@ -153,6 +173,25 @@ def fake_denoiser_step(
     noised at their own random sigmas, join the batch as positives; D_fake and the head step together
     (the head's loss reaches D_fake's weights too, as in DMD2). Returns (denoising loss, head loss).
     """
+    loss, denoising, head = fake_denoiser_loss(fake_denoiser, x, cond, rng, gan=gan)
+    update.step(fake_trained(fake_denoiser, gan), loss)
+    return denoising, head
+
+
+def fake_trained(fake_denoiser: Denoiser, gan: GAN | None) -> nn.Module:
+    """What a fake-score step trains (and clips): the fake denoiser, with the GAN head when there is one."""
+    return fake_denoiser if gan is None else nn.ModuleList([fake_denoiser, gan.head])
+
+
+def fake_denoiser_loss(
+    fake_denoiser: Denoiser,
+    x: torch.Tensor,
+    cond: torch.Tensor | None,
+    rng: Draws | torch.Generator | None = None,
+    *,
+    gan: GAN | None = None,
+) -> tuple[torch.Tensor, float, float]:
+    """`fake_denoiser_step`'s loss on one (micro-)batch, to backward, with its denoising and head parts."""
     x = x.detach()
     real = _draw_real(gan.real_images, len(x), rng, x.device) if gan is not None else None
     grid = fake_denoiser.sigma_grid()
@@ -160,8 +199,7 @@ def fake_denoiser_step(
     noise = as_draws(rng).randn(x.shape).to(x.device)
     if gan is None:
         loss = denoising_loss(fake_denoiser, x, sigma, noise, cond)
-        update.step(fake_denoiser, loss)
-        return float(loss.detach()), 0.0
+        return loss, float(loss.detach()), 0.0
     real_sigma = sample_sigmas(grid, len(real.images), generator=rng).to(x.device)
     real_noise = as_draws(rng).randn(real.images.shape).to(x.device)
     noisy = torch.cat([x + expand(sigma, x) * noise, real.images + expand(real_sigma, real.images) * real_noise])
@@ -170,8 +208,7 @@ def fake_denoiser_step(
     )
     loss_denoising = weighted_denoising_error(fake_denoiser, denoised[: len(x)], x, sigma)
     loss_head = head_gan_loss(logits[len(x) :], logits[: len(x)])
-    update.step(nn.ModuleList([fake_denoiser, gan.head]), loss_denoising + gan.head_weight * loss_head)
-    return float(loss_denoising.detach()), float(loss_head.detach())
+    return loss_denoising + gan.head_weight * loss_head, float(loss_denoising.detach()), float(loss_head.detach())
 
 
 def _draw_real(real_images: RealBatch | None, count: int, rng, device) -> RealBatch:

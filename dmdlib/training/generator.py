@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
+from tqdm.auto import tqdm
 
 from dmdlib.data.io import atomic_output
 from dmdlib.denoisers.base import Denoiser, trainable_copy
@@ -119,12 +120,14 @@ def generate(
     batch: int = 250,
     steps: int | None = None,
     scale: float | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """`steps` generator evaluations per sample (default: its whole ladder), in batches on the generator's device;
-    re-noising seeded per batch; samples come back on the CPU."""
+    re-noising seeded per batch; samples come back on the CPU (a progress bar with `progress`)."""
     device = next(generator.parameters()).device
     outputs = []
-    for start in range(0, len(noise), batch):
+    starts = range(0, len(noise), batch)
+    for start in tqdm(starts, desc="generator", unit="batch", leave=False, disable=not progress or len(starts) < 2):
         part = None if cond is None else cond[start : start + batch].to(device)
         rng = torch.Generator().manual_seed(start)
         outputs.append(generator.sample(noise[start : start + batch].to(device), part, steps, scale, rng).float().cpu())
