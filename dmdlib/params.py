@@ -202,6 +202,7 @@ class DistillParams(Section):
             "gradient_checkpointing",
             "compile",
             "micro_batch_size",
+            "processes",
         }
     )
     # defaults tuned for the embedded 16x16 default (docs/method.md), not the paper's: a real teacher's profile states
@@ -340,6 +341,13 @@ class DistillParams(Section):
         "adamw", description="'adamw8bit': bitsandbytes' 8-bit AdamW state (CUDA only)."
     )
     compile: bool = Field(False, description="torch.compile the generator and fake denoiser networks.")
+    processes: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel processes the `distill` stage launches itself (torchrun, one per GPU; gloo on the "
+        "CPU), so `dvc repro` records a multi-GPU run; 1: this process alone. Under an outside launcher it is "
+        "ignored.",
+    )
     data_parallel: Literal["ddp", "fsdp"] = Field(
         "ddp",
         description="With several processes: 'ddp' replicates generator and fake denoiser, 'fsdp' shards their "

@@ -1,15 +1,19 @@
 """`distill` stage: DMD training of the one-step generator from the teacher (paper Algorithm 1).
 
-One process by default; data-parallel (distill.data_parallel: DDP or FSDP) with `accelerate launch --num_processes N
--m stages.distill ...` or `torchrun --nproc_per_node N -m stages.distill ...` (CPU: gloo), on several machines with
-the launcher's node rank and rendezvous options. Re-running the same command, or `dvc repro`, resumes from the
+One process by default; data-parallel (distill.data_parallel: DDP or FSDP) with `distill.processes: N` (the stage
+launches N processes on this machine with torchrun, so `dvc repro` covers the run), or under an outside launcher
+(`torchrun --nproc_per_node N -m stages.distill ...`, `accelerate launch`; CPU: gloo), on several machines with the
+launcher's node rank and rendezvous options. Re-running the same command, or `dvc repro`, resumes from the
 checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,6 +73,8 @@ def main(
     with user_errors():
         config = (all_params := load_params(params, "distill", "pairs")).distill
         check_writable(out, samples, checkpoint, live)
+        if config.processes > 1 and "LOCAL_RANK" not in os.environ:
+            raise typer.Exit(_launch(config.processes))
         accelerator, processes = _processes(config)
         with single_writer(checkpoint, processes.rank):  # a second run on this checkpoint would overwrite this one's
             teacher_denoiser, reference = read_teacher(teacher)
@@ -149,6 +155,16 @@ def _resuming(checkpoint: Path, settings: dict, steps: int, accelerator) -> bool
         claim_checkpoint(checkpoint, settings, steps, "distill.steps")
     accelerator.wait_for_everyone()
     return resumable_step(checkpoint, fingerprint(settings)) > 0
+
+
+def _launch(processes: int) -> int:
+    """This very command again as `processes` data-parallel processes on this machine (torchrun picks a free port);
+    their exit code."""
+    log.info(
+        "launching %d processes: torchrun --standalone --nproc_per_node %d -m %s", processes, processes, __spec__.name
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    return subprocess.run([*command, "-m", __spec__.name, *sys.argv[1:]]).returncode
 
 
 def _processes(config: DistillParams):

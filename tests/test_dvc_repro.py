@@ -1,5 +1,6 @@
 """`dvc repro` itself, on a copy of the project with tiny params: a teacher replaced at its path re-runs every stage
-from `teacher` on, a stage whose params are rejected leaves every output of the last good run as it was, cached
+from `teacher` on, `distill.processes: 2` runs DDP under `dvc repro` (recorded, `dvc metrics diff` sees it), a
+stage whose params are rejected leaves every output of the last good run as it was, cached
 (models/generator) and uncached (reports/distill) alike, and a data-free objective's distill does not hang on pairs."""
 
 import hashlib
@@ -57,8 +58,16 @@ def dvc_project(repo_root, project, params: str):
             [sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True
         )
 
-    assert dvc("init", "--no-scm").returncode == 0
+    for command in (["init", "-q"], ["config", "user.email", "t@example.com"], ["config", "user.name", "t"]):
+        subprocess.run(["git", *command], cwd=project, check=True)
+    assert dvc("init", "-q").returncode == 0
+    git_commit(project)  # dvclive in a git repository wants a HEAD
     return dvc
+
+
+def git_commit(project) -> None:
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-qm", "run"], cwd=project, check=True)
 
 
 def test_a_replaced_teacher_and_a_rejected_param_under_dvc_repro(repo_root, tmp_path):
@@ -78,9 +87,23 @@ def test_a_replaced_teacher_and_a_rejected_param_under_dvc_repro(repo_root, tmp_
     again = dvc("repro")
     assert "Running stage 'teacher'" not in again.stdout and "Stage 'teacher' didn't change" in again.stdout
 
+    git_commit(project)  # distill.processes: 2 makes `dvc repro` itself run DDP on two gloo processes
+    (project / "params.yaml").write_text(
+        TINY_PARAMS.replace("distill: {steps: 2,", "distill: {steps: 2, processes: 2,")
+    )
+    parallel = dvc("repro")
+    assert parallel.returncode == 0, parallel.stdout[-3000:] + parallel.stderr[-3000:]
+    assert "launching 2 processes" in parallel.stderr and "Running stage 'distill'" in parallel.stdout
+    assert "Running stage 'pairs'" not in parallel.stdout
+    assert "processes: 2" in (project / "dvc.lock").read_text()
+    diff = dvc("metrics", "diff", "--all")
+    assert diff.returncode == 0 and "metrics/eval.json" in diff.stdout, diff.stdout + diff.stderr
+
     before = {name: _digest(project / name) for name in ("models/generator", "reports/distill", "reports/eval")}
 
-    (project / "params.yaml").write_text(TINY_PARAMS.replace("distill: {steps: 2,", "distill: {steps: -1,"))
+    (project / "params.yaml").write_text(
+        TINY_PARAMS.replace("distill: {steps: 2,", "distill: {steps: -1, processes: 2,")
+    )
     rejected = dvc("repro")
     assert rejected.returncode != 0 and "distill.steps" in rejected.stdout + rejected.stderr
     after = {name: _digest(project / name) for name in before}
