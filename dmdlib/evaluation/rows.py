@@ -29,7 +29,7 @@ from dmdlib.evaluation.metrics import class_shares, paired_ratio
 from dmdlib.params import EvaluateParams
 from dmdlib.teachers.reference import guided, image_decoder
 from dmdlib.training.generator import Generator, generate
-from dmdlib.training.pairs import fixed_inputs, make_sampler, seeded_inputs
+from dmdlib.training.pairs import fixed_inputs, make_sampler, seeded_batch
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +167,7 @@ def measure_all(
     count, sets = config.samples or len(dataset.subset(HELDOUT)), config.sample_sets
     shape, classes = real_denoiser.sample_shape, real_denoiser.num_classes
     references = reference_set(dataset, feature_net, config, device)
-    inputs = [seeded_inputs(config.first_seed + i, shape, classes) for i in range(count * sets)]
-    noise = torch.stack([z for z, _ in inputs])
-    labels = torch.tensor([label for _, label in inputs]) if classes else None
+    noise, labels = seeded_batch(config.first_seed, count * sets, shape, classes)
     grid_inputs = fixed_inputs(shape, Conditions.of(real_denoiser), 8 * min(max(classes, 1), GRID_CLASSES))
     decoder = image_decoder(reference)  # a latent (EDM2) teacher: every row is measured on decoded images
     results: dict = {

@@ -81,7 +81,7 @@ def evaluate_text_to_image(
     inception = find_inception(config.inception_path)
     reference_features = None
     if config.reference_images and inception is not None:
-        extract = inception_extractor(inception, torch.device("cpu"))
+        extract = inception_extractor(inception, device)
         real_images = load_image_folder(Path(config.reference_images).expanduser(), 299, 3).images
         reference_features = extract_features(extract, to_model_range(real_images), batch)
     else:

@@ -207,6 +207,16 @@ def _description(folder: Path) -> dict:
         raise DataError(f"{description_file}: not valid JSON ({err}); re-run `distill`") from None
 
 
+def generator_reference(folder: str | os.PathLike) -> dict:
+    """The teacher reference a generator folder rebuilds its network from (paths made whole): its kind, and for a
+    diffusers pipeline the teacher's folder, whose VAE and text encoders the generator samples with."""
+    reference = dict(_description(Path(folder))["teacher"])
+    for key in ("path", "config"):
+        if reference.get(key) and not Path(reference[key]).is_absolute():
+            reference[key] = str(Path(folder) / reference[key])
+    return reference
+
+
 def load_generator(folder: str | os.PathLike) -> Generator:
     """Load a distilled generator (frozen) from a folder written by `save_generator`.
 
@@ -219,11 +229,7 @@ def load_generator(folder: str | os.PathLike) -> Generator:
         images = generator(z, cond, scale=2.0)                # a guidance-conditioned generator at scale 2
     """
     folder = Path(folder)
-    description = _description(folder)
-    reference = dict(description["teacher"])
-    for key in ("path", "config"):
-        if reference.get(key) and not Path(reference[key]).is_absolute():
-            reference[key] = str(folder / reference[key])
+    description, reference = _description(folder), generator_reference(folder)
     denoiser = load_teacher(reference)
     if "weights" in description:
         load_model(denoiser, str(folder / description["weights"]))

@@ -48,6 +48,14 @@ def seeded_inputs(seed: int, shape: tuple[int, ...], num_conditions: int) -> tup
     return noise, label
 
 
+def seeded_batch(first_seed: int, count: int, shape: tuple[int, ...], num_conditions: int):
+    """(noise, condition ids or None) of seeds first_seed .. first_seed + count - 1 (`seeded_inputs`): the inputs
+    `evaluate` measures every model on, and `sample` draws."""
+    inputs = [seeded_inputs(first_seed + i, shape, num_conditions) for i in range(count)]
+    noise = torch.stack([z for z, _ in inputs])
+    return noise, (torch.tensor([label for _, label in inputs]) if num_conditions else None)
+
+
 def fixed_inputs(shape, conditions: Conditions | None, count: int, first_seed: int = GRID_SEED):
     """Seeded noise and cond (condition ids cycling 0..K-1) shared by every grid, so pictures compare sample by
     sample."""
