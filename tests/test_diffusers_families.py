@@ -16,6 +16,7 @@ from dmdlib.teachers.prompt_encoders import PromptEncoder
 from dmdlib.teachers.reference import guided, read_teacher
 from dmdlib.training.generator import load_generator
 from stages.distill import app as distill_app
+from stages.export import app as export_app
 from stages.pairs import app as pairs_app
 from stages.prompts import app as prompts_app
 from stages.teacher import app as teacher_app
@@ -76,6 +77,14 @@ def _distil(tmp_path, kind: str, folder, teacher_lines: str, pairs_lines: str, t
     return load_generator(tmp_path / "generator")
 
 
+def _exported(tmp_path):
+    """The `export` command's pipeline folder of tmp_path's generator, loaded by diffusers alone."""
+    from diffusers import DiffusionPipeline
+
+    _run(tmp_path, [(export_app, ["--generator", tmp_path / "generator", "--out", tmp_path / "export"])])
+    return DiffusionPipeline.from_pretrained(tmp_path / "export")
+
+
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_text_to_image_family_export(tmp_path, kind):
     """A text to image family distils and its export runs in the stock pipeline."""
@@ -89,15 +98,9 @@ def test_text_to_image_family_export(tmp_path, kind):
 
     index = json.loads((folder / "model_index.json").read_text())
     network_folder = "unet" if kind == "sdxl" else "transformer"
-    network = getattr(diffusers, index[network_folder][1]).from_pretrained(tmp_path / "generator" / network_folder)
-    scheduler_class = getattr(
-        diffusers, json.loads((tmp_path / "generator/scheduler/scheduler_config.json").read_text())["_class_name"]
-    )
-    pipeline = getattr(diffusers, index["_class_name"]).from_pretrained(
-        folder,
-        **{network_folder: network},
-        scheduler=scheduler_class.from_pretrained(tmp_path / "generator" / "scheduler"),
-    )
+    pipeline = _exported(tmp_path)
+    assert type(pipeline).__name__ == index["_class_name"]
+    network = getattr(pipeline, network_folder)
     pipeline.set_progress_bar_config(disable=True)
     shape = generator.denoiser.sample_shape
     z = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
@@ -141,7 +144,7 @@ def test_text_to_image_family_export(tmp_path, kind):
 
 def test_dit_export(tmp_path):
     """Dit distils class conditionally and its export runs in the stock dit pipeline."""
-    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+    from diffusers import DiTPipeline
 
     folder = save_tiny_dit(tmp_path / "dit")
     rng = torch.Generator().manual_seed(0)
@@ -166,11 +169,8 @@ def test_dit_export(tmp_path):
     )
     assert generator.sigma < generator.denoiser.sigma_max  # epsilon DiT: starts where its x0 is well conditioned
 
-    pipeline = DiTPipeline.from_pretrained(
-        folder,
-        transformer=DiTTransformer2DModel.from_pretrained(tmp_path / "generator" / "transformer"),
-        scheduler=DDIMScheduler.from_pretrained(tmp_path / "generator" / "scheduler"),
-    )
+    pipeline = _exported(tmp_path)
+    assert isinstance(pipeline, DiTPipeline)
     pipeline.set_progress_bar_config(disable=True)
     labels = [1, 7]
     theirs = pipeline(

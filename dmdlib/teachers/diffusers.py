@@ -136,10 +136,16 @@ def load_diffusers_pipeline(reference: dict[str, Any]) -> Denoiser:
 
 
 def save_one_step_scheduler(folder: Path, denoiser: Denoiser, sigma: float) -> None:
-    """The scheduler config with which the family's stock pipeline takes a one-step generator's single step.
+    """`one_step_scheduler`'s config, saved in `folder`."""
+    one_step_scheduler(denoiser, sigma).save_pretrained(folder)
 
-    Discrete teachers: DDIM with 'leading' spacing offset to the generator's timestep and alpha 1 after it, so
-    num_inference_steps=1 evaluates the network once at that timestep and returns its x0. Flow teachers: their own
+
+def one_step_scheduler(denoiser: Denoiser, sigma: float):
+    """The scheduler with which the family's stock pipeline takes a one-step generator's single step.
+
+    Discrete teachers: DDIM with 'leading' spacing offset to the generator's timestep (or 'trailing', at the last
+    timestep) and alpha 1 after it, so num_inference_steps=1 evaluates the network once at that timestep and returns
+    its x0. Flow teachers: their own
     FlowMatchEulerDiscreteScheduler; the pipeline is called with sigmas=[1 - 1 / num_train_timesteps] (the unshifted
     time of the generator's sigma), whose Euler step to 0 returns x_t - t v.
     """
@@ -147,19 +153,15 @@ def save_one_step_scheduler(folder: Path, denoiser: Denoiser, sigma: float) -> N
 
     config = dict(denoiser.scheduler_config)
     if isinstance(denoiser, FlowMatchDenoiser):
-        scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(config)
-    else:
-        timestep = int(round(float(denoiser.timestep(torch.tensor([sigma]))[0])))
-        scheduler = diffusers.DDIMScheduler.from_config(
-            {
-                **config,
-                "timestep_spacing": "leading",
-                "steps_offset": timestep,
-                "set_alpha_to_one": True,
-                "clip_sample": False,
-            }
-        )
-    scheduler.save_pretrained(folder)
+        return diffusers.FlowMatchEulerDiscreteScheduler.from_config(config)
+    timestep = int(round(float(denoiser.timestep(torch.tensor([sigma]))[0])))
+    # the last training timestep by 'trailing' spacing: StableDiffusionPipeline resets any steps_offset but 1
+    spacing = (
+        {"timestep_spacing": "trailing"}
+        if timestep == config["num_train_timesteps"] - 1
+        else {"timestep_spacing": "leading", "steps_offset": timestep}
+    )
+    return diffusers.DDIMScheduler.from_config({**config, **spacing, "set_alpha_to_one": True, "clip_sample": False})
 
 
 def _model_folder(folder: Path, subfolder: str) -> Path:
