@@ -2,10 +2,18 @@
 class-conditional generator and a latent text-to-image one (decoded with the teacher's VAE)."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from test_dvc_repro import save_teacher
-from tiny_models import save_tiny_stable_diffusion
+from tiny_models import (
+    save_tiny_ddpm,
+    save_tiny_dit,
+    save_tiny_flux,
+    save_tiny_sd3,
+    save_tiny_sdxl,
+    save_tiny_stable_diffusion,
+)
 from typer.testing import CliRunner
 
 from dmdlib.data.images import to_uint8
@@ -79,3 +87,25 @@ def test_text_to_image_samples_decode_prompts(tmp_path):
     assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1  # batched VAE decoding, rounded
     code, output = sample("--generator", tmp_path / "generator", "--npz", tmp_path / "x.npz")
     assert code == 2 and "give --prompts FILE" in output
+
+
+@pytest.mark.parametrize("kind", ["diffusers_ddpm", "sdxl", "sd3", "flux", "dit"])
+def test_every_diffusers_family_samples(tmp_path, kind):
+    """One image per seed from a tiny generator of each family, decoded with its teacher's VAE when latent."""
+    build = {
+        "diffusers_ddpm": save_tiny_ddpm,
+        "sdxl": save_tiny_sdxl,
+        "sd3": save_tiny_sd3,
+        "flux": save_tiny_flux,
+        "dit": save_tiny_dit,
+    }[kind]
+    reference = {"kind": kind, "path": str(build(tmp_path / kind))}
+    reference |= {"resolution": 16, "embedded_guidance": 1.0} if kind == "flux" else {}
+    generator = Generator.from_teacher(load_teacher(reference))
+    save_generator(tmp_path / "generator", generator, reference)
+    (tmp_path / "prompts.txt").write_text("a cat\n")
+    prompts = ["--prompts", tmp_path / "prompts.txt"] if kind in ("sdxl", "sd3", "flux") else []
+    code, output = sample("--generator", tmp_path / "generator", "--count", 2, "--npz", tmp_path / "s.npz", *prompts)
+    assert code == 0, output
+    images = np.load(tmp_path / "s.npz")["arr_0"]
+    assert images.shape[0] == 2 and images.shape[-1] == 3 and not np.array_equal(images[0], images[1])
