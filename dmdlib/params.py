@@ -13,9 +13,10 @@ from dmdlib.errors import ParamsError
 
 
 class Section(BaseModel):
-    """Base of every params section: unknown keys are errors, values are checked on assignment."""
+    """Base of every params section: unknown keys are errors, values are checked on assignment, and no float is
+    infinite or NaN (each also has a range: a learning rate of 1e30 is a typo, not a setting)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class PrepareParams(Section):
@@ -54,7 +55,7 @@ class FeaturesParams(Section):
 
     steps: int = Field(1500, ge=1, description="Training steps of the classifier.")
     batch_size: int = Field(128, ge=1)
-    lr: float = Field(2e-3, gt=0, description="Peak learning rate of a one-cycle schedule.")
+    lr: float = Field(2e-3, gt=0, le=1, description="Peak learning rate of a one-cycle schedule.")
     seed: int = Field(0, ge=0)
 
 
@@ -74,11 +75,13 @@ class TeacherTrainParams(Section):
         lt=1,
         description="Share of training labels replaced by 'no class', so classifier-free guidance works (0: none).",
     )
-    sigma_data: float = Field(0.5, gt=0, description="EDM's sigma_data: the data's standard deviation.")
-    sigma_min: float = Field(0.002, gt=0, description="Smallest noise level the teacher serves.")
-    sigma_max: float = Field(80.0, gt=0, description="Largest noise level; the one-step generator runs here.")
-    sigma_mean: float = Field(-1.2, description="Mean of log(sigma) for the log-normal part of training noise (EDM).")
-    sigma_std: float = Field(1.2, gt=0, description="Std of log(sigma) for the log-normal part.")
+    sigma_data: float = Field(0.5, gt=0, le=100, description="EDM's sigma_data: the data's standard deviation.")
+    sigma_min: float = Field(0.002, gt=0, le=1e6, description="Smallest noise level the teacher serves.")
+    sigma_max: float = Field(80.0, gt=0, le=1e6, description="Largest noise level; the one-step generator runs here.")
+    sigma_mean: float = Field(
+        -1.2, ge=-20, le=20, description="Mean of log(sigma) for the log-normal part of training noise (EDM)."
+    )
+    sigma_std: float = Field(1.2, gt=0, le=20, description="Std of log(sigma) for the log-normal part.")
     high_sigma_share: float = Field(
         0.2,
         ge=0,
@@ -87,8 +90,8 @@ class TeacherTrainParams(Section):
     )
     batch_size: int = Field(64, ge=1)
     steps: int = Field(3000, ge=1, description="Optimizer steps.")
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(1e-3, gt=0, le=1)
+    weight_decay: float = Field(0.0, ge=0, le=1)
     warmup_steps: int = Field(100, ge=0)
     ema_decay: float = Field(0.998, ge=0, lt=1, description="Decay of the EMA of the weights that is saved.")
     checkpoint_every: int = Field(250, ge=1, description="Steps between resumable checkpoints.")
@@ -139,6 +142,7 @@ class TeacherParams(Section):
     embedded_guidance: float | None = Field(
         None,
         ge=0,
+        le=100,
         description="Kind 'flux' with a guidance embedding (FLUX.1-dev): the scale fed to the generator and "
         "the fake denoiser through it (the real denoiser gets pairs.guidance).",
     )
@@ -183,7 +187,7 @@ class PairsParams(Section):
     )
     steps: int = Field(18, ge=1, description="Sampler steps (Heun: 2 * steps - 1 network evaluations).")
     guidance: float = Field(
-        1.0, ge=0, description="Classifier-free guidance scale (1 = none); the teacher must serve no condition."
+        1.0, ge=0, le=100, description="Classifier-free guidance scale (1 = none); the teacher must serve no condition."
     )
     dtype: Literal["float32", "float16"] = Field("float32", description="Storage type of noise and targets.")
 
@@ -241,20 +245,25 @@ class DistillParams(Section):
         "micro-batches whose gradients add up to one step (gradient accumulation; the pairs split alike). null: "
         "the whole share at once.",
     )
-    generator_lr: float = Field(3e-4, gt=0, description="Generator learning rate (paper: 2e-6 ImageNet, 1e-5 LAION).")
-    fake_lr: float = Field(1e-4, gt=0, description="Fake-denoiser learning rate.")
+    generator_lr: float = Field(
+        3e-4, gt=0, le=1, description="Generator learning rate (paper: 2e-6 ImageNet, 1e-5 LAION)."
+    )
+    fake_lr: float = Field(1e-4, gt=0, le=1, description="Fake-denoiser learning rate.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas of both optimizers.")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (paper: 0.01).")
+    weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay (paper: 0.01).")
     warmup_steps: int = Field(100, ge=0, description="Linear learning-rate warm-up steps (paper: 500).")
-    max_grad_norm: float | None = Field(10.0, gt=0, description="Gradient clipping norm (paper: 10); null for none.")
+    max_grad_norm: float | None = Field(
+        10.0, gt=0, le=1e6, description="Gradient clipping norm (paper: 10); null for none."
+    )
     dm_weight: float = Field(
         0.1,
         ge=0,
+        le=1e3,
         description="Weight of the distribution matching loss (paper: 1; 0: regression only). "
         "At 1 the embedded default traded recall for sharpness (docs/results.md).",
     )
     lambda_reg: float = Field(
-        0.5, ge=0, description="Weight of the regression loss (paper: 0.25; 0: DM only, as DMD2)."
+        0.5, ge=0, le=1e3, description="Weight of the regression loss (paper: 0.25; 0: DM only, as DMD2)."
     )
     regression_warmup_steps: int = Field(
         100, ge=0, description="First steps with the regression loss alone (paper: none)."
@@ -279,11 +288,15 @@ class DistillParams(Section):
     dm_sigma_max: float | None = Field(
         10.0,
         gt=0,
+        le=1e6,
         description="Also cap DM noise levels at this sigma (paper: none; the full range collapsed the "
         "embedded default, docs/method.md); null for none.",
     )
     sid_alpha: float = Field(
-        1.2, description="Objectives 'sid' and 'sida': the alpha of SiD's loss (the papers' 1.2; 1 is DMD's direction)."
+        1.2,
+        gt=0,
+        le=10,
+        description="Objectives 'sid' and 'sida': the alpha of SiD's loss (the papers' 1.2; 1 is DMD's direction).",
     )
     fake_steps: int = Field(
         1, ge=1, description="Fake-denoiser steps per generator step (1: DMD; DMD2: 5 ImageNet, 10 SD)."
@@ -291,10 +304,11 @@ class DistillParams(Section):
     gan_generator_weight: float = Field(
         0.0,
         ge=0,
+        le=1e3,
         description="DMD2's GAN loss for the generator (DMD2 ImageNet: 3e-3); 0: no GAN head. Needs real images.",
     )
     gan_head_weight: float = Field(
-        1e-2, gt=0, description="Weight of the GAN head's classification loss in the fake step (DMD2: 1e-2)."
+        1e-2, gt=0, le=1e3, description="Weight of the GAN head's classification loss in the fake step (DMD2: 1e-2)."
     )
     gan_start_step: int = Field(
         0,
@@ -369,6 +383,8 @@ class DistillParams(Section):
 
     @model_validator(mode="after")
     def _fractions(self) -> "DistillParams":
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError("`betas` must both be in [0, 1), e.g. [0.9, 0.999]")
         low, high = self.dm_sigma_fractions
         if not 0 <= low < high <= 1:
             raise ValueError("`dm_sigma_fractions` must be [low, high] with 0 <= low < high <= 1")

@@ -69,6 +69,13 @@ def test_defaults_when_section_is_absent(tmp_path):
         ("distill:\n  dm_weight: 0\n  lambda_reg: 0\n", ["distill", "no loss"]),
         ("distill:\n  mixed_precision: no\n", ["distill.mixed_precision", "'fp32' or 'bf16'", "got False"]),
         ("teacher:\n  train:\n    channels: [8, 8]\n", ["teacher.train", "same length"]),
+        ("pairs:\n  guidance: .inf\n", ["pairs.guidance", "finite number", "got inf"]),
+        ("features:\n  lr: .inf\n", ["features.lr", "finite number"]),
+        ("features:\n  lr: 1.0e+30\n", ["features.lr", "less than or equal to 1"]),
+        ("teacher:\n  train:\n    sigma_mean: .nan\n", ["teacher.train.sigma_mean", "finite number"]),
+        ("distill:\n  generator_sigmas: [80, .inf]\n", ["distill.generator_sigmas", "finite number"]),
+        ("distill:\n  betas: [0.9, 1.5]\n", ["distill", "`betas` must both be in [0, 1)"]),
+        ("distill:\n  dm_weight: 1.0e+30\n", ["distill.dm_weight", "less than or equal to 1000"]),
     ],
 )
 def test_bad_params_name_file_key_and_value(tmp_path, text, expected):
