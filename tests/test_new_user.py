@@ -331,7 +331,7 @@ def test_missing_section(tmp_path, text):
 
     (tmp_path / "params.yaml").write_text(text)
     code, output = invoke(pairs_app, tmp_path, "--out", tmp_path / "pairs")
-    assert code == 2 and "params.yaml: no `pairs` section; this stage reads pairs" in output
+    assert code == 2 and "params.yaml: no `pairs`" in output and "this stage reads pairs, distill" in output
     with pytest.raises(ParamsError, match="no `evaluate`, `pairs` section"):
         load_params(tmp_path / "params.yaml", "evaluate", "pairs")
 
