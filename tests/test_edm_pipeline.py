@@ -74,6 +74,28 @@ def test_an_edm_snapshot_distils_through_the_stages(nvlabs_fixtures, tmp_path):
     metrics = json.loads((tmp_path / "eval.json").read_text())
     assert metrics["teacher"]["nfe"] == 3 and metrics["dmd_one_step"]["nfe"] == 1
     assert (tmp_path / "t.png").is_file() and (tmp_path / "grids" / "final.png").is_file()
+    assert _sampled_and_exported(tmp_path).shape == (2, 16, 16, 3)
+
+
+def _sampled_and_exported(tmp_path):
+    """`sample` draws from the generator folder and `export` copies it with its card (no diffusers pipeline for
+    EDM); the export loads as the same generator. The sampled images, uint8 [N, H, W, C]."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from stages.export import app as export_app
+    from stages.sample import app as sample_app
+
+    runner, folder = CliRunner(), str(tmp_path / "generator")
+    result = runner.invoke(sample_app, ["--generator", folder, "--count", "2", "--npz", str(tmp_path / "s.npz")])
+    assert result.exit_code == 0, result.output
+    arguments = ["--generator", folder, "--out", str(tmp_path / "export"), "--params", str(tmp_path / "params.yaml")]
+    result = runner.invoke(export_app, [*arguments, "--metrics", str(tmp_path / "eval.json")])
+    assert result.exit_code == 0, result.output
+    assert "load_generator(folder)" in (tmp_path / "export" / "README.md").read_text()
+    exported, generator = load_generator(tmp_path / "export"), load_generator(folder)
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), generator.state_dict().values()))
+    return np.load(tmp_path / "s.npz")["arr_0"]
 
 
 def test_edm2_latent_snapshot(nvlabs_fixtures, tmp_path):
@@ -95,3 +117,4 @@ def test_edm2_latent_snapshot(nvlabs_fixtures, tmp_path):
     metrics = json.loads((tmp_path / "eval.json").read_text())
     assert metrics["dmd_one_step"]["fid_classifier"] > 0  # measured on decoded 16x16 RGB images
     assert (tmp_path / "t.png").is_file() and (tmp_path / "eval" / "comparison.png").is_file()
+    assert _sampled_and_exported(tmp_path).shape == (2, 16, 16, 3)  # decoded by the snapshot's VAE
