@@ -14,7 +14,7 @@ import typer
 from tqdm.auto import tqdm
 
 from dmdlib.data.io import check_writable, single_writer
-from dmdlib.params import load_params
+from dmdlib.params import DistillParams, load_params
 from dmdlib.teachers.reference import conditioning, read_teacher
 from dmdlib.training.pairs import ShardPlan, generate_pairs, make_sampler, pair_metadata
 from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, code_of, setup_logging, user_errors
@@ -39,17 +39,7 @@ def main(
         config = (all_params := load_params(params, "pairs", "distill")).pairs
         check_writable(out)
         if not all_params.distill.reads_pairs:
-            # An empty folder is the stage's output, so under `dvc repro` distill waits on nothing and pair settings
-            # re-run nothing; shards from an earlier objective stay for when it comes back.
-            out.mkdir(parents=True, exist_ok=True)
-            log.info(
-                "distill.objective %r with lambda_reg %g reads no pairs: none made (%d shards already in %s kept)",
-                all_params.distill.objective,
-                all_params.distill.lambda_reg,
-                len(list(out.glob("shard-*.parquet"))),
-                out,
-            )
-            return
+            return _none_needed(out, all_params.distill)
         state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes under torchrun: gloo
         with single_writer(out, state.process_index):  # a second run on this folder would write the same shards
             denoiser, reference = read_teacher(teacher)
@@ -89,6 +79,20 @@ def main(
                 config.count,
                 out,
             )
+
+
+def _none_needed(out: Path, distill: DistillParams) -> None:
+    """The output of a run whose distill reads no pairs: the folder as it is (an empty one if new), so under
+    `dvc repro` distill waits on nothing and pair settings re-run nothing; shards of an earlier objective stay for
+    when it comes back."""
+    out.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "distill.objective %r with lambda_reg %g reads no pairs: none made (%d shards already in %s kept)",
+        distill.objective,
+        distill.lambda_reg,
+        len(list(out.glob("shard-*.parquet"))),
+        out,
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from dmdlib.training.pairs import PairReader, ShardPlan, generate_pairs, make_sa
 from stages.pairs import app
 from stages.teacher import app as teacher_app
 
-PARAMS = "pairs:\n  count: 10\n  shard_size: 4\n  batch_size: {batch}\n  steps: 3\n"
+PARAMS = "pairs:\n  count: 10\n  shard_size: 4\n  batch_size: {batch}\n  steps: 3\ndistill: {{}}\n"
 
 
 @pytest.fixture(scope="module")
