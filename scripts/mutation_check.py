@@ -46,8 +46,8 @@ MUTATIONS = {
     ),
     "FID from the means only": (
         "dmdlib/evaluation/metrics.py",
-        "return float(frechet_distance(mu, sigma, b.mean(0), np.cov(b, rowvar=False)))",
-        "return float(((mu - b.mean(0)) ** 2).sum())",
+        "return float(frechet_distance(mu, sigma, *_mean_and_covariance(features)))",
+        "return float(((mu - _mean_and_covariance(features)[0]) ** 2).sum())",
         ["tests/test_evaluate.py"],
     ),
     "DDPM prior_scale sigma instead of sqrt(sigma^2 + 1)": (
