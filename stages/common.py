@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import typer
 
+from dmdlib.data.io import claim_folder
 from dmdlib.errors import DmdError, OutputError
 from dmdlib.provenance import code_digest
 
@@ -60,11 +61,13 @@ def compute_device() -> torch.device:
 
 
 def open_live(folder: Path, resume: bool):
-    """dvclive's logger of a training curve (no DVC experiment, report or dvc.yaml of its own). It opens the project's
-    DVC repository, whose caches a full disk breaks first: that is one line naming the folder, not a traceback."""
+    """dvclive's logger of a training curve (no DVC experiment, report or dvc.yaml of its own), in a folder of its own
+    that a fresh run empties. It opens the project's DVC repository, whose caches a full disk breaks first: that is one
+    line naming the folder, not a traceback."""
     from dvclive import Live
 
     try:
+        claim_folder(folder, clear=not resume)
         return Live(dir=str(folder), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
     except (OSError, sqlite3.Error) as err:
         raise OutputError(

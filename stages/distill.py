@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,7 +20,7 @@ import torch
 import typer
 
 from dmdlib.data.images import save_grid, to_model_range, to_uint8
-from dmdlib.data.io import check_writable, claim_checkpoint, file_digest, fingerprint, resumable_step, single_writer
+from dmdlib.data.io import check_writable, claim_checkpoint, claim_folder, file_digest, fingerprint, resumable_step, single_writer
 from dmdlib.data.prepared import TRAIN, PreparedImageReader, read_image_parquet, stratified_subset
 from dmdlib.denoisers import Denoiser
 from dmdlib.errors import ParamsError
@@ -140,8 +139,6 @@ def _monitor(
 ) -> DistillMonitor:
     """The training log (a fresh run starts its curves anew) and the monitor over it, with the start's grid and
     diversity measured: where the generator starts is the teacher at its first sigma."""
-    if not resuming:
-        shutil.rmtree(live, ignore_errors=True)
     monitor = DistillMonitor(open_live(live, resuming), config.sample_every, config.steps, save_samples, **diversity)
     initial = Generator.from_teacher(teacher, (config.generator_sigmas or [])[:1])
     save_samples("initial.png", initial)
@@ -185,9 +182,7 @@ def _grid_writer(folder: Path, teacher: Denoiser, conditions, decoder, fresh: bo
     A fresh (not resumed) run owns the folder: the grids of an earlier run go, so none is mistaken for this run's."""
     columns = min(conditions.count, 10) if conditions is not None else 8
     noise, cond = fixed_inputs(teacher.sample_shape, conditions, 8 * columns)
-    if fresh:
-        shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True, exist_ok=True)
+    claim_folder(folder, clear=fresh)
 
     def save(name: str, generator: Generator) -> None:
         images = generate(generator, noise, cond)

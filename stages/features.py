@@ -11,7 +11,7 @@ import typer
 
 from dmdlib.data.images import to_model_range
 from dmdlib.data.io import atomic_output, check_writable
-from dmdlib.data.prepared import HELDOUT, TRAIN, read_image_parquet
+from dmdlib.data.prepared import HELDOUT, TRAIN, UNLABELLED, read_image_parquet
 from dmdlib.errors import DataError
 from dmdlib.evaluation.classifier import predict, save_classifier, train_classifier
 from dmdlib.params import load_params
@@ -35,11 +35,7 @@ def main(
         check_writable(out, metrics)
         dataset = read_image_parquet(data)
         if not dataset.class_names:
-            raise DataError(
-                f"{data}: no class labels; the offline FID's feature network is a classifier of the data's "
-                "classes: put the images of prepare.image_folder in one sub-folder per class (Inception's "
-                "FID, with evaluate.inception_path, comes beside it, not instead)"
-            )
+            raise DataError(f"{data}: {UNLABELLED}")
         if len(dataset.class_names) == 1:
             log.warning(
                 "%s: one class (%s): a classifier of one class learns nothing that tells images apart, so FID in "

@@ -13,7 +13,7 @@ import torch
 import typer
 from tqdm.auto import tqdm
 
-from dmdlib.data.io import check_writable, single_writer
+from dmdlib.data.io import claim_folder, single_writer
 from dmdlib.params import DistillParams, load_params
 from dmdlib.teachers.reference import conditioning, read_teacher
 from dmdlib.training.pairs import ShardPlan, generate_pairs, make_sampler, pair_metadata
@@ -37,7 +37,7 @@ def main(
     setup_logging()
     with user_errors():
         config = (all_params := load_params(params, "pairs", "distill")).pairs
-        check_writable(out)
+        claim_folder(out)  # shards are written into it one by one: a folder of anything else is refused
         if not all_params.distill.reads_pairs:
             return _none_needed(out, all_params.distill)
         state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes under torchrun: gloo
@@ -85,7 +85,6 @@ def _none_needed(out: Path, distill: DistillParams) -> None:
     """The output of a run whose distill reads no pairs: the folder as it is (an empty one if new), so under
     `dvc repro` distill waits on nothing and pair settings re-run nothing; shards of an earlier objective stay for
     when it comes back."""
-    out.mkdir(parents=True, exist_ok=True)
     log.info(
         "distill.objective %r with lambda_reg %g reads no pairs: none made (%d shards already in %s kept)",
         distill.objective,

@@ -10,7 +10,7 @@ import typer
 
 from dmdlib.data.images import save_grid
 from dmdlib.data.io import check_writable
-from dmdlib.data.prepared import TRAIN, prepare_images, write_image_parquet
+from dmdlib.data.prepared import TRAIN, FolderImages, prepare_images, write_image_parquet
 from dmdlib.params import load_params
 from stages.common import PARAMS_OPTION, setup_logging, user_errors
 
@@ -29,21 +29,9 @@ def main(
     with user_errors():
         config = load_params(params, "prepare").prepare
         check_writable(out, preview)
-        data, skipped, converted = prepare_images(config)
-        if skipped:
-            log.warning(
-                "skipped %d unreadable image(s) (prepare.skip_unreadable): %s",
-                len(skipped),
-                "; ".join(f"{path} ({reason})" for path, reason in skipped),
-            )
-        if converted:
-            log.info(
-                "converted to %dx%dx%d: %s",
-                config.resolution,
-                config.resolution,
-                config.channels,
-                ", ".join(f"{count} {what}" for what, count in converted.most_common()),
-            )
+        data, folder = prepare_images(config)
+        if folder is not None:
+            _log_folder(folder, config)
         write_image_parquet(out, data, {"heldout_fraction": config.heldout_fraction, "split_seed": config.seed})
         train = data.subset(TRAIN)
         save_grid(preview, data.images[train[:: max(1, len(train) // 64)][:64]], columns=8, scale=4)
@@ -58,8 +46,32 @@ def main(
         config.source,
         counts,
         len(data.class_names),
-        len(skipped),
+        len(folder.unreadable) if folder else 0,
     )
+
+
+def _log_folder(folder: FolderImages, config) -> None:
+    """What was left out of the image folder and why, and what was changed on the way in."""
+    if folder.unreadable:
+        log.warning(
+            "skipped %d unreadable image(s) (prepare.skip_unreadable): %s",
+            len(folder.unreadable),
+            "; ".join(f"{path} ({reason})" for path, reason in folder.unreadable),
+        )
+    if folder.ignored:
+        log.warning(
+            "left out %d file(s) that are not images (no format Pillow reads has their suffix): %s",
+            sum(folder.ignored.values()),
+            ", ".join(f"{count} {suffix}" for suffix, count in folder.ignored.most_common()),
+        )
+    if folder.converted:
+        log.info(
+            "converted to %dx%dx%d: %s",
+            config.resolution,
+            config.resolution,
+            config.channels,
+            ", ".join(f"{count} {what}" for what, count in folder.converted.most_common()),
+        )
 
 
 if __name__ == "__main__":

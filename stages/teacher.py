@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -88,7 +87,7 @@ def main(
 def _digest_cache(checkpoint: Path) -> Path:
     """Where the imported teacher's file digests are kept between runs (by size, time and inode), beside the
     checkpoint."""
-    return checkpoint.with_name("teacher_files.json")
+    return checkpoint.with_name("source_files.json")
 
 
 def _convert_snapshot(config, out: Path, digest_cache: Path) -> None:
@@ -168,8 +167,6 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
     }
     with single_writer(checkpoint):  # a second run on this checkpoint would overwrite this one's
         resuming = claim_checkpoint(checkpoint, settings, train.steps, "teacher.train.steps") > 0
-        if not resuming:
-            shutil.rmtree(live_dir, ignore_errors=True)
         with open_live(live_dir, resuming) as live:
 
             def log_loss(step: int, loss: float) -> None:

@@ -14,12 +14,14 @@ from dmdlib.data.prepared import (
     ImageSet,
     load_image_folder,
     load_mnist_digits,
+    prepare_images,
     read_image_parquet,
     resize_center_crop,
     split_train_heldout,
     write_image_parquet,
 )
 from dmdlib.errors import DataError
+from dmdlib.params import PrepareParams
 
 
 def make_folder(root, classes=("cat", "dog"), per_class=3, size=(40, 30)):
@@ -73,6 +75,46 @@ def test_image_folder_without_classes_and_bad_folders(tmp_path):
     (empty / "bad.jpg").write_bytes(b"junk")
     with pytest.raises(DataError, match="no readable"):
         load_image_folder(empty, 8, 1)
+
+
+def test_every_pillow_format_symlinked_classes_and_exif_orientation(tmp_path):
+    """#40: WebP, BMP, GIF and TIFF read; other files counted by suffix; a symlinked class folder followed (a link to
+    an ancestor read once); a phone photo turned upright by its EXIF orientation."""
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    pixels = np.zeros((4, 6), np.uint8)
+    pixels[0, 5] = 255  # top right, wide
+    for suffix in ("webp", "bmp", "gif", "tiff", "png"):
+        Image.fromarray(pixels).save(root / "a" / f"x.{suffix}", **({"lossless": True} if suffix == "webp" else {}))
+    (root / "a" / "notes.txt").write_text("not an image")
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)
+    elsewhere = tmp_path / "b-images"
+    elsewhere.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: to be shown turned 90 degrees clockwise
+    stored = np.zeros((8, 8), np.uint8)
+    stored[:4, 4:] = 255  # top right as stored
+    Image.fromarray(stored).save(elsewhere / "phone.jpg", exif=exif, quality=100)
+    (root / "b").symlink_to(elsewhere, target_is_directory=True)
+    folder = load_image_folder(root, resolution=4, channels=1)
+    assert folder.class_names == ["a", "b"] and sorted(folder.labels.tolist()) == [0] * 5 + [1]
+    assert folder.ignored == {".txt": 1} and not folder.unreadable
+    assert folder.converted["turned upright by their EXIF orientation"] == 1
+    upright = load_image_folder(elsewhere, resolution=8, channels=1).images[0, ..., 0]
+    assert upright[4:, 4:].min() > 200 and upright[:4, 4:].max() < 50  # turned clockwise: bottom right
+
+
+def test_prepare_refuses_what_later_stages_cannot_use(tmp_path):
+    """#40: an unlabelled folder and a split with no held-out images stop at `prepare`, before any training."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((9, 9), i, np.uint8)).save(flat / f"{i}.png")
+    with pytest.raises(DataError, match="flat: no class labels; .* one sub-folder per class"):
+        prepare_images(PrepareParams(source="image_folder", image_folder=str(flat), resolution=8, channels=1))
+    labelled = make_folder(tmp_path / "two", per_class=1)
+    with pytest.raises(DataError, match=r"heldout_fraction 0.2 of 2 images leaves 2 to train on and 0 held out"):
+        prepare_images(PrepareParams(source="image_folder", image_folder=str(labelled), resolution=8, channels=1))
 
 
 def test_split_is_deterministic_and_sized():

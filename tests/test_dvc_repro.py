@@ -1,7 +1,8 @@
 """`dvc repro` itself, on a copy of the project with tiny params: a teacher replaced at its path re-runs every stage
 from `teacher` on, `distill.processes: 2` runs DDP under `dvc repro` (recorded, `dvc metrics diff` sees it), a
 stage whose params are rejected leaves every output of the last good run as it was, cached
-(models/generator) and uncached (reports/distill) alike, and a data-free objective's distill does not hang on pairs."""
+(models/generator) and uncached (reports/distill) alike, a data-free objective's distill does not hang on pairs, and
+images added to `prepare.image_folder` re-run `prepare`."""
 
 import hashlib
 import os
@@ -119,7 +120,7 @@ def test_a_data_free_objective_neither_makes_nor_waits_on_pairs(repo_root, tmp_p
     first = dvc("repro")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "reads no pairs: none made" in first.stderr
-    assert not list((project / "data/pairs").iterdir())
+    assert not list((project / "data/pairs").glob("shard-*"))
     generator = _digest(project / "models/generator")
 
     (project / "params.yaml").write_text(data_free.replace("steps: 2, guidance", "steps: 3, guidance"))
@@ -127,3 +128,32 @@ def test_a_data_free_objective_neither_makes_nor_waits_on_pairs(repo_root, tmp_p
     assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-3000:]
     assert "Running stage 'pairs'" in changed.stdout and "Running stage 'distill'" not in changed.stdout
     assert _digest(project / "models/generator") == generator
+
+
+def test_images_added_to_the_image_folder_rerun_prepare(repo_root, tmp_path):
+    """#40: `dvc status` called the pipeline up to date and `dvc repro` skipped `prepare` after images were added."""
+    import numpy as np
+    from PIL import Image
+
+    project, images = tmp_path / "project", tmp_path / "images"
+    project.mkdir()
+    rng = np.random.default_rng(0)
+
+    def add_image(name: str) -> None:
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(images / name)
+
+    for i in range(10):
+        add_image(f"{'ab'[i % 2]}/{i}.png")
+    params = f"prepare: {{source: image_folder, image_folder: {images}, resolution: 8, channels: 1}}\n"
+    dvc = dvc_project(repo_root, project, params)
+    first = dvc("repro", "prepare")
+    assert first.returncode == 0 and "Running stage 'prepare'" in first.stdout, first.stdout + first.stderr
+    again = dvc("repro", "prepare")
+    assert "Running stage 'prepare'" not in again.stdout
+    add_image("b/new.webp")
+    assert dvc("repro", "sources").returncode == 0
+    status = dvc("status", "prepare")
+    assert "changed deps" in status.stdout and "data/sources/images.json" in status.stdout, status.stdout
+    added = dvc("repro", "prepare")
+    assert "Running stage 'prepare'" in added.stdout and "11 images" in added.stderr, added.stdout + added.stderr

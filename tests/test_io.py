@@ -2,7 +2,8 @@
 
 import pytest
 
-from dmdlib.data.io import atomic_output
+from dmdlib.data.io import OUTPUT_MARK, atomic_output, claim_folder
+from dmdlib.errors import OutputError
 
 
 class Interrupted(Exception):
@@ -31,13 +32,31 @@ def test_failure_keeps_previous_output_and_removes_temporary(tmp_path):
 
 def test_directory_output_replaces_old_directory(tmp_path):
     target = tmp_path / "shards"
-    target.mkdir()
-    (target / "stale").write_text("x")
+    with atomic_output(target) as tmp:
+        tmp.mkdir()
+        (tmp / "stale").write_text("x")
     with atomic_output(target) as tmp:
         tmp.mkdir()
         (tmp / "fresh").write_text("y")
-    assert [p.name for p in target.iterdir()] == ["fresh"]
+    assert sorted(p.name for p in target.iterdir()) == [OUTPUT_MARK, "fresh"]
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_a_folder_not_written_here_is_never_replaced_or_emptied(tmp_path):
+    """#40: `--out` naming a folder of the user's (or `models`, holding the teacher) refused, its files kept."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "my_model.bin").write_text("keep")
+    with pytest.raises(OutputError, match=r"theirs: a folder this project did not write \(it holds my_model.bin"):
+        with atomic_output(theirs) as tmp:
+            tmp.mkdir()
+            (tmp / "generator.json").write_text("{}")
+    with pytest.raises(OutputError, match="did not write"):
+        claim_folder(theirs, clear=True)
+    assert [p.name for p in theirs.iterdir()] == ["my_model.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs"]
+    (tmp_path / "empty").mkdir()
+    assert sorted(p.name for p in claim_folder(tmp_path / "empty", clear=True).iterdir()) == [OUTPUT_MARK]
 
 
 def test_nothing_written_is_an_error(tmp_path):

@@ -16,6 +16,7 @@ from PIL import Image
 from tiny_project import pipeline_params, run_stages, write_tiny_project
 from typer.testing import CliRunner
 
+from dmdlib.data.io import OUTPUT_MARK
 from dmdlib.errors import ParamsError, TeacherError
 from dmdlib.params import load_params
 from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, load_kdiffusion, save_kdiffusion
@@ -235,6 +236,14 @@ def test_unwritable_outputs(tmp_path):
     assert not (tmp_path / "ck.pt").exists()  # stopped before training
     code, output = invoke(evaluate_app, tmp_path, "--metrics", tmp_path / "file" / "eval.json")
     assert code == 2 and "eval.json: cannot be written" in output
+    # #40: a folder of the user's, or the folder holding the project's other outputs, is refused before training
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "my_model.bin").write_text("keep")
+    for folder in (tmp_path / "mine", tmp_path):
+        with pytest.raises(AssertionError, match="a folder this project did not write"):
+            _distill_into(tmp_path, folder)
+    assert (tmp_path / "mine" / "my_model.bin").read_text() == "keep" and (tmp_path / "teacher").is_dir()
+    assert not (tmp_path / "ck.pt").exists()
 
 
 def _distill_into(folder, out):
@@ -270,6 +279,7 @@ def test_full_disk(tmp_path, repo_root):
 
     write_tiny_project(tmp_path, tiny_teacher(), pipeline_params())
     (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / OUTPUT_MARK).touch()
     (tmp_path / "pairs" / "shard-00000.parquet").write_bytes(b"an earlier run's shard")
 
     def run(stage: str, limit: int | None, *args, cwd=tmp_path) -> list[str]:

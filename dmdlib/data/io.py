@@ -28,6 +28,8 @@ from dmdlib.errors import DataError, OutputError, ParamsError
 
 log = logging.getLogger(__name__)
 CORRUPT_CHECKPOINT = "delete it to start this stage's training over"
+# In every folder a stage writes: the mark that the folder is this project's output, which a stage may replace whole.
+OUTPUT_MARK = ".dmd-output"
 
 
 @contextlib.contextmanager
@@ -48,7 +50,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
                 raise RuntimeError(
                     f"nothing was written to the temporary output {tmp} for {final}"
                 )  # a bug, not a user error
+            if tmp.is_dir():
+                (tmp / OUTPUT_MARK).touch()
             _umask_modes(tmp)
+            check_writable(final)  # a folder may have appeared at `final` while the work ran
             if tmp.is_dir() and final.exists():
                 # os.replace cannot swap a directory onto an existing one; move the old one aside first.
                 old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
@@ -81,8 +86,10 @@ def _write_failure(err: Exception, tmp: Path) -> str | None:
 
 def check_writable(*paths: str | os.PathLike) -> None:
     """Stop before any work when an output could not be written: the folder each is written in (and an output folder
-    that exists) is created if missing and must take a new file; an OutputError names the path and why."""
+    that exists) is created if missing and must take a new file, and a folder already at the path must be empty or
+    this project's (`OUTPUT_MARK`), since a stage replaces its output whole; an OutputError names the path and why."""
     for path in map(Path, paths):
+        _refuse_foreign_folder(path)
         for folder in [path.parent, *([path] if path.is_dir() else [])]:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -93,6 +100,29 @@ def check_writable(*paths: str | os.PathLike) -> None:
                 raise OutputError(
                     f"{path}: cannot be written in {folder} ({reason}); make the folder writable or give another path"
                 ) from None
+
+
+def claim_folder(path: str | os.PathLike, clear: bool = False) -> Path:
+    """Make `path` a folder of this project's outputs (created if missing, marked), emptied first if `clear`; a folder
+    that holds anything not written here is refused, not emptied."""
+    path = Path(path)
+    check_writable(path)
+    if clear:
+        _remove(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / OUTPUT_MARK).touch()
+    return path
+
+
+def _refuse_foreign_folder(path: Path) -> None:
+    if path.is_dir() and not (path / OUTPUT_MARK).exists() and any(path.iterdir()):
+        entries = sorted(entry.name for entry in path.iterdir())
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise OutputError(
+            f"{path}: a folder this project did not write (it holds {shown}, and no {OUTPUT_MARK} mark); a stage "
+            "replaces its output folder whole, so give a path that does not exist yet (or delete the folder yourself "
+            "if nothing in it is needed, an earlier version's output included)"
+        )
 
 
 @contextlib.contextmanager
@@ -190,13 +220,28 @@ def file_digest(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def folder_files(folder: str | os.PathLike) -> list[Path]:
+    """Every file under `folder`, symlinked files and sub-folders followed (each real folder once, so a link to an
+    ancestor does not loop); hidden files and folders (names starting with a dot) left out."""
+    files, seen = [], set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            folders.clear()
+            continue
+        seen.add(real)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        files += [Path(root, name) for name in names if not name.startswith(".")]
+    return sorted(path for path in files if path.is_file())
+
+
 def files_digest(root: str | os.PathLike, cache: str | os.PathLike | None = None) -> dict[str, str]:
     """SHA-256 of every file under `root` (or of `root` itself, a file), by path relative to it. With `cache` (a JSON
     file), a file whose size, modification time and inode are unchanged is not read again, as DVC does."""
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"{root}: not found")
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    files = [root] if root.is_file() else folder_files(root)
     known = json.loads(Path(cache).read_text()) if cache is not None and Path(cache).is_file() else {}
     digests = {}
     for path in files:

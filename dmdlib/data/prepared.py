@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from dmdlib.data.images import to_model_range
-from dmdlib.data.io import RowGroupReader, read_tagged_parquet, write_parquet
+from dmdlib.data.io import RowGroupReader, folder_files, read_tagged_parquet, write_parquet
 from dmdlib.errors import DataError
 from dmdlib.params import PrepareParams
 
@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "dmd-images/1"
 METADATA_KEY = b"dmd"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 TRAIN, HELDOUT = "train", "heldout"
 ROW_GROUP_BYTES = 2 * 2**20  # a row group is what `PreparedImageReader` reads to serve any one of its images
 
@@ -94,28 +93,44 @@ def load_mnist_digits(resolution: int, channels: int) -> tuple[np.ndarray, np.nd
     return images, labels.astype(np.int64)
 
 
+UNLABELLED = (
+    "no class labels; the offline FID's feature network is a classifier of the data's classes: put the images of "
+    "prepare.image_folder in one sub-folder per class (Inception's FID, with evaluate.inception_path, comes beside "
+    "it, not instead)"
+)
+
+
 @dataclass
 class FolderImages:
     """An image folder read at one size: images, labels (-1 without classes), class names, the files that could
-    not be read (with why), and a count of the conversions made (mode changes, resizes)."""
+    not be read (with why), a count of the conversions made (mode changes, resizes, EXIF rotations) and of the files
+    left out as not images, by suffix."""
 
     images: np.ndarray
     labels: np.ndarray
     class_names: list[str]
     unreadable: list[tuple[Path, str]]
     converted: Counter
+    ignored: Counter
+
+
+def image_suffixes() -> set[str]:
+    """Every file suffix Pillow opens (PNG, JPEG, WebP, BMP, GIF, TIFF, ...)."""
+    Image.init()
+    return {suffix.lower() for suffix in Image.registered_extensions()}
 
 
 def load_image_folder(folder: str | os.PathLike, resolution: int, channels: int) -> FolderImages:
-    """Read PNG/JPEG files under `folder`; sub-folders become class labels. Every file is tried, so all the
-    unreadable ones are reported together."""
+    """Read the image files under `folder` (any format Pillow reads); sub-folders become class labels. Every file is
+    tried, so all the unreadable ones are reported together."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(
-            f"{folder}: image folder not found; expected a folder of PNG/JPEG files (optionally one sub-folder "
-            "per class)"
+            f"{folder}: image folder not found; expected a folder of image files (optionally one sub-folder per class)"
         )
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    suffixes = image_suffixes()
+    files = [p for p in folder_files(folder) if p.suffix.lower() in suffixes]
+    ignored = Counter(p.suffix.lower() or "no suffix" for p in folder_files(folder) if p.suffix.lower() not in suffixes)
     class_names = sorted({p.parent.relative_to(folder).parts[0] for p in files if p.parent != folder})
     top = [p.name for p in files if p.parent == folder]
     if class_names and top:
@@ -127,14 +142,21 @@ def load_image_folder(folder: str | os.PathLike, resolution: int, channels: int)
     for path in files:
         try:
             with Image.open(path) as image:
+                if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # phones store the rotation, not rotate
+                    image = ImageOps.exif_transpose(image)
+                    converted["turned upright by their EXIF orientation"] += 1
                 images.append(_to_array(image, resolution, channels, converted))
         except (UnidentifiedImageError, OSError, ValueError) as err:
             unreadable.append((path, f"{type(err).__name__}: {err}"))
             continue
         labels.append(class_names.index(path.relative_to(folder).parts[0]) if class_names else -1)
     if not images:
-        raise DataError(f"{folder}: no readable PNG/JPEG images found ({len(unreadable)} unreadable)")
-    return FolderImages(np.stack(images), np.asarray(labels, dtype=np.int64), class_names, unreadable, converted)
+        raise DataError(
+            f"{folder}: no readable images found ({len(unreadable)} unreadable, {sum(ignored.values())} not images)"
+        )
+    return FolderImages(
+        np.stack(images), np.asarray(labels, dtype=np.int64), class_names, unreadable, converted, ignored
+    )
 
 
 def split_train_heldout(count: int, heldout_fraction: float, seed: int) -> np.ndarray:
@@ -271,26 +293,30 @@ def read_image_parquet(path: str | os.PathLike) -> ImageSet:
     )
 
 
-def prepare_images(params: PrepareParams) -> tuple[ImageSet, list[tuple[Path, str]], Counter]:
-    """Load the configured source, shape it, and split it; also return the unreadable files skipped (only with
-    `skip_unreadable`; otherwise they stop it, every one named) and the conversions made."""
+def prepare_images(params: PrepareParams) -> tuple[ImageSet, FolderImages | None]:
+    """Load the configured source, shape it, and split it; also return, for an image folder, what was read from it
+    (unreadable files are skipped only with `skip_unreadable`; otherwise they stop it, every one named). Data that
+    the later stages could not use (no labels, an empty split) stops here, before any training."""
     if params.source == "mnist":
         images, labels = load_mnist_digits(params.resolution, params.channels)
-        class_names, skipped, converted = [str(d) for d in range(10)], [], Counter()
+        class_names, folder = [str(d) for d in range(10)], None
     else:
         folder = load_image_folder(params.image_folder, params.resolution, params.channels)
-        images, labels, class_names, skipped, converted = (
-            folder.images,
-            folder.labels,
-            folder.class_names,
-            folder.unreadable,
-            folder.converted,
-        )
-        if skipped and not params.skip_unreadable:
-            listing = "; ".join(f"{path} ({reason})" for path, reason in skipped)
+        images, labels, class_names = folder.images, folder.labels, folder.class_names
+        if folder.unreadable and not params.skip_unreadable:
+            listing = "; ".join(f"{path} ({reason})" for path, reason in folder.unreadable)
             raise DataError(
-                f"{params.image_folder}: {len(skipped)} unreadable image(s): {listing}; replace or remove them, "
-                "or set prepare.skip_unreadable: true to prepare the rest"
+                f"{params.image_folder}: {len(folder.unreadable)} unreadable image(s): {listing}; replace or remove "
+                "them, or set prepare.skip_unreadable: true to prepare the rest"
             )
+        if not class_names:
+            raise DataError(f"{params.image_folder}: {UNLABELLED}")
     split = split_train_heldout(len(images), params.heldout_fraction, params.seed)
-    return ImageSet(images, labels, split, class_names, source=params.source), skipped, converted
+    counts = {name: int(np.sum(split == name)) for name in (TRAIN, HELDOUT)}
+    if min(counts.values()) == 0:
+        raise DataError(
+            f"prepare.heldout_fraction {params.heldout_fraction} of {len(images)} images leaves {counts[TRAIN]} to "
+            f"train on and {counts[HELDOUT]} held out; both must have images (the held-out ones measure the "
+            "classifier and the FID noise floor): change the fraction or add images"
+        )
+    return ImageSet(images, labels, split, class_names, source=params.source), folder
