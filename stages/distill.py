@@ -20,7 +20,15 @@ import torch
 import typer
 
 from dmdlib.data.images import save_grid, to_model_range, to_uint8
-from dmdlib.data.io import check_writable, claim_checkpoint, claim_folder, file_digest, fingerprint, resumable_step, single_writer
+from dmdlib.data.io import (
+    check_writable,
+    claim_checkpoint,
+    claim_folder,
+    file_digest,
+    fingerprint,
+    resumable_step,
+    single_writer,
+)
 from dmdlib.data.prepared import TRAIN, PreparedImageReader, read_image_parquet, stratified_subset
 from dmdlib.denoisers import Denoiser
 from dmdlib.errors import ParamsError
