@@ -18,7 +18,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from dmdlib.data.io import flat_settings
+from dmdlib.data.checkpoints import flat_settings
 
 GENERATOR_ROW = ("dmd_", "teacher_guidance_")  # per-model rows of metrics/eval.json besides the baseline ones
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -10,6 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dmdlib.errors import ParamsError
+
+log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):
@@ -497,9 +500,29 @@ def load_params(path: str | os.PathLike, *sections: str) -> Params:
             f"{', '.join(sections)} (copy what it lacks from params.yaml in the repository)"
         )
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(format_validation_error(path, err, Params)) from None
+    unstated = [key for section in sections for key in _unstated(Params, raw, section)]
+    if unstated:
+        shown = ", ".join(unstated[:10]) + (f" and {len(unstated) - 10} more" if len(unstated) > 10 else "")
+        log.warning("%s states no %s: the library's defaults are taken (params.yaml states every key)", path, shown)
+    return params
+
+
+def _unstated(model: type[BaseModel], raw: dict, key: str, prefix: str = "") -> list[str]:
+    """The keys under `key` that `raw` leaves to their defaults, a nested section left out whole named as one."""
+    if key not in raw:
+        return [f"{prefix}{key}" + (" (the whole section)" if _section_type(model, key) else "")]
+    nested = _section_type(model, key)
+    if nested is None or not isinstance(raw[key], dict):
+        return []
+    return [item for name in nested.model_fields for item in _unstated(nested, raw[key], name, f"{prefix}{key}.")]
+
+
+def _section_type(model: type[BaseModel], key: str) -> type[Section] | None:
+    annotation = model.model_fields[key].annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, Section) else None
 
 
 def format_validation_error(path: str | os.PathLike, err: ValidationError, model: type[BaseModel]) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import typer
 
-from dmdlib.data.io import claim_folder
+from dmdlib.data.io import atomic_output, claim_folder
 from dmdlib.errors import DmdError, OutputError
 from dmdlib.provenance import code_digest
 
@@ -60,17 +60,32 @@ def compute_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def open_live(folder: Path, resume: bool):
+def open_live(folder: Path, resumed_step: int):
     """dvclive's logger of a training curve (no DVC experiment, report or dvc.yaml of its own), in a folder of its own
-    that a fresh run empties. It opens the project's DVC repository, whose caches a full disk breaks first: that is one
-    line naming the folder, not a traceback."""
+    that a fresh run (`resumed_step` 0) empties; a resumed run drops the rows past its checkpoint's step, which it
+    logs again. It opens the project's DVC repository, whose caches a full disk breaks first: that is one line naming
+    the folder, not a traceback."""
     from dvclive import Live
 
+    claim_folder(folder, clear=not resumed_step)
     try:
-        claim_folder(folder, clear=not resume)
-        return Live(dir=str(folder), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
+        if resumed_step:
+            _drop_rows_after(folder, resumed_step)
+        return Live(dir=str(folder), resume=bool(resumed_step), save_dvc_exp=False, dvcyaml=None, report=None)
     except (OSError, sqlite3.Error) as err:
         raise OutputError(
             f"{folder}: the training log could not start ({type(err).__name__}: {err}); free space on the "
             "disk, or make the project folder writable"
         ) from None
+
+
+def _drop_rows_after(folder: Path, step: int) -> None:
+    """Rows of dvclive's curves (TSV with a `step` column) past `step`: a killed run logged them after its last
+    checkpoint, and the resumed run logs those steps again."""
+    for curve in sorted((folder / "plots" / "metrics").rglob("*.tsv")):
+        header, *rows = curve.read_text().splitlines(keepends=True)
+        column = header.rstrip("\n").split("\t").index("step")
+        kept = [row for row in rows if int(row.split("\t")[column]) <= step]
+        if len(kept) < len(rows):
+            with atomic_output(curve) as tmp:
+                tmp.write_text(header + "".join(kept))

@@ -19,16 +19,9 @@ from pathlib import Path
 import torch
 import typer
 
+from dmdlib.data.checkpoints import claim_checkpoint, fingerprint, resumable_step
 from dmdlib.data.images import save_grid, to_model_range, to_uint8
-from dmdlib.data.io import (
-    check_writable,
-    claim_checkpoint,
-    claim_folder,
-    file_digest,
-    fingerprint,
-    resumable_step,
-    single_writer,
-)
+from dmdlib.data.io import check_writable, claim_folder, file_digest, single_writer
 from dmdlib.data.prepared import TRAIN, PreparedImageReader, read_image_parquet, stratified_subset
 from dmdlib.denoisers import Denoiser
 from dmdlib.errors import ParamsError
@@ -64,8 +57,10 @@ def main(
     data: Path = typer.Option(
         Path("data/prepared.parquet"), help="Prepared data: real images for the diversity check and the GAN."
     ),
-    classifier: Path = typer.Option(
-        Path("models/classifier.safetensors"), help="Feature classifier for class shares (optional)."
+    classifier: Path | None = typer.Option(
+        None,
+        help="Feature classifier (`features` stage) for the class shares of the collapse check; without it the "
+        "check measures feature diversity only.",
     ),
     out: Path = typer.Option(Path("models/generator"), help="Generator folder (generator.json + safetensors)."),
     samples: Path = typer.Option(
@@ -101,19 +96,19 @@ def main(
                 all_params.pairs.guidance,
             )
             settings = _settings(config, expected_pairs, inputs, data)
-            resuming, monitor = _resuming(checkpoint, settings, config.steps, accelerator), None
+            resumed_step, monitor = _resumed_step(checkpoint, settings, config.steps, accelerator), None
             save_samples = _grid_writer(
                 samples,
                 teacher_denoiser,
                 conditions,
                 image_decoder(reference, config.preview_vae),
-                fresh=not resuming and accelerator.is_main_process,
+                fresh=not resumed_step and accelerator.is_main_process,
             )
             if accelerator.is_main_process:
                 diversity = (
                     {} if is_latent(reference) else _diversity_inputs(data, classifier, teacher_denoiser, conditions)
                 )
-                monitor = _monitor(live, resuming, config, teacher_denoiser, save_samples, diversity)
+                monitor = _monitor(live, resumed_step, config, teacher_denoiser, save_samples, diversity)
             generator, _ = distill(
                 teacher_denoiser, config, checkpoint, inputs, settings=settings, processes=processes, on_step=monitor
             )
@@ -143,23 +138,25 @@ def _settings(config: DistillParams, expected_pairs: dict, inputs: DistillInputs
 
 
 def _monitor(
-    live: Path, resuming: bool, config: DistillParams, teacher: Denoiser, save_samples, diversity: dict
+    live: Path, resumed_step: int, config: DistillParams, teacher: Denoiser, save_samples, diversity: dict
 ) -> DistillMonitor:
     """The training log (a fresh run starts its curves anew) and the monitor over it, with the start's grid and
     diversity measured: where the generator starts is the teacher at its first sigma."""
-    monitor = DistillMonitor(open_live(live, resuming), config.sample_every, config.steps, save_samples, **diversity)
+    live_log = open_live(live, resumed_step)
+    monitor = DistillMonitor(live_log, config.sample_every, config.steps, save_samples, **diversity)
     initial = Generator.from_teacher(teacher, (config.generator_sigmas or [])[:1])
     save_samples("initial.png", initial)
     monitor.measure_start(initial)
     return monitor
 
 
-def _resuming(checkpoint: Path, settings: dict, steps: int, accelerator) -> bool:
-    """The main process claims the checkpoint for these settings (`claim_checkpoint`); then each sees if it resumes."""
+def _resumed_step(checkpoint: Path, settings: dict, steps: int, accelerator) -> int:
+    """The main process claims the checkpoint for these settings (`claim_checkpoint`); then each reads the step it
+    resumes from (0: a fresh run)."""
     if accelerator.is_main_process:
         claim_checkpoint(checkpoint, settings, steps, "distill.steps")
     accelerator.wait_for_everyone()
-    return resumable_step(checkpoint, fingerprint(settings)) > 0
+    return resumable_step(checkpoint, fingerprint(settings))
 
 
 def _launch(processes: int) -> int:
@@ -221,7 +218,7 @@ def _real_images(data: Path, reference: dict) -> PreparedImageReader:
     return PreparedImageReader(data, TRAIN)
 
 
-def _diversity_inputs(data: Path, classifier: Path, teacher: Denoiser, conditions) -> dict:
+def _diversity_inputs(data: Path, classifier: Path | None, teacher: Denoiser, conditions) -> dict:
     """Real images, the feature classifier and the data's class shares, for DistillMonitor's collapse check."""
     dataset = read_image_parquet(data)
     train = dataset.subset(TRAIN)
@@ -231,7 +228,7 @@ def _diversity_inputs(data: Path, classifier: Path, teacher: Denoiser, condition
     return {
         "diversity_samples": lambda generator: generate(generator, check_noise, check_cond),
         "real_images": to_model_range(dataset.images[train[stratified_subset(dataset.labels[train], 500)]]),
-        "classifier": load_classifier(classifier) if labelled and classifier.is_file() else None,
+        "classifier": load_classifier(classifier) if labelled and classifier is not None else None,
         "data_shares": shares / shares.sum() if labelled else None,
     }
 

@@ -69,10 +69,22 @@ def main(
         _write(metrics, results)
 
 
+HEADLINE = ("fid_", "clip_score", "precision_", "recall_", "images_per_s")
+
+
 def _write(metrics: Path, results: dict) -> None:
+    """The metrics file, and a line per model of its headline figures in the log (the file has the rest)."""
     with atomic_output(metrics) as tmp:
         tmp.write_text(json.dumps(results, indent=2))
-    log.info("wrote %s:\n%s", metrics, json.dumps(results, indent=2))
+    log.info("wrote %s; headline figures (mean over sets; errors and the rest in the file):", metrics)
+    for name, row in results.items():
+        if isinstance(row, dict) and any(key.startswith(HEADLINE) for key in row):
+            shown = {
+                key: value
+                for key, value in row.items()
+                if key.startswith(HEADLINE) and not key.endswith(("_std", "_se")) and not isinstance(value, dict)
+            }
+            log.info("  %s: %s", name, ", ".join(f"{key} {value}" for key, value in shown.items()))
 
 
 def _save_pictures(folder: Path, grids: dict[str, np.ndarray]) -> None:

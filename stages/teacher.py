@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 import typer
 
+from dmdlib.data.checkpoints import claim_checkpoint, fingerprint
 from dmdlib.data.images import GRID_CLASSES, save_grid, to_model_range, to_uint8
-from dmdlib.data.io import atomic_output, check_writable, claim_checkpoint, single_writer
+from dmdlib.data.io import atomic_output, check_writable, single_writer
 from dmdlib.data.prepared import TRAIN, read_image_parquet
 from dmdlib.denoisers.sampling import heun_sample
 from dmdlib.errors import ParamsError
@@ -29,7 +30,7 @@ from dmdlib.teachers.loading import (
     save_kdiffusion,
     source_digest,
 )
-from dmdlib.teachers.reference import REFERENCE_FILE, image_decoder, read_teacher
+from dmdlib.teachers.reference import REFERENCE_FILE, check_teacher_fits_data, image_decoder, read_teacher
 from dmdlib.teachers.training import train_teacher
 from stages.common import PARAMS_OPTION, code_of, compute_device, open_live, setup_logging, user_errors
 
@@ -61,7 +62,7 @@ def main(
         if config.kind == "train":
             _train(config.train, data, out, checkpoint, live)
         elif config.kind in EDM_CLASSES:
-            _convert_snapshot(config, out, _digest_cache(checkpoint))
+            _convert_snapshot(config, out, _digest_cache(checkpoint), data)
         else:
             reference = {"kind": config.kind, "path": _absolute(config.path), "config": _absolute(config.config)}
             if config.kind in PIPELINE_CLASSES:
@@ -75,6 +76,8 @@ def main(
                     if config.kind in PIPELINE_CLASSES
                     else "it is the network's own sample size: its config is wrong",
                 )
+            if data.is_file():  # here, not after `pairs` has done the teacher's ODE work
+                check_teacher_fits_data(denoiser, reference, Path(config.path), data)
             # the files' digest: a teacher replaced at the same path changes this output, so every later stage re-runs
             reference["source"] = source_digest(config.files(), _digest_cache(checkpoint))
             with atomic_output(out) as tmp:
@@ -90,8 +93,9 @@ def _digest_cache(checkpoint: Path) -> Path:
     return checkpoint.with_name("source_files.json")
 
 
-def _convert_snapshot(config, out: Path, digest_cache: Path) -> None:
-    """An NVlabs snapshot converted once into network.safetensors + network.json: no later stage opens the pickle."""
+def _convert_snapshot(config, out: Path, digest_cache: Path, data: Path) -> None:
+    """An NVlabs snapshot converted once into network.safetensors + network.json: no later stage opens the pickle;
+    one that does not fit the prepared data is not written."""
     with atomic_output(out) as tmp:
         tmp.mkdir()
         encoder = convert_edm_snapshot(
@@ -111,6 +115,8 @@ def _convert_snapshot(config, out: Path, digest_cache: Path) -> None:
             "source": source_digest(config.files(), digest_cache),
         }
         (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
+        if data.is_file():
+            check_teacher_fits_data(*read_teacher(tmp), Path(config.path), data)
     log.info("converted %s (%s) into %s", config.path, reference["kind"], out)
 
 
@@ -165,9 +171,13 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
         "train_split": split,
         "code": code_of(__spec__.name),
     }
+    trained = {"fingerprint": fingerprint(settings), "steps": train.steps}
+    if _recorded(out).get("trained") == trained:  # e.g. a fresh clone's restored output, with no checkpoint
+        log.info("%s already holds the teacher of these settings at %d steps: not trained again", out, train.steps)
+        return
     with single_writer(checkpoint):  # a second run on this checkpoint would overwrite this one's
-        resuming = claim_checkpoint(checkpoint, settings, train.steps, "teacher.train.steps") > 0
-        with open_live(live_dir, resuming) as live:
+        resumed_step = claim_checkpoint(checkpoint, settings, train.steps, "teacher.train.steps")
+        with open_live(live_dir, resumed_step) as live:
 
             def log_loss(step: int, loss: float) -> None:
                 if step % 10 == 0:
@@ -175,11 +185,19 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
                     live.log_metric("loss", loss)
 
             ema = train_teacher(denoiser, images, labels, train, checkpoint, settings, on_step=log_loss)
-        reference = {"kind": "kdiffusion", "path": WEIGHTS_FILE, "config": None}
+        reference = {"kind": "kdiffusion", "path": WEIGHTS_FILE, "config": None, "trained": trained}
         with atomic_output(out) as tmp:
             tmp.mkdir()
             save_kdiffusion(tmp / WEIGHTS_FILE, ema, model_config)
             (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
+
+
+def _recorded(out: Path) -> dict:
+    """The teacher reference `out` holds, or {} when there is none to read."""
+    try:
+        return json.loads((out / REFERENCE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _write_samples(teacher, reference: dict, steps: int, path: Path) -> None:

@@ -69,7 +69,7 @@ def test_a_code_change_sets_checkpoint_and_shards_aside(tmp_path, monkeypatch, c
     teacher = build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0))
     write_tiny_project(tmp_path, teacher, pipeline_params())
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill"])
-    first_pairs = {path.name: path.read_bytes() for path in (tmp_path / "pairs").iterdir()}
+    first_pairs = {path.name: path.read_bytes() for path in (tmp_path / "pairs").glob("shard-*")}
 
     real_digest = stages.common.code_digest
     monkeypatch.setattr(stages.common, "code_digest", lambda module, packages: "0" * 64)  # as if the code changed
@@ -77,11 +77,11 @@ def test_a_code_change_sets_checkpoint_and_shards_aside(tmp_path, monkeypatch, c
         run_stages(tmp_path, ["pairs", "distill"])
     assert "made by other code (" in caplog.text and "(and any other shard that does not match)" in caplog.text
     assert "re-made 2 shards that did not match" in caplog.text
-    assert all(first_pairs[p.name] != p.read_bytes() for p in (tmp_path / "pairs").iterdir())
+    assert all(first_pairs[p.name] != p.read_bytes() for p in (tmp_path / "pairs").glob("shard-*"))
     kept = list(tmp_path.glob("ck.*.pt"))
     assert len(kept) == 1 and "pair_set.code" in caplog.text
     assert re.search(r"made with other settings \(code: '[0-9a-f]{12}' -> '0{12}'", caplog.text)  # digests shortened
-    assert f"kept as {kept[0].name}, starting anew" in caplog.text and "resuming distillation" not in caplog.text
+    assert f"kept as {kept[0].name}; starting from step 0" in caplog.text and "resuming distillation" not in caplog.text
     assert torch.load(tmp_path / "ck.pt", weights_only=True)["step"] == 3  # trained again, from the start
 
     monkeypatch.setattr(stages.common, "code_digest", real_digest)

@@ -90,6 +90,17 @@ def test_teacher_data_shape_mismatch(tmp_path):
         and not (tmp_path / "generator").exists()
         and not (tmp_path / "eval.json").exists()
     )
+    from typer.testing import CliRunner
+
+    from stages.teacher import app as teacher_app
+
+    before = (tmp_path / "teacher" / "teacher.json").read_bytes()
+    arguments = ["--params", tmp_path / "params.yaml", "--data", tmp_path / "data.parquet"]
+    arguments += ["--out", tmp_path / "teacher"]
+    arguments += ["--samples", tmp_path / "t.png"]
+    result = CliRunner().invoke(teacher_app, list(map(str, arguments)))
+    assert result.exit_code == 2 and f"teacher {tmp_path / 'k.safetensors'} makes 1x8x8 images" in result.output
+    assert (tmp_path / "teacher" / "teacher.json").read_bytes() == before  # #40: caught at `teacher`, nothing replaced
 
 
 def test_second_run_stops(tmp_path):

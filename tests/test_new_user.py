@@ -72,6 +72,13 @@ def test_a_new_data_split_trains_the_teacher_anew_on_it(tmp_path, caplog):
     assert "made with other settings (train_split:" in caplog.text
     assert any(not torch.equal(first[key], second[key]) for key in first)
     assert (tmp_path / "teacher.pt").exists() and len(list(tmp_path.glob("teacher.*.pt"))) == 1  # the first one, kept
+    for checkpoint in tmp_path.glob("teacher*.pt"):
+        checkpoint.unlink()  # as in a fresh clone whose outputs were restored (#40: it trained again from step 0)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        third = train_teacher_on_mnist(tmp_path, split_seed=1)
+    assert "already holds the teacher of these settings at 4 steps: not trained again" in caplog.text
+    assert all(torch.equal(second[key], third[key]) for key in second) and not (tmp_path / "teacher.pt").exists()
 
 
 def test_checkpoint_claims(tmp_path, caplog):
@@ -93,19 +100,51 @@ def test_checkpoint_claims(tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO):
         run_stages(tmp_path, ["distill"])
-    kept = list(tmp_path.glob("ck.*.pt"))
-    assert len(kept) == 1 and torch.load(kept[0], weights_only=True)["step"] == 5  # not overwritten: kept, and named
-    assert f"made with other settings (distill.generator_lr: 0.0003 -> 0.001); kept as {kept[0].name}" in caplog.text
+    first = sorted(tmp_path.glob("ck.*.pt"))  # the 3-step run's last checkpoint, kept when the 5-step run went on
+    assert [torch.load(path, weights_only=True)["step"] for path in first] == [3, 5]  # not overwritten: kept, named
+    assert f"made with other settings (distill.generator_lr: 0.0003 -> 0.001): kept as {first[1].name}" in caplog.text
 
     (tmp_path / "params.yaml").write_text(params.replace("  steps: 3\n", "  steps: 6\n", 1))
     caplog.clear()
     with caplog.at_level(logging.INFO):
         run_stages(tmp_path, ["distill"])  # back to the first settings: their checkpoint is taken back and goes on
-    assert f"taking back {kept[0].name}" in caplog.text and "at step 5" in caplog.text
+    assert f"taking back {first[1].name}, made with these settings" in caplog.text and "at step 5" in caplog.text
+    assert "starting from step 0" not in caplog.text  # #40: not "starting anew" just before "taking back"
 
     (tmp_path / "params.yaml").write_text(params.replace("  steps: 3\n", "  steps: 4\n", 1))
-    with pytest.raises(AssertionError, match=r"ck.pt is at step 6, past distill.steps = 4: raise distill.steps"):
-        run_stages(tmp_path, ["distill"])
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run_stages(tmp_path, ["distill"])  # #40: fewer steps than the checkpoint: the 3-step run's goes on to 4
+    assert (
+        "ck.pt was at step 6, past distill.steps = 4" in caplog.text and f"taking back {first[0].name}" in caplog.text
+    )
+    assert torch.load(tmp_path / "ck.pt", weights_only=True)["step"] == 4
+
+    from stages.checkpoints import app as checkpoints_app
+
+    assert len(list(tmp_path.glob("ck.*.pt"))) == 4  # 3 and 5 of the first settings, 5 of the other, 6
+    result = CliRunner().invoke(checkpoints_app, ["--folder", str(tmp_path), "--keep", "1"])
+    assert result.exit_code == 0 and len(list(tmp_path.glob("ck.*.pt"))) == 1 and (tmp_path / "ck.pt").is_file()
+
+
+def test_resumed_curves_hold_each_step_once(tmp_path):
+    """#40: steps between the last checkpoint and a kill were logged twice after the resume."""
+    from stages.common import open_live
+
+    with open_live(tmp_path / "live", 0) as live:
+        for step in range(1, 8):  # killed at step 7, its last checkpoint at step 5
+            live.step = step
+            live.log_metric("loss", float(step))
+            live.log_metric("diversity/spread", float(step))
+    with open_live(tmp_path / "live", 5) as live:
+        for step in (6, 7):
+            live.step = step
+            live.log_metric("loss", float(step))
+            live.log_metric("diversity/spread", float(step))
+    for curve in ("loss.tsv", "diversity/spread.tsv"):
+        header, *rows = (tmp_path / "live" / "plots" / "metrics" / curve).read_text().splitlines()
+        column = header.split("\t").index("step")
+        assert [int(row.split("\t")[column]) for row in rows] == list(range(1, 8)), curve
 
 
 def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path, caplog):
@@ -314,8 +353,6 @@ def test_full_disk(tmp_path, repo_root):
         tmp_path / "pairs",
         "--data",
         tmp_path / "data.parquet",
-        "--classifier",
-        tmp_path / "none.safetensors",
         "--out",
         tmp_path / "generator",
         "--samples",

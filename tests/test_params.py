@@ -1,6 +1,7 @@
 """params.yaml validation: every bad input names the file, the key path, the value and what is expected."""
 
 import functools
+import logging
 
 import pytest
 import yaml
@@ -54,6 +55,18 @@ def test_profiles_state_their_sources_settings(repo_root, profile):
 
 def test_defaults_when_section_is_absent(tmp_path):
     assert load_params(write(tmp_path, "")) == Params()
+
+
+def test_the_defaults_taken_for_keys_not_stated_are_named(tmp_path, repo_root, caplog):
+    """#40: `teacher: {kind: train}` without `train:`, or `distill: {}`, silently took the library's defaults."""
+    with caplog.at_level(logging.WARNING):
+        load_params(write(tmp_path, "teacher: {kind: train}\ndistill: {steps: 5}\n"), "teacher", "distill")
+    assert "teacher.train (the whole section)" in caplog.text and "distill.objective" in caplog.text
+    assert "distill.steps" not in caplog.text and "the library's defaults are taken" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_params(repo_root / "params.yaml", *Params.model_fields)
+    assert caplog.text == ""
 
 
 @pytest.mark.parametrize(

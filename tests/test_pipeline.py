@@ -10,6 +10,7 @@ import pytest
 import torch
 from tiny_project import pipeline_params, run_stages, write_tiny_project
 
+from dmdlib.data.io import OUTPUT_MARK
 from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config
 from dmdlib.training.generator import load_generator
 
@@ -27,7 +28,7 @@ def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog, repo_
     generator = load_generator(tmp_path / "generator")
     images = generator(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))
     assert images.shape == (4, 1, 8, 8) and torch.isfinite(images).all()
-    assert sorted(x.name for x in (tmp_path / "grids").iterdir()) == [
+    assert sorted(x.name for x in (tmp_path / "grids").glob("*.png")) == [
         "final.png",
         "initial.png",
         "step-000002.png",
@@ -55,7 +56,7 @@ def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog, repo_
     assert dmd["fid_classifier_above_floor_vs_teacher"] == pytest.approx(net, rel=5e-3)
     assert metrics["noise_floor"]["fid_classifier_se"] > 0  # the floor's own spread, carried into the net ratio's
     assert dmd["fid_classifier_above_floor_vs_teacher_se"] > 0 and dmd["fid_classifier_vs_teacher_se"] > 0
-    assert sorted(x.name for x in (tmp_path / "eval").iterdir()) == [
+    assert sorted(x.name for x in (tmp_path / "eval").glob("*.png")) == [
         "comparison.png",
         "dmd_one_step.png",
         "initial_one_step.png",
@@ -80,6 +81,7 @@ def test_fresh_run_pictures_and_quiet(tmp_path, repo_root):
     write_tiny_project(tmp_path, teacher, pipeline_params())
     for stale in (tmp_path / "grids" / "step-999999.png", tmp_path / "eval" / "teacher_guidance_2.png"):
         stale.parent.mkdir(parents=True)
+        (stale.parent / OUTPUT_MARK).touch()  # the folder of an earlier run of the stage
         stale.write_bytes(b"an earlier run's picture")
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill", "evaluate"])
     assert not (tmp_path / "grids" / "step-999999.png").exists() and (tmp_path / "grids" / "final.png").exists()

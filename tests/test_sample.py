@@ -58,7 +58,7 @@ def test_samples_are_evaluates_images(tmp_path):
     assert code == 0 and np.load(tmp_path / "s.npz")["arr_1"].tolist() == [7, 7, 7]
     code, output = sample("--generator", tmp_path / "generator", "--png-dir", tmp_path / "png")
     assert code == 2 and "exists and is not empty" in output  # nothing of it deleted
-    assert len(list((tmp_path / "png").iterdir())) == 5
+    assert len(list((tmp_path / "png").glob("*.png"))) == 5
     code, output = sample("--generator", tmp_path / "generator", "--label", 10, "--npz", tmp_path / "x.npz")
     assert code == 2 and "--label 10: the generator has 10 classes (labels 0 to 9)" in output
     code, output = sample("--generator", tmp_path / "generator")

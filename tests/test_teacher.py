@@ -160,7 +160,12 @@ def test_train_kind_end_to_end_and_repeatable(tmp_path):
     result, out = run_stage(tmp_path, text, "--data", str(tmp_path / "data.parquet"))
     assert result.exit_code == 0, result.output
     teacher, reference = read_teacher(out)
-    assert reference == {"kind": "kdiffusion", "path": str(out / "model.safetensors"), "config": None}
+    assert reference == {
+        "kind": "kdiffusion",
+        "path": str(out / "model.safetensors"),
+        "config": None,
+        "trained": {"fingerprint": reference["trained"]["fingerprint"], "steps": 4},
+    }
     assert teacher.num_classes == 2 and teacher.sample_shape == (1, 8, 8)
     assert (tmp_path / "samples.png").exists()
     (tmp_path / "again").mkdir()

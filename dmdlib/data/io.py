@@ -24,10 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from dmdlib.errors import DataError, OutputError, ParamsError
+from dmdlib.errors import DataError, OutputError
 
 log = logging.getLogger(__name__)
-CORRUPT_CHECKPOINT = "delete it to start this stage's training over"
 # In every folder a stage writes: the mark that the folder is this project's output, which a stage may replace whole.
 OUTPUT_MARK = ".dmd-output"
 
@@ -185,32 +184,6 @@ def load_tensors(path: str | os.PathLike, error: type[Exception], instead: str):
         raise error(f"{path}: not a weights-only checkpoint: {reason}; {instead}") from None
 
 
-def flat_settings(settings: dict, prefix: str = "") -> dict:
-    """Nested settings as one level of dotted keys (`distill.fake_lr`), the form checkpoints record and compare."""
-    flat = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat.update(flat_settings(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def fingerprint(settings: dict) -> str:
-    """SHA-256 of the settings a training run learns from (JSON, sorted keys): equal settings, equal fingerprint."""
-    return hashlib.sha256(_settings_json(settings).encode()).hexdigest()
-
-
-def checkpoint_identity(settings: dict) -> dict[str, str]:
-    """What a checkpoint records of the settings it was made with: their fingerprint, and themselves (to name
-    changes)."""
-    return {"fingerprint": fingerprint(settings), "settings": _settings_json(settings)}
-
-
-def _settings_json(settings: dict) -> str:
-    return json.dumps(flat_settings(settings), sort_keys=True, default=str)
-
-
 def file_digest(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes, read in 16 MiB blocks."""
     digest = hashlib.sha256()
@@ -254,62 +227,6 @@ def files_digest(root: str | os.PathLike, cache: str | os.PathLike | None = None
         with atomic_output(cache) as tmp:
             tmp.write_text(json.dumps(known))
     return digests
-
-
-def resumable_step(checkpoint: str | os.PathLike, fingerprint: str) -> int:
-    """The step a training run would resume from: its checkpoint's if present and made with `fingerprint`, else 0."""
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        return 0
-    state = load_tensors(checkpoint, DataError, CORRUPT_CHECKPOINT)
-    return int(state["step"]) if state.get("fingerprint") == fingerprint else 0
-
-
-def claim_checkpoint(checkpoint: str | os.PathLike, settings: dict, last_step: int, steps_key: str) -> int:
-    """Make `checkpoint` the one of a run with `settings` (what it learns from; run length excluded) and return the
-    step it resumes from. A checkpoint of other settings is not overwritten but kept beside it under its own
-    fingerprint (`name.<12 hex>.pt`), with a warning naming the keys that differ; one kept earlier with these settings
-    is taken back. A checkpoint already past `last_step` stops the run, naming `steps_key`."""
-    checkpoint, wanted = Path(checkpoint), fingerprint(settings)
-    kept = lambda digest: checkpoint.with_name(f"{checkpoint.stem}.{digest[:12]}{checkpoint.suffix}")  # noqa: E731
-    if checkpoint.is_file():
-        state = load_tensors(checkpoint, DataError, CORRUPT_CHECKPOINT)
-        if state.get("fingerprint") != wanted:
-            differ = _differing_keys(state.get("settings"), json.loads(_settings_json(settings)))
-            os.replace(checkpoint, kept(state.get("fingerprint") or "unknown"))
-            log.warning(
-                "%s was made with other settings (%s); kept as %s, starting anew",
-                checkpoint,
-                differ,
-                kept(state.get("fingerprint") or "unknown").name,
-            )
-    if not checkpoint.is_file() and kept(wanted).is_file():
-        os.replace(kept(wanted), checkpoint)
-        log.info("taking back %s, made with these settings", kept(wanted).name)
-    step = resumable_step(checkpoint, wanted)
-    if step > last_step:
-        raise ParamsError(
-            f"{checkpoint} is at step {step}, past {steps_key} = {last_step}: raise {steps_key} to go on "
-            f"from it, or move it away to train {last_step} steps from the start"
-        )
-    return step
-
-
-def _differing_keys(recorded: str | None, current: dict) -> str:
-    if recorded is None:
-        return "it records no settings"
-    recorded = json.loads(recorded)
-    keys = sorted(key for key in {*recorded, *current} if recorded.get(key) != current.get(key))
-    return ", ".join(f"{key}: {_short(recorded.get(key))!r} -> {_short(current.get(key))!r}" for key in keys[:8]) + (
-        f" and {len(keys) - 8} more" if len(keys) > 8 else ""
-    )
-
-
-def _short(value):
-    """A SHA-256 (of code, a teacher, a split) as its first 12 hex digits, as the kept checkpoints are named."""
-    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value):
-        return value[:12]
-    return [_short(item) for item in value] if isinstance(value, list) else value
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike, row_group_size: int | None = None) -> None:

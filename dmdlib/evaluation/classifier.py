@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from dmdlib.data.io import atomic_output
+from dmdlib.errors import DataError, DivergedError
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,13 @@ def train_classifier(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     model.train()
-    for _ in tqdm(range(steps), desc="classifier", unit="step", mininterval=1.0):
+    for step in tqdm(range(steps), desc="classifier", unit="step", mininterval=1.0):
         index = torch.randint(0, len(images), (batch_size,), generator=rng)
         shift = torch.randint(-1, 2, (2,), generator=rng).tolist()
         x = torch.roll(images[index], shifts=shift, dims=(2, 3))
         loss = F.cross_entropy(model(x), labels[index])
+        if not torch.isfinite(loss):
+            raise DivergedError(f"classifier loss is {loss.item()} at step {step + 1}; lower features.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -92,9 +96,17 @@ def save_classifier(path, model: FeatureClassifier) -> None:
 
 
 def load_classifier(path) -> FeatureClassifier:
-    """Inverse of `save_classifier`; the model comes back frozen in eval mode."""
-    with safe_open(str(path), "pt") as handle:
-        config = json.loads(handle.metadata()["config"])
-    model = FeatureClassifier(**config)
-    model.load_state_dict(load_file(str(path)))
+    """Inverse of `save_classifier`; the model comes back frozen in eval mode. A missing file, or one that is not a
+    classifier `save_classifier` wrote, is a DataError naming it."""
+    redo = "run the features stage (`dvc repro features`) to write it, or give the path of the one it wrote"
+    if not Path(path).is_file():
+        raise DataError(f"{path}: feature classifier not found; {redo}")
+    try:
+        with safe_open(str(path), "pt") as handle:
+            config = json.loads(handle.metadata()["config"])
+        model = FeatureClassifier(**config)
+        model.load_state_dict(load_file(str(path)))
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
+        reason = str(err).splitlines()[0][:200]
+        raise DataError(f"{path}: not a feature classifier the features stage wrote ({reason}); {redo}") from None
     return model.eval().requires_grad_(False)

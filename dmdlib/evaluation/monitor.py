@@ -43,6 +43,7 @@ class DistillMonitor:
         self.diversity_samples, self.real_images = diversity_samples, real_images
         self.classifier, self.data_shares = classifier, data_shares
         self.start_fid: float | None = None  # the initial generator's feature FID, to tell whether training helped
+        self.collapse_warned = False  # once during the run, then at its end if still so: not at every grid
 
     def measure_start(self, generator: Generator) -> None:
         """The initial generator's diversity and feature FID: what the last step is compared with."""
@@ -66,8 +67,14 @@ class DistillMonitor:
         if diversity.feature_fid is not None:
             self.live.log_metric("diversity/feature_fid", diversity.feature_fid)
         message = diversity.warning()
-        if message:
-            log.warning("step %d: %s", step, message)
+        if message and (step == self.last_step or not self.collapse_warned):
+            log.warning(
+                "step %d: %s%s",
+                step,
+                message,
+                "" if step == self.last_step else " (said once; diversity/* in the training log follows it)",
+            )
+            self.collapse_warned = True
         if step == self.last_step and self.start_fid is not None and diversity.feature_fid > self.start_fid:
             log.warning(
                 "the generator ends worse than it started (feature FID %.3f against %.3f at step 0, 500 samples); "

@@ -108,13 +108,20 @@ def models_to_measure(all_params, real_denoiser, distilled: Generator, device) -
     def teacher_rows(scale: float):
         denoiser = guided(real_denoiser, real_denoiser.uncond, scale).to(device)
         sample = make_sampler(denoiser, all_params.pairs, Conditions.of(real_denoiser), device)
+
+        def sample_all(z, y):
+            bar = tqdm(
+                total=len(z), desc=f"teacher (guidance {scale:g})", unit="image", disable=len(z) <= batch, mininterval=1
+            )
+            parts = []
+            for i in range(0, len(z), batch):
+                parts.append(sample(z[i : i + batch], None if y is None else y[i : i + batch]))
+                bar.update(len(parts[-1]))
+            bar.close()
+            return torch.cat(parts)
+
         return (
-            lambda z, y: torch.cat(
-                [
-                    sample(z[i : i + batch], None if y is None else y[i : i + batch])
-                    for i in tqdm(range(0, len(z), batch), desc="teacher", unit="batch", leave=False)
-                ]
-            ),
+            sample_all,
             count_evaluations(lambda: sample(*probe), real_denoiser, 1),
         )  # Heun: 2 * steps - 1; guided: twice that
 

@@ -13,7 +13,8 @@ import torch
 from k_diffusion.utils import ema_update
 from tqdm.auto import tqdm
 
-from dmdlib.data.io import CORRUPT_CHECKPOINT, atomic_output, checkpoint_identity, load_tensors
+from dmdlib.data.checkpoints import CORRUPT_CHECKPOINT, checkpoint_identity
+from dmdlib.data.io import atomic_output, load_tensors
 from dmdlib.denoisers import KarrasDenoiser
 from dmdlib.denoisers.base import denoising_loss
 from dmdlib.errors import DataError, DivergedError
@@ -71,7 +72,7 @@ def train_teacher(
     rng = torch.Generator().manual_seed(params.seed)
     ema = copy.deepcopy(denoiser).requires_grad_(False)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    start, identity = 0, checkpoint_identity(settings or {})
+    start, identity = 0, checkpoint_identity(settings or {}, params.steps)
     if checkpoint.is_file():
         state = load_tensors(checkpoint, DataError, CORRUPT_CHECKPOINT)
         if state.get("fingerprint") == identity["fingerprint"]:

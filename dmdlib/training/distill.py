@@ -14,8 +14,9 @@ import torch
 from k_diffusion.utils import ema_update
 from tqdm.auto import tqdm
 
+from dmdlib.data.checkpoints import CORRUPT_CHECKPOINT, checkpoint_identity
 from dmdlib.data.conditions import Conditions
-from dmdlib.data.io import CORRUPT_CHECKPOINT, atomic_output, checkpoint_identity, load_tensors
+from dmdlib.data.io import atomic_output, load_tensors
 from dmdlib.data.prepared import PreparedImageReader
 from dmdlib.denoisers import Denoiser, GuidedDenoiser, ScaleConditionedDenoiser, denoise_capturing, trainable_copy
 from dmdlib.errors import DataError, DivergedError, ParamsError
@@ -137,7 +138,7 @@ def distill(
     """
     processes, inputs, checkpoint = processes or Processes(), inputs or DistillInputs(), Path(checkpoint)
     rounds = micro_batches(params, processes.world_size)
-    run, identity = _build(teacher, params, inputs, processes), checkpoint_identity(settings or {})
+    run, identity = _build(teacher, params, inputs, processes), checkpoint_identity(settings or {}, params.steps)
     start = _resume(checkpoint, identity["fingerprint"], run)
     progress = tqdm(
         range(start, params.steps),
@@ -170,7 +171,7 @@ def distill(
         metrics.update(_mean([result.metrics for result in results]))
         if any(term.uses_fake for term in run.terms.values()):  # lines 11-14: fake-score update(s)
             metrics.update(_fake_steps(run, params, batches, [result.x for result in results], streams, processes))
-        _stop_if_diverged(metrics, step, checkpoint, params.checkpoint_every)
+        _stop_if_diverged(metrics, _blamed_keys(run.terms), step, checkpoint, params.checkpoint_every)
         if run.ema is not None:
             ema_update(run.generator, run.ema, params.ema_decay)
         done = step + 1
@@ -396,13 +397,25 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]}
 
 
-def _stop_if_diverged(metrics: dict[str, float], step: int, checkpoint: Path, checkpoint_every: int) -> None:
+def _blamed_keys(terms: dict[str, Term]) -> dict[str, tuple[str, ...]]:
+    """For each figure a step logs, the distill params that act on it: what a diverged run's message names."""
+    keys = {"loss_fake": ("fake_lr",), "loss_gan_head": ("gan_head_weight", "fake_lr")}
+    for name, term in terms.items():
+        for figure in (f"loss_{name}", *term.reports):
+            keys[figure] = ("generator_lr", *term.keys)
+    return keys
+
+
+def _stop_if_diverged(
+    metrics: dict[str, float], keys: dict[str, tuple[str, ...]], step: int, checkpoint: Path, checkpoint_every: int
+) -> None:
     for name, value in metrics.items():
         if not torch.isfinite(torch.tensor(value)):
             kept = f"step {step // checkpoint_every * checkpoint_every}" if checkpoint.exists() else "none"
             raise DivergedError(
-                f"distill: {name} is {value} at step {step + 1}; stopped (last good checkpoint: {kept}). "
-                "Lower distill.generator_lr / fake_lr or raise distill.regression_warmup_steps."
+                f"distill: {name} is {value} at step {step + 1}; stopped (last good checkpoint: {kept}). The params "
+                f"that act on it: {', '.join(f'distill.{key}' for key in keys.get(name, ('generator_lr', 'fake_lr')))}"
+                "; a lower learning rate or weight, or a longer distill.warmup_steps, is the usual cure."
             )
 
 

@@ -20,6 +20,7 @@ class DistributionMatching(Term):
     sigma_fractions: tuple[float, float] = (DM_MIN_FRACTION, DM_MAX_FRACTION)
     uses_fake: bool = field(default=True, init=False)
     reports: tuple[str, ...] = field(default=("dm_grad_norm",), init=False)
+    keys: tuple[str, ...] = field(default=("dm_weight", "dm_sigma_fractions"), init=False)
 
     def __call__(self, inputs, rng):
         x = inputs.x

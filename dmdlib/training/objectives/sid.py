@@ -23,6 +23,7 @@ class ScoreIdentity(Term):
     sigma_fractions: tuple[float, float]
     alpha: float = SID_ALPHA
     uses_fake: bool = field(default=True, init=False)
+    keys: tuple[str, ...] = field(default=("sid_alpha", "dm_sigma_fractions"), init=False)
 
     def __call__(self, inputs, rng):
         x = inputs.x

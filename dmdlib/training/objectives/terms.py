@@ -47,6 +47,7 @@ class Term(abc.ABC):
     uses_pairs: bool = field(default=False, init=False)  # the generator also runs on the pairs' noise for it
     uses_fake: bool = field(default=False, init=False)  # it reads the fake denoiser, which then trains each step
     reports: tuple[str, ...] = field(default=(), init=False)
+    keys: tuple[str, ...] = field(default=(), init=False)  # the distill params that set it, beside generator_lr
 
     @abc.abstractmethod
     def __call__(self, inputs: TermInputs, rng: Draws | torch.Generator | None) -> tuple[torch.Tensor, dict]:
@@ -59,6 +60,7 @@ class Regression(Term):
 
     distance: RegressionLoss  # e.g. `dmdlib.training.regression.make_regression_loss`'s
     uses_pairs: bool = field(default=True, init=False)
+    keys: tuple[str, ...] = field(default=("lambda_reg", "regression_loss"), init=False)
 
     def __call__(self, inputs, rng):
         return self.distance(inputs.x_ref, inputs.target).mean(), {}
@@ -72,6 +74,7 @@ class Adversarial(Term):
     fake_denoiser: Denoiser
     head: GANHead
     uses_fake: bool = field(default=True, init=False)
+    keys: tuple[str, ...] = field(default=("gan_generator_weight",), init=False)
 
     def __call__(self, inputs, rng):
         x = inputs.x
