@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install repro test
+.PHONY: install repro quick test
 
 install: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 repro: $(STAMP)
 	PATH="$(BIN):$$PATH" $(BIN)/dvc repro
+
+# A 3-minute trial of every stage at reduced sizes (pipelines/quick/params.yaml), on the class-conditional template.
+quick: $(STAMP)
+	sed 's/^  - profile: .*/  - profile: quick/' pipelines/templates/class-conditional.yaml > pipelines/quick/dvc.yaml
+	PATH="$(BIN):$$PATH" $(BIN)/dvc repro pipelines/quick/dvc.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sqlite3
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 import typer
 
-from dmdlib.data.io import atomic_output, claim_folder
+from dmdlib.data.io import WRITE_ERRNOS, atomic_output, claim_folder
 from dmdlib.errors import DmdError, OutputError
 from dmdlib.provenance import code_digest
 
@@ -36,15 +37,25 @@ def setup_logging() -> None:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Print a user-facing error (the project's own types: bad params or files, a missing download, a diverged run)
-    as one message and exit with status 2, unless DMD_TRACEBACK=1 asks for the traceback; any other error is a bug
-    and keeps its traceback."""
+    """Print a user-facing error (the project's own types: bad params or files, a missing download, a diverged run;
+    and a write that failed for want of space, wherever it happened) as one message and exit with status 2, unless
+    DMD_TRACEBACK=1 asks for the traceback; any other error is a bug and keeps its traceback."""
     try:
         yield
-    except DmdError as err:
-        if os.environ.get("DMD_TRACEBACK") == "1":
+    except (DmdError, OSError) as err:
+        if os.environ.get("DMD_TRACEBACK") == "1" or not isinstance(err, DmdError) and err.errno not in WRITE_ERRNOS:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        if isinstance(err, DmdError):
+            print(f"error: {err}", file=sys.stderr)
+        else:  # a library's own write (dvclive's curves, a grid): its file, if it says, and the cure
+            where = f"{err.filename}: could not be written" if err.filename else "a file could not be written"
+            print(
+                f"error: {where} ({err.strerror}); free space where the outputs, checkpoint and training log go, and "
+                "run again (training resumes from its last checkpoint)",
+                file=sys.stderr,
+            )
+        del err
+        gc.collect()  # objects the failed run held (DVC's git packs) close now, not in noisy finalisers at exit
         raise typer.Exit(code=2) from None
 
 

@@ -371,6 +371,25 @@ def test_full_disk(tmp_path, repo_root):
     ]
 
 
+def test_a_full_disk_under_a_library_write_is_one_line(tmp_path, monkeypatch):
+    """#40: dvclive's curve write on a full disk gave a 170-line traceback and 21 'Exception ignored' blocks."""
+    import errno
+
+    import dvclive
+
+    write_tiny_project(tmp_path, tiny_teacher(), pipeline_params())
+    run_stages(tmp_path, ["features", "teacher", "pairs"])
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(dvclive.Live, "log_metric", full)
+    with pytest.raises(AssertionError) as stopped:
+        _distill_into(tmp_path, tmp_path / "generator")
+    errors = [line for line in str(stopped.value).splitlines() if line.strip().startswith(("error", "Traceback"))]
+    assert len(errors) == 1 and "a file could not be written (No space left on device); free space where" in errors[0]
+
+
 @pytest.mark.parametrize("text", ["", "distill:\n  steps: 3\n"])
 def test_missing_section(tmp_path, text):
     """`pairs` run by hand on such a file replaced 4 shards by 2,000 pairs of the library's defaults."""

@@ -34,7 +34,7 @@ def test_repository_params_files_are_valid(repo_root):
     params = load_params(repo_root / "params.yaml")
     assert params.prepare.source == "mnist"
     profiles = {path.parent.name: path for path in (repo_root / "pipelines").glob("*/params.yaml")}
-    assert set(profiles) == set(PROFILES)
+    assert set(profiles) == {*PROFILES, "quick"} and load_params(profiles.pop("quick")).teacher.kind == "train"
     for profile, path in profiles.items():
         assert load_params(path).teacher.kind == PROFILES[profile][0], profile
 
@@ -55,6 +55,23 @@ def test_profiles_state_their_sources_settings(repo_root, profile):
 
 def test_defaults_when_section_is_absent(tmp_path):
     assert load_params(write(tmp_path, "")) == Params()
+
+
+def test_the_quick_trial_shrinks_every_section(repo_root):
+    """#40: a trial of every stage in minutes (`make quick`), on the embedded default's settings but its sizes."""
+    default, quick = (load_params(repo_root / path) for path in ("params.yaml", "pipelines/quick/params.yaml"))
+    for section, key in [
+        ("features", "steps"),
+        ("teacher", "train"),
+        ("pairs", "count"),
+        ("distill", "steps"),
+        ("evaluate", "sample_sets"),
+    ]:
+        small, full = getattr(getattr(quick, section), key), getattr(getattr(default, section), key)
+        small, full = (small.steps, full.steps) if key == "train" else (small, full)
+        assert small < full, f"{section}.{key}"
+    makefile = (repo_root / "Makefile").read_text()
+    assert "pipelines/templates/class-conditional.yaml > pipelines/quick/dvc.yaml" in makefile
 
 
 def test_the_defaults_taken_for_keys_not_stated_are_named(tmp_path, repo_root, caplog):

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -73,9 +74,10 @@ def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog, repo_
     assert "| dmd_one_step | 1 |" in report.stdout and "(FID - floor) / (teacher's - floor)" in report.stdout
 
 
-def test_fresh_run_pictures_and_quiet(tmp_path, repo_root):
+def test_fresh_run_pictures_and_quiet(tmp_path, repo_root, caplog):
     """Grids an earlier run left (another step count, a model this run does not have) went on looking current;
-    and every command printed setuptools' pkg_resources warning, evaluate kineto's profiler lines."""
+    every command printed setuptools' pkg_resources warning, evaluate kineto's profiler lines; evaluate pasted its
+    whole metrics JSON into the log and distill warned of collapse at every grid (#40)."""
     torch.manual_seed(0)
     teacher = build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0))
     write_tiny_project(tmp_path, teacher, pipeline_params())
@@ -83,7 +85,11 @@ def test_fresh_run_pictures_and_quiet(tmp_path, repo_root):
         stale.parent.mkdir(parents=True)
         (stale.parent / OUTPUT_MARK).touch()  # the folder of an earlier run of the stage
         stale.write_bytes(b"an earlier run's picture")
-    run_stages(tmp_path, ["features", "teacher", "pairs", "distill", "evaluate"])
+    with caplog.at_level(logging.INFO):
+        run_stages(tmp_path, ["features", "teacher", "pairs", "distill", "evaluate"])
+    assert caplog.text.count("possible mode collapse") <= 2  # once during the run, once at its end
+    assert "headline figures" in caplog.text and '"noise_floor": {' not in caplog.text
+    assert re.search(r"  dmd_one_step: fid_classifier [\d.]+, precision_classifier", caplog.text)
     assert not (tmp_path / "grids" / "step-999999.png").exists() and (tmp_path / "grids" / "final.png").exists()
     assert (
         not (tmp_path / "eval" / "teacher_guidance_2.png").exists() and (tmp_path / "eval" / "comparison.png").exists()

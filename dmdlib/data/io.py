@@ -71,16 +71,16 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 
 # Errors that only a write gives; permission errors count when they name the output being written.
-_WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
 
 
 def _write_failure(err: Exception, tmp: Path) -> str | None:
     """Why writing `tmp` failed, if `err` says it did for want of space, size or permission; None for anything else.
     pyarrow's and safetensors' writers say it in their message only, without an errno."""
     code = getattr(err, "errno", None)
-    if code in _WRITE_ERRNOS or (code in (errno.EACCES, errno.EPERM) and str(tmp) in str(getattr(err, "filename", ""))):
+    if code in WRITE_ERRNOS or (code in (errno.EACCES, errno.EPERM) and str(tmp) in str(getattr(err, "filename", ""))):
         return os.strerror(code)
-    return next((os.strerror(code) for code in _WRITE_ERRNOS if os.strerror(code) in str(err)), None)
+    return next((os.strerror(code) for code in WRITE_ERRNOS if os.strerror(code) in str(err)), None)
 
 
 def check_writable(*paths: str | os.PathLike) -> None:
