@@ -125,3 +125,14 @@ def test_second_run_stops(tmp_path):
             assert f"{path}: in use by process {os.getpid()}" in str(second.value)
     run_stages(tmp_path, ["pairs", "distill"])  # once the first run is over, they run
     assert (tmp_path / "ck.pt").exists()
+
+
+def test_a_missing_or_corrupt_classifier_is_one_line(tmp_path):
+    """#40: FileNotFoundError and SafetensorError tracebacks in evaluate and distill."""
+    from dmdlib.evaluation.classifier import load_classifier
+
+    with pytest.raises(DataError, match=r"c.safetensors: feature classifier not found; run the features stage"):
+        load_classifier(tmp_path / "c.safetensors")
+    (tmp_path / "c.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(DataError, match=r"c.safetensors: not a feature classifier the features stage wrote \("):
+        load_classifier(tmp_path / "c.safetensors")
