@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tiny_models import tiny_kdiffusion
 from tiny_project import Killed, kill_at
 
 from dmdlib.denoisers import GuidedDenoiser
 from dmdlib.params import DistillParams
-from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config
 from dmdlib.training.distill import DistillInputs, Processes, distill
 from dmdlib.training.dmd import RealBatch
 from dmdlib.training.pairs import PairReader
@@ -21,9 +21,8 @@ PAIRS_META = {"teacher": "t", "sampler": "heun", "steps": 2, "guidance": 1.0, "s
 
 
 def tiny_teacher(label_dropout: float = 0.0):
-    torch.manual_seed(0)  # the same teacher on every rank, and as the tests' one-process run
-    config = kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0, label_dropout)
-    return build_kdiffusion(config).requires_grad_(False)
+    # the same teacher on every rank, and as the tests' one-process run
+    return tiny_kdiffusion(label_dropout=label_dropout).requires_grad_(False)
 
 
 def run_params(name: str, steps: int, processes: int) -> DistillParams:

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 import torch
-from tiny_models import save_tiny_ddpm, save_tiny_sd3
+from tiny_models import save_tiny_ddpm, save_tiny_sd3, tiny_kdiffusion
 from tiny_project import pipeline_params, run_stages, write_tiny_project
 
 from dmdlib.errors import DataError
 from dmdlib.params import PairsParams
 from dmdlib.provenance import code_digest
-from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, load_teacher, teacher_digest
+from dmdlib.teachers.loading import load_teacher, teacher_digest
 from dmdlib.training.generator import Generator, check_generator_teacher, save_generator
 from dmdlib.training.pairs import pair_metadata
 
@@ -66,7 +66,7 @@ def test_a_code_change_sets_checkpoint_and_shards_aside(tmp_path, monkeypatch, c
     generator again; pair shards were kept whatever code made them."""
     import stages.common
 
-    teacher = build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0))
+    teacher = tiny_kdiffusion()
     write_tiny_project(tmp_path, teacher, pipeline_params())
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill"])
     first_pairs = {path.name: path.read_bytes() for path in (tmp_path / "pairs").glob("shard-*")}

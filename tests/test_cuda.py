@@ -4,19 +4,17 @@ import json
 
 import pytest
 import torch
+from tiny_models import TINY_KDIFFUSION, tiny_kdiffusion
 from tiny_project import pipeline_params, run_stages, write_tiny_project
 
 from dmdlib.denoisers.sampling import heun_sample
 from dmdlib.params import PairsParams, TeacherTrainParams
-from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config
 from dmdlib.teachers.reference import read_teacher
 from dmdlib.teachers.training import train_teacher
 from dmdlib.training.generator import load_generator
 from dmdlib.training.pairs import PairReader, pair_metadata
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-TINY = dict(channels=[8, 8], depths=[1, 1], mapping_width=16)
 
 
 @pytest.fixture(autouse=True)
@@ -30,15 +28,12 @@ def fresh_accelerate_state():
 
 
 def tiny_teacher():
-    torch.manual_seed(0)
-    return build_kdiffusion(
-        kdiffusion_config(1, 8, TINY["channels"], TINY["depths"], TINY["mapping_width"], 3, 0.5, 0.002, 80.0)
-    )
+    return tiny_kdiffusion()
 
 
 def test_teacher_training_on_the_gpu_follows_the_cpu_run(tmp_path):
     images, labels = torch.rand(32, 1, 8, 8) * 2 - 1, torch.randint(0, 3, (32,))
-    params = TeacherTrainParams(**TINY, steps=4, batch_size=4, warmup_steps=2, checkpoint_every=100)
+    params = TeacherTrainParams(**TINY_KDIFFUSION, steps=4, batch_size=4, warmup_steps=2, checkpoint_every=100)
     on_cpu = train_teacher(tiny_teacher(), images, labels, params, tmp_path / "cpu.pt")
     on_gpu = train_teacher(tiny_teacher().cuda(), images, labels, params, tmp_path / "gpu.pt")
     assert next(on_gpu.parameters()).is_cuda

@@ -4,11 +4,12 @@ import json
 
 import pytest
 import torch
+from tiny_models import tiny_kdiffusion
 from tiny_project import Killed, kill_at, run_stages, write_tiny_project
 
 from dmdlib.denoisers import GuidedDenoiser, ScaleConditionedDenoiser, trainable_copy
 from dmdlib.params import DistillParams, ParamsError, load_params
-from dmdlib.teachers.loading import UNCOND_CLASS, build_kdiffusion, kdiffusion_config
+from dmdlib.teachers.loading import UNCOND_CLASS
 from dmdlib.training.distill import DistillInputs, distill
 from dmdlib.training.dmd import (
     GAN,
@@ -26,9 +27,7 @@ SHAPE = (1, 8, 8)
 
 
 def tiny_teacher(label_dropout: float = 0.1):
-    torch.manual_seed(0)
-    config = kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0, label_dropout)
-    teacher = build_kdiffusion(config)
+    teacher = tiny_kdiffusion(label_dropout=label_dropout)
     for parameter in teacher.parameters():  # k-diffusion starts the output and the noise/class modulation at zero
         if not parameter.any():
             torch.nn.init.normal_(parameter, std=0.1)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from tiny_models import tiny_kdiffusion
 
 TINY_PARAMS = """\
 prepare: {source: mnist, resolution: 8, channels: 1, heldout_fraction: 0.2, seed: 0}
@@ -35,11 +35,10 @@ def _digest(folder) -> str:
 
 
 def save_teacher(path, seed: int) -> None:
-    from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, save_kdiffusion
+    from dmdlib.teachers.loading import save_kdiffusion
 
-    torch.manual_seed(seed)
-    config = kdiffusion_config(1, 8, [8, 8], [1, 1], 8, 10, 0.5, 0.002, 80.0)
-    save_kdiffusion(path, build_kdiffusion(config), config)
+    teacher = tiny_kdiffusion(seed, classes=10, mapping_width=8)
+    save_kdiffusion(path, teacher, teacher.config)
 
 
 def dvc_project(repo_root, project, params: str):

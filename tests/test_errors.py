@@ -63,15 +63,12 @@ def test_pickled_payload_refused(tmp_path):
 def test_teacher_data_shape_mismatch(tmp_path):
     """A 1-channel 8x8 teacher with 3-channel 8x8 data: one error naming both, and no checkpoint or output written."""
     import torch
+    from tiny_models import tiny_kdiffusion
     from tiny_project import pipeline_params, run_stages, write_tiny_project
 
     from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parquet
-    from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config
 
-    torch.manual_seed(0)
-    write_tiny_project(
-        tmp_path, build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0)), pipeline_params()
-    )
+    write_tiny_project(tmp_path, tiny_kdiffusion(), pipeline_params())
     run_stages(tmp_path, ["features", "teacher", "pairs"])
     rgb = torch.randint(0, 256, (60, 8, 8, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy()
     write_image_parquet(
@@ -107,16 +104,12 @@ def test_second_run_stops(tmp_path):
     """Two distill (or pairs) runs on one checkpoint (folder) used to both run and overwrite each other."""
     import os
 
-    import torch
+    from tiny_models import tiny_kdiffusion
     from tiny_project import pipeline_params, run_stages, write_tiny_project
 
     from dmdlib.data.io import single_writer
-    from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config
 
-    torch.manual_seed(0)
-    write_tiny_project(
-        tmp_path, build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0)), pipeline_params()
-    )
+    write_tiny_project(tmp_path, tiny_kdiffusion(), pipeline_params())
     run_stages(tmp_path, ["features", "teacher", "pairs"])
     for stage, path in (("pairs", tmp_path / "pairs"), ("distill", tmp_path / "ck.pt")):
         with single_writer(path):  # the first run, still going

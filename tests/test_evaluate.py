@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_kdiffusion
 
 from dmdlib.errors import ParamsError
 from dmdlib.evaluation import measure
@@ -304,12 +305,10 @@ def test_the_teacher_row_is_the_guided_sampler_that_made_the_pairs():
     from dmdlib.denoisers import GuidedDenoiser
     from dmdlib.evaluation.rows import models_to_measure
     from dmdlib.params import Params
-    from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config
     from dmdlib.training.generator import Generator
     from dmdlib.training.pairs import make_sampler
 
-    torch.manual_seed(0)
-    teacher = build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0, 0.1))
+    teacher = tiny_kdiffusion(label_dropout=0.1)
     for parameter in teacher.parameters():  # k-diffusion starts the output and its modulation at zero
         if not parameter.any():
             torch.nn.init.normal_(parameter, std=0.1)

@@ -13,20 +13,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import tiny_kdiffusion
 from tiny_project import pipeline_params, run_stages, write_tiny_project
 from typer.testing import CliRunner
 
 from dmdlib.data.io import OUTPUT_MARK
 from dmdlib.errors import ParamsError, TeacherError
 from dmdlib.params import load_params
-from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, load_kdiffusion, save_kdiffusion
-
-TINY_TEACHER = kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0)
-
-
-def tiny_teacher(seed: int = 0, config: dict = TINY_TEACHER):
-    torch.manual_seed(seed)
-    return build_kdiffusion(config)
+from dmdlib.teachers.loading import load_kdiffusion, save_kdiffusion
 
 
 def invoke(app, folder, *args: str):
@@ -83,7 +77,7 @@ def test_a_new_data_split_trains_the_teacher_anew_on_it(tmp_path, caplog):
 
 def test_checkpoint_claims(tmp_path, caplog):
     """Training longer goes on and a checkpoint of other settings is kept and named."""
-    write_tiny_project(tmp_path, tiny_teacher(), pipeline_params())
+    write_tiny_project(tmp_path, tiny_kdiffusion(), pipeline_params())
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill"])
     params = (tmp_path / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(
@@ -165,12 +159,11 @@ def test_generator_of_another_teacher(tmp_path):
     """Same architecture: metrics were written against the wrong teacher; another one: a 237-line traceback."""
     from stages.evaluate import app as evaluate_app
 
-    write_tiny_project(tmp_path, tiny_teacher(), pipeline_params())
+    write_tiny_project(tmp_path, tiny_kdiffusion(), pipeline_params())
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill"])
     generator = json.loads((tmp_path / "generator" / "generator.json").read_text())
     assert len(generator["teacher_digest"]) == 64
-    wider = kdiffusion_config(1, 8, [16, 16], [1, 1], 16, 3, 0.5, 0.002, 80.0)
-    for other in (tiny_teacher(seed=1), tiny_teacher(config=wider)):
+    for other in (tiny_kdiffusion(seed=1), tiny_kdiffusion(widths=(16, 16))):
         save_kdiffusion(tmp_path / "k.safetensors", other, other.config)
         run_stages(tmp_path, ["teacher"])
         code, output = invoke(
@@ -195,7 +188,7 @@ def test_generator_of_another_teacher(tmp_path):
 
 
 def test_broken_teacher_files_are_one_line_naming_file_and_keys(tmp_path):
-    teacher = tiny_teacher()
+    teacher = tiny_kdiffusion()
     good = tmp_path / "good.safetensors"
     save_kdiffusion(good, teacher, teacher.config)
     broken = {"empty": b"", "truncated": good.read_bytes()[:-100]}
@@ -267,7 +260,7 @@ def test_unwritable_outputs(tmp_path):
     """Outputs that cannot be written stop the stage before its work."""
     from stages.evaluate import app as evaluate_app
 
-    write_tiny_project(tmp_path, tiny_teacher(), pipeline_params())
+    write_tiny_project(tmp_path, tiny_kdiffusion(), pipeline_params())
     run_stages(tmp_path, ["features", "teacher", "pairs"])
     (tmp_path / "file").write_text("a file, not a folder")
     with pytest.raises(AssertionError, match=r"file/generator: cannot be written in .*file \(a file, not a folder\)"):
@@ -316,7 +309,7 @@ def test_full_disk(tmp_path, repo_root):
     distillation checkpoint (torch) and, below that, dvclive's start (DVC's sqlite caches)."""
     import resource
 
-    write_tiny_project(tmp_path, tiny_teacher(), pipeline_params())
+    write_tiny_project(tmp_path, tiny_kdiffusion(), pipeline_params())
     (tmp_path / "pairs").mkdir()
     (tmp_path / "pairs" / OUTPUT_MARK).touch()
     (tmp_path / "pairs" / "shard-00000.parquet").write_bytes(b"an earlier run's shard")
@@ -377,7 +370,7 @@ def test_a_full_disk_under_a_library_write_is_one_line(tmp_path, monkeypatch):
 
     import dvclive
 
-    write_tiny_project(tmp_path, tiny_teacher(), pipeline_params())
+    write_tiny_project(tmp_path, tiny_kdiffusion(), pipeline_params())
     run_stages(tmp_path, ["features", "teacher", "pairs"])
 
     def full(*args, **kwargs):

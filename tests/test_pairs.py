@@ -7,14 +7,14 @@ from collections import namedtuple
 
 import pytest
 import torch
-from tiny_models import save_tiny_ddpm
+from tiny_models import save_tiny_ddpm, tiny_kdiffusion
 from tiny_project import Killed
 from typer.testing import CliRunner
 
 from dmdlib.denoisers.sampling import heun_sample, make_scheduler, scheduler_sample
 from dmdlib.errors import PairsError
 from dmdlib.teachers.diffusers import load_diffusers_ddpm
-from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, save_kdiffusion
+from dmdlib.teachers.loading import save_kdiffusion
 from dmdlib.teachers.reference import read_teacher
 from dmdlib.training.pairs import PairReader, ShardPlan, generate_pairs, make_sampler, pair_metadata, seeded_inputs
 from stages.pairs import app
@@ -26,9 +26,8 @@ PARAMS = "pairs:\n  count: 10\n  shard_size: 4\n  batch_size: {batch}\n  steps: 
 @pytest.fixture(scope="module")
 def teacher_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("teacher")
-    torch.manual_seed(0)
-    config = kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0)
-    save_kdiffusion(root / "k.safetensors", build_kdiffusion(config), config)
+    teacher = tiny_kdiffusion()
+    save_kdiffusion(root / "k.safetensors", teacher, teacher.config)
     params = root / "params.yaml"
     params.write_text(
         f"teacher:\n  kind: kdiffusion\n  path: {root / 'k.safetensors'}\n  train:\n    sample_steps: 2\n"

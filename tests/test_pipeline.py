@@ -9,19 +9,17 @@ import sys
 
 import pytest
 import torch
+from tiny_models import tiny_kdiffusion
 from tiny_project import pipeline_params, run_stages, write_tiny_project
 
 from dmdlib.data.io import OUTPUT_MARK
-from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config
 from dmdlib.training.generator import load_generator
 
 EVAL_KEYS = {"fid_classifier", "kid_classifier", "precision_classifier", "recall_classifier", "min_class_share_ratio"}
 
 
 def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog, repo_root):
-    torch.manual_seed(0)
-    teacher = build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0))
-    write_tiny_project(tmp_path, teacher, pipeline_params())
+    write_tiny_project(tmp_path, tiny_kdiffusion(), pipeline_params())
     with caplog.at_level(logging.INFO):
         run_stages(tmp_path, ["features", "teacher", "pairs", "distill", "evaluate"])
     assert "no Inception FID: put inception-2015-12-05.pt at evaluate.inception_path" in caplog.text
@@ -78,9 +76,7 @@ def test_fresh_run_pictures_and_quiet(tmp_path, repo_root, caplog):
     """Grids an earlier run left (another step count, a model this run does not have) went on looking current;
     every command printed setuptools' pkg_resources warning, evaluate kineto's profiler lines; evaluate pasted its
     whole metrics JSON into the log and distill warned of collapse at every grid (#40)."""
-    torch.manual_seed(0)
-    teacher = build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0))
-    write_tiny_project(tmp_path, teacher, pipeline_params())
+    write_tiny_project(tmp_path, tiny_kdiffusion(), pipeline_params())
     for stale in (tmp_path / "grids" / "step-999999.png", tmp_path / "eval" / "teacher_guidance_2.png"):
         stale.parent.mkdir(parents=True)
         (stale.parent / OUTPUT_MARK).touch()  # the folder of an earlier run of the stage

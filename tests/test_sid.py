@@ -14,6 +14,7 @@ from tiny_models import (
     save_tiny_sd3,
     save_tiny_sdxl,
     save_tiny_stable_diffusion,
+    tiny_kdiffusion_config,
 )
 from tiny_project import run_stages, write_tiny_project
 
@@ -21,7 +22,7 @@ from dmdlib.data.conditions import Conditions
 from dmdlib.denoisers import GaussianMixtureDenoiser, trainable_copy
 from dmdlib.denoisers.edm import EDMDenoiser, build_network
 from dmdlib.params import DistillParams
-from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, load_teacher
+from dmdlib.teachers.loading import build_kdiffusion, load_teacher
 from dmdlib.teachers.prompt_encoders import PromptEncoder
 from dmdlib.training.distill import DistillInputs, distill
 from dmdlib.training.dmd import GeneratorBatch, RealBatch, Update, generator_step
@@ -131,7 +132,7 @@ def _family_teacher(kind: str, folder):
     if kind in ("kdiffusion", "edm"):
         kwargs = dict(img_resolution=8, img_channels=3, model_channels=16, channel_mult=[1, 2], num_blocks=1)
         teacher = (
-            build_kdiffusion(kdiffusion_config(1, 8, [8, 8], [1, 1], 16, 3, 0.5, 0.002, 80.0))
+            build_kdiffusion(tiny_kdiffusion_config())
             if kind == "kdiffusion"
             else EDMDenoiser(build_network("EDMPrecond", dict(model_type="DhariwalUNet", label_dim=3, **kwargs)))
         )

@@ -4,30 +4,27 @@ import json
 
 import pytest
 import torch
-from tiny_models import save_tiny_ddpm, save_tiny_stable_diffusion
+from tiny_models import TINY_KDIFFUSION, save_tiny_ddpm, save_tiny_stable_diffusion, tiny_kdiffusion
 from tiny_project import Killed, kill_at
 from typer.testing import CliRunner
 
 from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parquet
 from dmdlib.params import TeacherTrainParams
-from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, load_kdiffusion, save_kdiffusion
+from dmdlib.teachers.loading import load_kdiffusion, save_kdiffusion
 from dmdlib.teachers.reference import read_teacher
 from dmdlib.teachers.training import train_teacher
 from stages.teacher import app
 
-TINY = dict(channels=[8, 8], depths=[1, 1], mapping_width=16)
-
 
 def tiny_teacher(classes=3):
-    torch.manual_seed(0)
-    config = kdiffusion_config(1, 8, TINY["channels"], TINY["depths"], TINY["mapping_width"], classes, 0.5, 0.002, 80.0)
-    return build_kdiffusion(config), config
+    model = tiny_kdiffusion(classes=classes)
+    return model, model.config
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     images = torch.rand(32, 1, 8, 8) * 2 - 1
     labels = torch.randint(0, 3, (32,))
-    params = TeacherTrainParams(**TINY, steps=6, checkpoint_every=3, batch_size=4, warmup_steps=2)
+    params = TeacherTrainParams(**TINY_KDIFFUSION, steps=6, checkpoint_every=3, batch_size=4, warmup_steps=2)
 
     uninterrupted = train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "a.pt", {"run": "fp"})
 
@@ -50,7 +47,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
 
 def test_checkpoint_of_other_params_is_ignored(tmp_path):
     images, labels = torch.rand(16, 1, 8, 8) * 2 - 1, torch.randint(0, 3, (16,))
-    params = TeacherTrainParams(**TINY, steps=2, checkpoint_every=1, batch_size=4)
+    params = TeacherTrainParams(**TINY_KDIFFUSION, steps=2, checkpoint_every=1, batch_size=4)
     train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "c.pt", {"run": "old"})
     seen = []
     train_teacher(

@@ -8,6 +8,23 @@ from pathlib import Path
 
 import torch
 
+TINY_KDIFFUSION = dict(channels=[8, 8], depths=[1, 1], mapping_width=16)  # TeacherTrainParams' names for its network
+
+
+def tiny_kdiffusion_config(classes: int = 3, label_dropout: float = 0.0, mapping_width: int = 16, widths=(8, 8)):
+    """The tests' k-diffusion teacher config: 1x8x8 images, two levels, EDM's sigmas."""
+    from dmdlib.teachers.loading import kdiffusion_config
+
+    return kdiffusion_config(1, 8, list(widths), [1, 1], mapping_width, classes, 0.5, 0.002, 80.0, label_dropout)
+
+
+def tiny_kdiffusion(seed: int = 0, **config):
+    """The tests' k-diffusion teacher (`tiny_kdiffusion_config(**config)`), its weights drawn from torch seed `seed`."""
+    from dmdlib.teachers.loading import build_kdiffusion
+
+    torch.manual_seed(seed)
+    return build_kdiffusion(tiny_kdiffusion_config(**config))
+
 
 def tiny_unet2d(**overrides):
     from diffusers import UNet2DModel
