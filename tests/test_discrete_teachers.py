@@ -138,6 +138,7 @@ def test_epsilon_distils_like_edm(tmp_path):
     assert curves["epsilon"][-1] < 1.5 * curves["edm"][-1]
 
 
+@pytest.mark.slow
 def test_dm_term_end_to_end(tmp_path):
     """End to end through `distill` (DMD2's fake-step ratio 5): with 16 pairs, regression alone cannot recover the
     8-mode ring; the DM term must bring the generator closer to it in both parameterisations (a wrong DM gradient,

@@ -114,6 +114,7 @@ def launch(tmp_path, repo_root, pairs_folder, *runs, port):
     return result.returncode, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_ddp_and_fsdp(tmp_path, repo_root, pairs_folder):
     """Two gloo processes, each half the global batch: after 4 steps DDP's and FSDP's generators (also with the
     GAN term, LoRA adapters, a guidance-conditioned generator; DDP with the GAN term in micro-batches of one sample)

@@ -269,6 +269,7 @@ def test_bad_dmd2_params_name_the_key(tmp_path):
         load_params(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [

@@ -13,6 +13,8 @@ import sys
 import pytest
 from tiny_models import tiny_kdiffusion
 
+pytestmark = pytest.mark.slow  # end to end: the fast tier (`-m 'not slow'`) leaves these out
+
 TINY_PARAMS = """\
 prepare: {source: mnist, resolution: 8, channels: 1, heldout_fraction: 0.2, seed: 0}
 features: {steps: 5, batch_size: 16, lr: 2.0e-3, seed: 0}

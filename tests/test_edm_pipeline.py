@@ -11,6 +11,8 @@ from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parq
 from dmdlib.teachers.loading import load_edm, source_digest
 from dmdlib.training.generator import load_generator
 
+pytestmark = pytest.mark.slow  # end to end: the fast tier (`-m 'not slow'`) leaves these out
+
 
 def _write_rgb_data(folder, resolution: int = 16, classes: int = 10, count: int = 60) -> None:
     rng = torch.Generator().manual_seed(0)

@@ -204,6 +204,7 @@ def test_fid_to_statistics(tmp_path):
         load_statistics(tmp_path / "other.npz")
 
 
+@pytest.mark.slow
 def test_scheduler_nfe_and_floor(tmp_path):
     """DDIM with 3 steps makes 3 network evaluations (it was reported as null); with 20 samples per model and
     15 held-out images, the noise floor would use another count: it is omitted, saying why."""

@@ -304,6 +304,7 @@ def _distill_into(folder, out):
     assert code == 0, output
 
 
+@pytest.mark.slow
 def test_full_disk(tmp_path, repo_root):
     """Writes beyond RLIMIT_FSIZE fail with EFBIG, as on a full or size-limited file system: a pair shard (pyarrow), the
     distillation checkpoint (torch) and, below that, dvclive's start (DVC's sqlite caches)."""

@@ -162,6 +162,7 @@ def test_changed_bytes_in_the_prepared_data_are_named(tmp_path):
         read_image_parquet(path)
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_seeds_without_gaps(tmp_path, teacher_folder, repo_root):
     single = make_pairs(tmp_path, teacher_folder, "single")
     params = tmp_path / "two.yaml"

@@ -15,6 +15,8 @@ from tiny_project import pipeline_params, run_stages, write_tiny_project
 from dmdlib.data.io import OUTPUT_MARK
 from dmdlib.training.generator import load_generator
 
+pytestmark = pytest.mark.slow  # end to end: the fast tier (`-m 'not slow'`) leaves these out
+
 EVAL_KEYS = {"fid_classifier", "kid_classifier", "precision_classifier", "recall_classifier", "min_class_share_ratio"}
 
 

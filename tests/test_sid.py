@@ -101,6 +101,7 @@ def test_the_sid_term_moves_the_generator_by_the_closed_form_and_leaves_the_fake
     assert torch.allclose(generator.denoiser.points.detach(), expected, rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options, curves",
     [

@@ -3,6 +3,7 @@ prompts -> latent pairs -> distill -> export -> one-step diffusers pipeline, thr
 
 import json
 
+import pytest
 import torch
 from tiny_models import save_tiny_clip, save_tiny_stable_diffusion
 from typer.testing import CliRunner
@@ -19,6 +20,7 @@ from stages.prompts import app as prompts_app
 from stages.teacher import app as teacher_app
 
 
+@pytest.mark.slow
 def test_prompts_to_one_step_pipeline(tmp_path):
     from diffusers import AutoencoderTiny
 

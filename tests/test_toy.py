@@ -1,11 +1,13 @@
 """The 2-D toy: DMD with the pipeline's own loss and step functions recovers all 8 modes of the teacher."""
 
+import pytest
 import torch
 
 from dmdlib.training.generator import Generator
 from dmdlib.training.toy import distill_toy, mode_shares, prepare_toy, sliced_wasserstein, toy_teacher
 
 
+@pytest.mark.slow
 def test_dmd_covers_every_mode_and_beats_regression_only():
     run = prepare_toy(seed=0, pair_count=16)  # few pairs: regression alone cannot recover the distribution
     teacher = toy_teacher()
@@ -29,6 +31,7 @@ def test_dmd_covers_every_mode_and_beats_regression_only():
     assert swd["initial"] > 3 * swd["dmd"]
 
 
+@pytest.mark.slow
 def test_sid_alone_covers_every_mode_without_pairs():
     """SiD, data-free, from the same start: every mode, far closer than the start (noise levels 30%-80% of the grid:
     at the smallest ones the exact mixture's Jacobians, which SiD's gradient goes through, reach 1 / sigma^2)."""
