@@ -83,21 +83,20 @@ def claim_checkpoint(checkpoint: str | os.PathLike, settings: dict, last_step: i
     that the shorter run can come back. Only when none of these settings is at or below `last_step` does the run stop,
     naming `steps_key`."""
     checkpoint, wanted = Path(checkpoint), fingerprint(settings)
-    said, step, state = [], 0, None
+    said, step, state, set_aside = [], 0, None, False
     if checkpoint.is_file():
         state = load_tensors(checkpoint, DataError, CORRUPT_CHECKPOINT)
         step = int(state.get("step", 0))
         if state.get("fingerprint") != wanted or step > last_step:
             aside = _kept_name(checkpoint, state.get("fingerprint") or "unknown", step)
             os.replace(checkpoint, aside)
-            differ = _differing_keys(state.get("settings"), json.loads(_settings_json(settings)))
             why = (
-                f"made with other settings ({differ})"
+                f"made with other settings ({_differing_keys(state.get('settings'), settings)})"
                 if state.get("fingerprint") != wanted
                 else f"at step {step}, past {steps_key} = {last_step}"
             )
             said.append(f"{checkpoint.name} was {why}: kept as {aside.name}")
-            state, step = None, 0
+            state, step, set_aside = None, 0, True
     if state is None:
         usable = [kept for kept in kept_checkpoints(checkpoint) if kept.fingerprint == wanted[:12]]
         usable = [kept for kept in usable if kept.step <= last_step]
@@ -117,7 +116,7 @@ def claim_checkpoint(checkpoint: str | os.PathLike, settings: dict, last_step: i
     said.append(f"resuming from step {step}" if step else "starting from step 0")
     if not checkpoint.is_file() and not said[:-1]:
         said.insert(0, f"no checkpoint at {checkpoint} (checkpoints live outside git and DVC: a fresh clone has none)")
-    log.log(logging.WARNING if state is None and step == 0 and len(said) > 1 else logging.INFO, "%s", "; ".join(said))
+    log.log(logging.WARNING if set_aside and state is None else logging.INFO, "%s", "; ".join(said))
     return step
 
 
@@ -143,10 +142,11 @@ def prune_kept(checkpoint: str | os.PathLike, keep: int) -> list[Kept]:
     return kept[keep:]
 
 
-def _differing_keys(recorded: str | None, current: dict) -> str:
+def _differing_keys(recorded: str | None, settings: dict) -> str:
+    """The flat keys whose values differ between a checkpoint's recorded settings and `settings`, with both values."""
     if recorded is None:
         return "it records no settings"
-    recorded = json.loads(recorded)
+    recorded, current = json.loads(recorded), json.loads(_settings_json(settings))
     keys = sorted(key for key in {*recorded, *current} if recorded.get(key) != current.get(key))
     return ", ".join(f"{key}: {_short(recorded.get(key))!r} -> {_short(current.get(key))!r}" for key in keys[:8]) + (
         f" and {len(keys) - 8} more" if len(keys) > 8 else ""
