@@ -129,8 +129,9 @@ def load_image_folder(folder: str | os.PathLike, resolution: int, channels: int)
             f"{folder}: image folder not found; expected a folder of image files (optionally one sub-folder per class)"
         )
     suffixes = image_suffixes()
-    files = [p for p in folder_files(folder) if p.suffix.lower() in suffixes]
-    ignored = Counter(p.suffix.lower() or "no suffix" for p in folder_files(folder) if p.suffix.lower() not in suffixes)
+    every = folder_files(folder)  # one walk of the folder: it may hold tens of thousands of files
+    files = [p for p in every if p.suffix.lower() in suffixes]
+    ignored = Counter(p.suffix.lower() or "no suffix" for p in every if p.suffix.lower() not in suffixes)
     class_names = sorted({p.parent.relative_to(folder).parts[0] for p in files if p.parent != folder})
     top = [p.name for p in files if p.parent == folder]
     if class_names and top:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -96,6 +97,11 @@ class _Run:
     strategy: Strategy | None = None  # how processes share generator and fake denoiser; None for one process
     unsharded: Generator | None = None  # under FSDP: a CPU generator the gathered weights are loaded into
 
+    @functools.cached_property
+    def blamed_keys(self) -> dict[str, tuple[str, ...]]:
+        """For each figure a step logs, the distill params that act on it (once per run, not per step)."""
+        return _blamed_keys(self.terms)
+
 
 def step_rng(seed: int, step: int) -> torch.Generator:
     """The random stream of one step, shared by all processes (each keeps its slice of every draw, `Draws`):
@@ -171,7 +177,7 @@ def distill(
         metrics.update(_mean([result.metrics for result in results]))
         if any(term.uses_fake for term in run.terms.values()):  # lines 11-14: fake-score update(s)
             metrics.update(_fake_steps(run, params, batches, [result.x for result in results], streams, processes))
-        _stop_if_diverged(metrics, _blamed_keys(run.terms), step, checkpoint, params.checkpoint_every)
+        _stop_if_diverged(metrics, run.blamed_keys, step, checkpoint, params.checkpoint_every)
         if run.ema is not None:
             ema_update(run.generator, run.ema, params.ema_decay)
         done = step + 1
