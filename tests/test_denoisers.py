@@ -15,6 +15,7 @@ from dmdlib.denoisers import (
 )
 from dmdlib.denoisers.base import denoising_loss
 from dmdlib.errors import TeacherError
+from dmdlib.networks.karras_unet import ImageV1
 from dmdlib.teachers.diffusers import load_diffusers_ddpm
 
 torch.manual_seed(0)
@@ -50,17 +51,19 @@ def test_karras_adapter_matches_edm_preconditioning():
         assert torch.allclose(KarrasDenoiser(inner, 0.5)(x, sigma, labels), unconditional, atol=1e-6)
 
 
-def test_karras_adapter_wraps_kdiffusion():
-    """Karras adapter wraps a k diffusion model class and its loss."""
-    from k_diffusion.models import ImageDenoiserModelV1
-
-    inner = ImageDenoiserModelV1(1, 16, [1, 1], [8, 16], [False, False])
+def test_karras_adapter_loss_is_kdiffusions_target_loss():
+    """EDM's weighted denoising loss equals k-diffusion's 'karras' loss: ||F(c_in x) - (x0 - c_skip x) / c_out||^2."""
+    inner = ImageV1(1, 16, [1, 1], [8, 16], [False, False])
+    for param in inner.parameters():
+        param.data.normal_(0, 0.05)  # the zero-initialised output layers too, so F is not 0
     denoiser = KarrasDenoiser(inner, sigma_data=0.5)
     x0, noise = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
     sigma = torch.tensor([0.1, 1.0, 10.0])
+    s, sd = sigma[:, None, None, None], 0.5
+    c_skip, c_out, c_in = sd**2 / (s**2 + sd**2), s * sd / (s**2 + sd**2).sqrt(), 1 / (s**2 + sd**2).sqrt()
     with torch.no_grad():
-        reference = denoiser.model.loss(x0, noise, sigma).mean()  # k-diffusion's own 'karras' loss
-        # EDM's loss: lambda(sigma) ||D(x0 + sigma n) - x0||^2 with lambda = (s^2 + sd^2) / (s sd)^2.
+        x = x0 + s * noise
+        reference = ((inner(c_in * x, sigma) - (x0 - c_skip * x) / c_out) ** 2).flatten(1).mean(1).mean()
         ours = denoising_loss(denoiser, x0, sigma, noise)
     assert torch.allclose(ours, reference, rtol=1e-4)
     assert denoiser.sigma_grid()[0] == pytest.approx(0.002) and denoiser.sigma_grid()[-1] == pytest.approx(80.0)

@@ -8,13 +8,20 @@ import functools
 import types
 
 import torch
-from k_diffusion.sampling import get_sigmas_karras
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from dmdlib.errors import TeacherError
 
 GRID_STEPS = 1000
+
+
+def karras_ladder(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022) eq. 5: `steps` sigmas from sigma_max down to sigma_min, evenly spaced in sigma^(1/rho),
+    then 0."""
+    ramp = torch.linspace(0, 1, steps)
+    top, bottom = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return torch.cat([(top + ramp * (bottom - top)) ** rho, ramp.new_zeros(1)])
 
 
 class Denoiser(nn.Module, abc.ABC):
@@ -52,7 +59,7 @@ class Denoiser(nn.Module, abc.ABC):
 
     def sigma_grid(self) -> torch.Tensor:
         """The teacher's 1000-step noise grid, ascending (Karras rho=7 between sigma_min and sigma_max)."""
-        return get_sigmas_karras(GRID_STEPS, self.sigma_min, self.sigma_max)[:-1].flip(0)
+        return karras_ladder(GRID_STEPS, self.sigma_min, self.sigma_max)[:-1].flip(0)
 
     def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
         """Weight of ||D - x0||^2 in the teacher's training loss: EDM's (sigma^2 + s_d^2) / (sigma * s_d)^2."""

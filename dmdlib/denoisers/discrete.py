@@ -6,7 +6,6 @@ import abc
 from typing import Literal
 
 import torch
-from k_diffusion.external import DiscreteSchedule
 from torch import nn
 
 from dmdlib.denoisers.base import Denoiser, expand
@@ -16,11 +15,28 @@ from dmdlib.errors import TeacherError
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
 
+class SigmaSchedule(nn.Module):
+    """A discrete ascending list of sigmas, and the fractional timestep of any sigma between them: linear in log sigma
+    between the two neighbouring grid points, clamped to the grid's ends (as k-diffusion's DiscreteSchedule)."""
+
+    def __init__(self, sigmas: torch.Tensor):
+        super().__init__()
+        self.register_buffer("sigmas", sigmas)
+        self.register_buffer("log_sigmas", sigmas.log())
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        log_sigma = sigma.log()
+        above = log_sigma - self.log_sigmas[:, None] >= 0  # [grid, batch]: grid points at or below each sigma
+        low = above.cumsum(dim=0).argmax(dim=0).clamp(max=len(self.log_sigmas) - 2)
+        w = ((self.log_sigmas[low] - log_sigma) / (self.log_sigmas[low] - self.log_sigmas[low + 1])).clamp(0, 1)
+        return ((1 - w) * low + w * (low + 1)).view(sigma.shape)
+
+
 class DiscreteDenoiser(Denoiser):
     """A network trained on x_t = sqrt(a_t) x0 + sqrt(1 - a_t) n, t in 0..T-1, seen as D(x, sigma).
 
     sigma_t = sqrt((1 - a_t) / a_t); the network sees x / sqrt(sigma^2 + 1) and the fractional
-    timestep interpolated in log sigma (k-diffusion's `DiscreteSchedule`). Subclasses implement
+    timestep interpolated in log sigma (`SigmaSchedule`). Subclasses implement
     `call_model`, the one place that knows the network's signature.
     """
 
@@ -36,10 +52,10 @@ class DiscreteDenoiser(Denoiser):
             raise TeacherError(f"prediction_type {prediction_type!r}: expected 'epsilon', 'v_prediction' or 'sample'")
         self.network = network
         alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-        self.schedule = DiscreteSchedule(((1 - alphas_cumprod) / alphas_cumprod).sqrt().float(), quantize=False)
+        self.schedule = SigmaSchedule(((1 - alphas_cumprod) / alphas_cumprod).sqrt().float())
         self.prediction_type = prediction_type
-        self.sigma_min = float(self.schedule.sigma_min)
-        self.sigma_max = float(self.schedule.sigma_max)
+        self.sigma_min = float(self.schedule.sigmas[0])
+        self.sigma_max = float(self.schedule.sigmas[-1])
         self.sigma_data = 1.0
         # What a diffusers scheduler needs to sample this teacher; by default the betas of its own schedule.
         betas = 1 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])

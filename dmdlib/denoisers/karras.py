@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import torch
-from k_diffusion.layers import Denoiser as KarrasPreconditioner
-from k_diffusion.models.image_v1 import ResConvBlock
 from torch import nn
 
-from dmdlib.denoisers.base import Denoiser, checkpoint_forward
+from dmdlib.denoisers.base import Denoiser, checkpoint_forward, expand
 from dmdlib.errors import TeacherError
+from dmdlib.networks.karras_unet import ResConvBlock
+
+
+class KarrasPreconditioner(nn.Module):
+    """D = c_skip x + c_out F(c_in x, sigma) with EDM's c_skip, c_out, c_in (Table 1); F sees sigma itself.
+
+    The wrapped network sits at `inner_model`, the state-dict layout of k-diffusion's `layers.Denoiser`."""
+
+    def __init__(self, inner_model: nn.Module, sigma_data: float):
+        super().__init__()
+        self.inner_model = inner_model
+        self.sigma_data = sigma_data
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs) -> torch.Tensor:
+        s = expand(sigma, x)
+        c_skip = self.sigma_data**2 / (s**2 + self.sigma_data**2)
+        c_out = s * self.sigma_data / (s**2 + self.sigma_data**2) ** 0.5
+        c_in = 1 / (s**2 + self.sigma_data**2) ** 0.5
+        return self.inner_model(x * c_in, sigma, **kwargs) * c_out + x * c_skip
 
 
 class KarrasDenoiser(Denoiser):
-    """D = c_skip x + c_out F(c_in x, sigma) (EDM Table 1), through k-diffusion's `layers.Denoiser`.
+    """D = c_skip x + c_out F(c_in x, sigma) (EDM Table 1) around a k-diffusion-layout network.
 
     `cond_key` names the keyword the inner model takes conditioning by (e.g. 'class_cond'),
     or None for an unconditional model.

@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 import torch
-from k_diffusion.sampling import get_sigmas_karras, sample_heun
 
-from dmdlib.denoisers.base import Denoiser
+from dmdlib.denoisers.base import Denoiser, expand, karras_ladder
 from dmdlib.denoisers.flow import flow_shift, time_of_sigma
 from dmdlib.errors import ParamsError
 
@@ -21,7 +20,7 @@ ODE_SIGMA_MAX = 80.0
 
 def karras_sigmas(denoiser: Denoiser, steps: int, rho: float = 7.0) -> torch.Tensor:
     """Karras et al. (2022) eq. 5: `steps` sigmas from min(sigma_max, 80) down to sigma_min, then 0."""
-    return get_sigmas_karras(steps, denoiser.sigma_min, min(denoiser.sigma_max, ODE_SIGMA_MAX), rho=rho)
+    return karras_ladder(steps, denoiser.sigma_min, min(denoiser.sigma_max, ODE_SIGMA_MAX), rho=rho)
 
 
 @torch.no_grad()
@@ -30,9 +29,16 @@ def heun_sample(
 ) -> torch.Tensor:
     """EDM's deterministic Heun sampler (Algorithm 1, S_churn = 0): 2 * steps - 1 evaluations of D."""
     sigmas = karras_sigmas(denoiser, steps).to(noise.device)
-    return sample_heun(
-        denoiser, noise * denoiser.prior_scale(sigmas[0]), sigmas, extra_args={"cond": cond}, disable=True
-    )
+    x = noise * denoiser.prior_scale(sigmas[0])
+    ones = x.new_ones([x.shape[0]])
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        slope = (x - denoiser(x, sigma * ones, cond)) / expand(sigma * ones, x)  # dx/dsigma, EDM eq. 3
+        x_next = x + slope * (sigma_next - sigma)
+        if sigma_next > 0:  # Heun's correction, except on the last (Euler) step to sigma 0
+            slope_next = (x_next - denoiser(x_next, sigma_next * ones, cond)) / expand(sigma_next * ones, x)
+            x_next = x + (slope + slope_next) / 2 * (sigma_next - sigma)
+        x = x_next
+    return x
 
 
 @torch.no_grad()

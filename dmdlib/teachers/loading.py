@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from k_diffusion import config as kconfig
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -23,6 +22,7 @@ from dmdlib.data.io import atomic_output, files_digest, load_tensors
 from dmdlib.denoisers import Denoiser, KarrasDenoiser, frozen
 from dmdlib.denoisers.edm import EDMDenoiser, build_network
 from dmdlib.errors import DataError, TeacherError
+from dmdlib.networks.karras_unet import build_image_v1
 from dmdlib.teachers.diffusers import PIPELINE_CLASSES, load_diffusers_ddpm, load_diffusers_pipeline
 from dmdlib.teachers.snapshots import read_snapshot
 
@@ -85,11 +85,24 @@ def kdiffusion_config(
     }
 
 
+def kdiffusion_network(config: dict[str, Any]) -> nn.Module:
+    """The network of a k-diffusion config: image_v1 built here; other model types by k-diffusion itself (an extra)."""
+    if config["model"]["type"] == "image_v1":
+        return build_image_v1(config["model"])
+    try:
+        from k_diffusion import config as kconfig
+    except ImportError:
+        raise TeacherError(
+            f"k-diffusion model type {config['model']['type']!r}: only 'image_v1' is built without k-diffusion; "
+            "install it with `pip install 'dmd[kdiffusion]'` (Python 3.11 or 3.12, numpy<2)"
+        ) from None
+    return kconfig.make_model(kconfig.load_config(config))
+
+
 def build_kdiffusion(config: dict[str, Any]) -> KarrasDenoiser:
-    """A `KarrasDenoiser` around the model that k-diffusion's `config.make_model` builds from `config`."""
-    config = kconfig.load_config(config)
-    inner = kconfig.make_model(config)
-    model_config, num_classes = config["model"], config["dataset"]["num_classes"]
+    """A `KarrasDenoiser` around the network a k-diffusion config describes (k-diffusion's own config format)."""
+    inner = kdiffusion_network(config)
+    model_config, num_classes = config["model"], config.get("dataset", {}).get("num_classes", 0)
     cond_key = None
     if num_classes and model_config["type"] == "image_v1":
         inner, cond_key = OneHotClasses(inner, num_classes), "class_cond"

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from k_diffusion.utils import ema_update
 from tqdm.auto import tqdm
 
 from dmdlib.data.checkpoints import CORRUPT_CHECKPOINT, checkpoint_identity
@@ -18,6 +17,7 @@ from dmdlib.data.io import atomic_output, load_tensors
 from dmdlib.denoisers import KarrasDenoiser
 from dmdlib.denoisers.base import denoising_loss
 from dmdlib.errors import DataError, DivergedError
+from dmdlib.networks.ema import ema_update
 from dmdlib.params import TeacherTrainParams
 from dmdlib.teachers.loading import UNCOND_CLASS
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from k_diffusion.utils import ema_update
 from tqdm.auto import tqdm
 
 from dmdlib.data.checkpoints import CORRUPT_CHECKPOINT, checkpoint_identity
@@ -21,6 +20,7 @@ from dmdlib.data.io import atomic_output, load_tensors
 from dmdlib.data.prepared import PreparedImageReader
 from dmdlib.denoisers import Denoiser, GuidedDenoiser, ScaleConditionedDenoiser, denoise_capturing, trainable_copy
 from dmdlib.errors import DataError, DivergedError, ParamsError
+from dmdlib.networks.ema import ema_update
 from dmdlib.params import DistillParams
 from dmdlib.training.dmd import (
     GAN,
