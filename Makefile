@@ -1,5 +1,7 @@
 # Set-up and the two jobs: `make repro` (the embedded default pipeline) and `make test` (lint, then the tests).
-PYTHON ?= python3
+# The first of these that is Python 3.11-3.14 (python3 first: on most machines the system's own).
+SUPPORTED := python3 python3.14 python3.13 python3.12 python3.11
+PYTHON ?= $(firstword $(foreach p,$(SUPPORTED),$(shell $(p) -c 'import sys; print("$(p)" if (3, 11) <= sys.version_info[:2] <= (3, 14) else "")' 2>/dev/null)))
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
@@ -10,6 +12,7 @@ install: $(STAMP)
 
 # constraints.txt pins every package version (pip freeze of a working install); pip honours it with -c.
 $(STAMP): pyproject.toml constraints.txt
+	@test -n "$(PYTHON)" || { echo "dmd needs Python 3.11-3.14: install one (e.g. apt install python3.11) or give it as make PYTHON=/path/to/python3.x"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'

@@ -18,10 +18,10 @@ from experiments_table import spread  # a sibling script: benchmarks/ is on sys.
 
 from dmdlib.denoisers import trainable_copy
 from dmdlib.evaluation.measure import throughput
+from dmdlib.generators.generator import Generator
 from dmdlib.params import load_params
 from dmdlib.teachers.reference import read_teacher
 from dmdlib.training.dmd import GeneratorBatch, Pairs, Update, fake_denoiser_step, generator_step
-from dmdlib.training.generator import Generator
 from dmdlib.training.losses import sample_sigmas
 from dmdlib.training.objectives import DistributionMatching, Regression
 from dmdlib.training.regression import make_regression_loss

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from dmdlib.denoisers.sampling import heun_sample
+from dmdlib.generators.seeds import seeded_inputs
 from dmdlib.teachers.diffusers import load_diffusers_ddpm
 from dmdlib.teachers.reference import REFERENCE_FILE, read_teacher
-from dmdlib.training.pairs import seeded_inputs
 
 
 def main() -> None:

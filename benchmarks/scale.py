@@ -201,8 +201,8 @@ def measure(model: str, batch: int, option: str, repeats: int) -> dict:
     import torch
 
     from dmdlib.denoisers.base import frozen, trainable_copy
+    from dmdlib.generators.generator import Generator
     from dmdlib.training.dmd import GeneratorBatch, Pairs, Update, fake_denoiser_step, generator_step
-    from dmdlib.training.generator import Generator
     from dmdlib.training.memory import add_lora, run_in_bfloat16
     from dmdlib.training.objectives import DistributionMatching, Regression
     from dmdlib.training.regression import l2_loss

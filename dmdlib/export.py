@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from dmdlib.data.io import atomic_output
 from dmdlib.errors import DataError
+from dmdlib.generators.generator import generator_reference, load_generator
 from dmdlib.teachers.diffusers import NETWORK_FOLDERS, PIPELINE_CLASSES, one_step_scheduler
-from dmdlib.training.generator import generator_reference, load_generator
 
 # how each family's stock pipeline takes the generator's one step (the README's and the model card's call)
 PIPELINE_CALLS = {
@@ -37,14 +37,14 @@ def export_generator(generator_folder: str | os.PathLike, out: str | os.PathLike
     with atomic_output(out) as tmp:
         if kind not in PIPELINE_CALLS:
             shutil.copytree(generator_folder, tmp)
-            how = "from dmdlib.training.generator import load_generator; generator = load_generator(folder)"
+            how = "from dmdlib.generators.generator import load_generator; generator = load_generator(folder)"
         else:
             if len(generator.sigmas) > 1 or generator.guidance is not None:
                 raise DataError(
                     f"{generator_folder}: a {len(generator.sigmas)}-step generator"
                     f"{' with a guidance input' if generator.guidance is not None else ''} has no stock "
                     f"{_pipeline_class(kind)} form (it takes one step and a fixed guidance); sample it with "
-                    "`python -m stages.sample`"
+                    "`dmd sample`"
                 )
             pipeline = _diffusers_pipeline(generator, reference)
             pipeline.save_pretrained(tmp, safe_serialization=True)
@@ -71,7 +71,7 @@ def _diffusers_pipeline(generator, reference: dict):
         if denoiser.num_classes:
             raise DataError(
                 "a class-conditional DDPM generator has no stock DDPMPipeline form (it takes no class labels); "
-                "load it with dmdlib's load_generator or sample it with `python -m stages.sample`"
+                "load it with dmdlib's load_generator or sample it with `dmd sample`"
             )
         return diffusers.DDPMPipeline(unet=denoiser.network, scheduler=scheduler)
     pipeline_class = getattr(diffusers, PIPELINE_CLASSES[reference["kind"]])

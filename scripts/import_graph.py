@@ -6,6 +6,7 @@ Used by tests/test_structure.py and scripts/sync_dvc_deps.py.
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 from dmdlib import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("dmdlib", "stages")
+PACKAGES = ("dmdlib", "dmd")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,20 @@ def graph(own_packages: bool = True) -> dict[str, set[str]]:
         ancestors = {str(parent / "__init__.py") for parent in source.parents}
         edges[str(source)] = {i.target for i in imports_of(path) if own_packages or i.target not in ancestors}
     return edges
+
+
+CLI = "dmd/cli.py"  # what `dmd <name>` runs before the stage module
+
+
+def stage_module(command: str) -> str | None:
+    """'dmd teacher --params ...' (a pipeline's cmd line) -> 'dmd/stages/teacher.py'; None for any other line."""
+    match = re.match(r"\s*(?:cmd:\s*)?dmd ([a-z_]+)\b", command)
+    return module_file(f"dmd.stages.{match.group(1)}") if match else None
+
+
+def stage_code(stage_file: str, edges: dict[str, set[str]]) -> set[str]:
+    """The project files a stage runs: the `dmd` command's and its stage module's, with all they import."""
+    return closure(CLI, edges) | closure(stage_file, edges)
 
 
 def closure(start: str, edges: dict[str, set[str]]) -> set[str]:

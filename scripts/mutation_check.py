@@ -153,7 +153,7 @@ MUTATIONS = {
         ["tests/test_dmd2.py"],
     ),
     "backward simulation re-noised at sigma_k, not sigma_k+1": (
-        "dmdlib/training/generator.py",
+        "dmdlib/generators/generator.py",
         "x = denoised + self.sigmas[k + 1] * as_draws(rng)",
         "x = denoised + self.sigmas[k] * as_draws(rng)",
         ["tests/test_dmd2.py"],
@@ -183,13 +183,13 @@ MUTATIONS = {
         ["tests/test_distill.py"],
     ),
     "pair set left out of distill's checkpoint settings": (
-        "stages/distill.py",
+        "dmd/stages/distill.py",
         'settings["pair_set"] = inputs.pairs.description()',
         "pass",
         ["tests/test_code_changes.py"],
     ),
     "code left out of distill's checkpoint settings": (
-        "stages/distill.py",
+        "dmd/stages/distill.py",
         '"code": code_of(__spec__.name),',
         "",
         ["tests/test_code_changes.py"],

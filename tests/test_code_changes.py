@@ -13,10 +13,10 @@ from tiny_models import save_tiny_ddpm, save_tiny_sd3, tiny_kdiffusion
 from tiny_project import pipeline_params, run_stages, write_tiny_project
 
 from dmdlib.errors import DataError
+from dmdlib.generators.generator import Generator, check_generator_teacher, save_generator
 from dmdlib.params import PairsParams
 from dmdlib.provenance import code_digest
 from dmdlib.teachers.loading import load_teacher, teacher_digest
-from dmdlib.training.generator import Generator, check_generator_teacher, save_generator
 from dmdlib.training.pairs import pair_metadata
 
 
@@ -56,23 +56,23 @@ def test_code_digest_follows_imports_and_ignores_prose(tmp_path, monkeypatch):
 
 
 def test_the_stages_claim_their_code(tmp_path):
-    for stage in ("stages.teacher", "stages.pairs", "stages.distill"):
-        assert len(code_digest(stage, ("dmdlib", "stages"))) == 64
-    assert code_digest("stages.pairs", ("dmdlib", "stages")) != code_digest("stages.distill", ("dmdlib", "stages"))
+    for stage in ("dmd.stages.teacher", "dmd.stages.pairs", "dmd.stages.distill"):
+        assert len(code_digest(stage, ("dmdlib", "dmd"))) == 64
+    assert code_digest("dmd.stages.pairs", ("dmdlib", "dmd")) != code_digest("dmd.stages.distill", ("dmdlib", "dmd"))
 
 
 def test_a_code_change_sets_checkpoint_and_shards_aside(tmp_path, monkeypatch, caplog):
     """Before: a changed DM loss re-ran `distill`, which 'resumed' at its last step, ran none and saved the old
     generator again; pair shards were kept whatever code made them."""
-    import stages.common
+    import dmd.stages.common
 
     teacher = tiny_kdiffusion()
     write_tiny_project(tmp_path, teacher, pipeline_params())
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill"])
     first_pairs = {path.name: path.read_bytes() for path in (tmp_path / "pairs").glob("shard-*")}
 
-    real_digest = stages.common.code_digest
-    monkeypatch.setattr(stages.common, "code_digest", lambda module, packages: "0" * 64)  # as if the code changed
+    real_digest = dmd.stages.common.code_digest
+    monkeypatch.setattr(dmd.stages.common, "code_digest", lambda module, packages: "0" * 64)  # as if the code changed
     with caplog.at_level(logging.INFO):
         run_stages(tmp_path, ["pairs", "distill"])
     assert "made by other code (" in caplog.text and "(and any other shard that does not match)" in caplog.text
@@ -84,7 +84,7 @@ def test_a_code_change_sets_checkpoint_and_shards_aside(tmp_path, monkeypatch, c
     assert f"kept as {kept[0].name}; starting from step 0" in caplog.text and "resuming distillation" not in caplog.text
     assert torch.load(tmp_path / "ck.pt", weights_only=True)["step"] == 3  # trained again, from the start
 
-    monkeypatch.setattr(stages.common, "code_digest", real_digest)
+    monkeypatch.setattr(dmd.stages.common, "code_digest", real_digest)
     caplog.clear()
     params = (tmp_path / "params.yaml").read_text()
     memory_only = params.replace("  steps: 3\n", "  steps: 4\n  gradient_checkpointing: true\n  compile: false\n", 1)
@@ -99,9 +99,9 @@ def test_a_code_change_sets_checkpoint_and_shards_aside(tmp_path, monkeypatch, c
 def test_a_code_change_retrains_the_teacher(tmp_path, monkeypatch, caplog):
     from typer.testing import CliRunner
 
-    import stages.common
-    from stages.prepare import app as prepare_app
-    from stages.teacher import app as teacher_app
+    import dmd.stages.common
+    from dmd.stages.prepare import app as prepare_app
+    from dmd.stages.teacher import app as teacher_app
 
     (tmp_path / "params.yaml").write_text(
         "prepare: {resolution: 8}\n"
@@ -115,7 +115,7 @@ def test_a_code_change_retrains_the_teacher(tmp_path, monkeypatch, caplog):
     teacher_args = ["--data", p("data.parquet"), "--out", p("teacher"), "--samples", p("t.png")]
     teacher_args += ["--checkpoint", p("teacher.pt"), "--live", p("live")]
     assert run(teacher_app, *teacher_args).exit_code == 0
-    monkeypatch.setattr(stages.common, "code_digest", lambda module, packages: "1" * 64)
+    monkeypatch.setattr(dmd.stages.common, "code_digest", lambda module, packages: "1" * 64)
     with caplog.at_level(logging.INFO):
         result = run(teacher_app, *teacher_args)
     assert result.exit_code == 0, result.output

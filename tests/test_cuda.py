@@ -8,10 +8,10 @@ from tiny_models import TINY_KDIFFUSION, tiny_kdiffusion
 from tiny_project import pipeline_params, run_stages, write_tiny_project
 
 from dmdlib.denoisers.sampling import heun_sample
+from dmdlib.generators.generator import load_generator
 from dmdlib.params import PairsParams, TeacherTrainParams
 from dmdlib.teachers.reference import read_teacher
 from dmdlib.teachers.training import train_teacher
-from dmdlib.training.generator import load_generator
 from dmdlib.training.pairs import PairReader, pair_metadata
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

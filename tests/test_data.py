@@ -158,7 +158,7 @@ def test_reader_names_file_and_problem(tmp_path):
 
 
 def run_stage(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "stages.prepare", *args], cwd=cwd, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "dmd.stages.prepare", *args], cwd=cwd, capture_output=True, text=True)
 
 
 def test_prepare_stage_from_image_folder(tmp_path, repo_root):
@@ -193,7 +193,7 @@ def test_unreadable_images_named(tmp_path, caplog):
 
     from typer.testing import CliRunner
 
-    from stages.prepare import app
+    from dmd.stages.prepare import app
 
     root = make_folder(tmp_path / "imgs")
     Image.fromarray(np.zeros((16, 16, 4), np.uint8), mode="RGBA").save(root / "cat" / "alpha.png")

@@ -121,7 +121,7 @@ def test_discrete_prior_scale(beta_schedule):
     the generator's prior_scale(sigma) z, divided by sqrt(sigma^2 + 1) on the way in, must give back z exactly."""
     from diffusers import DDPMScheduler
 
-    from dmdlib.training.generator import Generator, start_sigma
+    from dmdlib.generators.generator import Generator, start_sigma
 
     inputs = []
     unet = tiny_unet2d()

@@ -9,17 +9,17 @@ import torch
 from tiny_models import save_tiny_dit, save_tiny_flux, save_tiny_sd3, save_tiny_sdxl
 from typer.testing import CliRunner
 
+from dmd.stages.distill import app as distill_app
+from dmd.stages.export import app as export_app
+from dmd.stages.pairs import app as pairs_app
+from dmd.stages.prompts import app as prompts_app
+from dmd.stages.teacher import app as teacher_app
 from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parquet
 from dmdlib.data.prompts import load_prompt_set
+from dmdlib.generators.generator import load_generator
 from dmdlib.teachers.latents import LatentDecoder, load_vae
 from dmdlib.teachers.prompt_encoders import PromptEncoder
 from dmdlib.teachers.reference import guided, read_teacher
-from dmdlib.training.generator import load_generator
-from stages.distill import app as distill_app
-from stages.export import app as export_app
-from stages.pairs import app as pairs_app
-from stages.prompts import app as prompts_app
-from stages.teacher import app as teacher_app
 
 DISTILL = (
     "distill:\n  steps: 2\n  batch_size: 2\n  reg_batch_size: 2\n  regression_loss: l2\n  regression_space: latent\n"
@@ -212,9 +212,9 @@ def test_dit_guidance_is_the_pipelines_own_on_its_null_class(tmp_path):
     """DiTPipeline guides the epsilon half with null class 1000; the GuidedDenoiser on D does the same, being linear."""
     from diffusers import DiTPipeline
 
+    from dmdlib.generators.generator import start_sigma
     from dmdlib.teachers.diffusers import save_one_step_scheduler
     from dmdlib.teachers.loading import load_teacher
-    from dmdlib.training.generator import start_sigma
 
     folder = save_tiny_dit(tmp_path / "dit", num_classes=1000)
     teacher = load_teacher({"kind": "dit", "path": str(folder)})

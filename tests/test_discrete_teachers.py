@@ -12,9 +12,9 @@ from torch import nn
 from dmdlib.denoisers import Denoiser, DiscreteDenoiser, GaussianMixtureDenoiser
 from dmdlib.denoisers.base import expand
 from dmdlib.denoisers.sampling import heun_sample
+from dmdlib.generators.generator import MAX_START_OUTPUT_SCALE, Generator, start_sigma
 from dmdlib.params import DistillParams
 from dmdlib.training.distill import DistillInputs, distill
-from dmdlib.training.generator import MAX_START_OUTPUT_SCALE, Generator, start_sigma
 from dmdlib.training.regression import l2_loss
 
 MIXTURE = GaussianMixtureDenoiser.ring(modes=8, radius=2.0, std=0.1, sigma_data=math.sqrt(2.01))

@@ -8,6 +8,7 @@ from tiny_models import tiny_kdiffusion
 from tiny_project import Killed, kill_at, run_stages, write_tiny_project
 
 from dmdlib.denoisers import GuidedDenoiser, ScaleConditionedDenoiser, trainable_copy
+from dmdlib.generators.generator import Generator, load_generator, save_generator
 from dmdlib.params import DistillParams, ParamsError, load_params
 from dmdlib.teachers.loading import UNCOND_CLASS
 from dmdlib.training.distill import DistillInputs, distill
@@ -20,7 +21,6 @@ from dmdlib.training.dmd import (
     generator_step,
 )
 from dmdlib.training.gan import GANHead, denoise_with_logits
-from dmdlib.training.generator import Generator, load_generator, save_generator
 from dmdlib.training.objectives import Adversarial
 
 SHAPE = (1, 8, 8)

@@ -45,7 +45,7 @@ def save_teacher(path, seed: int) -> None:
 
 def dvc_project(repo_root, project, params: str):
     """A copy of the project's code and dvc.yaml in `project` with `params`, as a `dvc(*args)` runner."""
-    for name in ("dmdlib", "stages"):
+    for name in ("dmdlib", "dmd"):
         shutil.copytree(repo_root / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(repo_root / "dvc.yaml", project / "dvc.yaml")
     (project / "params.yaml").write_text(params)

@@ -8,8 +8,8 @@ import torch
 from tiny_project import pipeline_params, run_stages
 
 from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parquet
+from dmdlib.generators.generator import load_generator
 from dmdlib.teachers.loading import load_edm, source_digest
-from dmdlib.training.generator import load_generator
 
 pytestmark = pytest.mark.slow  # end to end: the fast tier (`-m 'not slow'`) leaves these out
 
@@ -85,8 +85,8 @@ def _sampled_and_exported(tmp_path):
     import numpy as np
     from typer.testing import CliRunner
 
-    from stages.export import app as export_app
-    from stages.sample import app as sample_app
+    from dmd.stages.export import app as export_app
+    from dmd.stages.sample import app as sample_app
 
     runner, folder = CliRunner(), str(tmp_path / "generator")
     result = runner.invoke(sample_app, ["--generator", folder, "--count", "2", "--npz", str(tmp_path / "s.npz")])

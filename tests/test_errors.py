@@ -3,8 +3,8 @@
 import pytest
 import typer
 
+from dmd.stages.common import user_errors
 from dmdlib.errors import DataError, DivergedError, DmdError, MissingWeightsError, PairsError, ParamsError, TeacherError
-from stages.common import user_errors
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_teacher_data_shape_mismatch(tmp_path):
     )
     from typer.testing import CliRunner
 
-    from stages.teacher import app as teacher_app
+    from dmd.stages.teacher import app as teacher_app
 
     before = (tmp_path / "teacher" / "teacher.json").read_bytes()
     arguments = ["--params", tmp_path / "params.yaml", "--data", tmp_path / "data.parquet"]

@@ -131,13 +131,13 @@ def test_a_guided_teachers_evaluations_count_each_network_pass(tmp_path, kind, e
     guidance (conditional and unconditional halves in one batch: two passes a step)."""
     from tiny_models import save_tiny_flux, save_tiny_sdxl
 
-    from dmdlib.data.conditions import Conditions
+    from dmdlib.denoisers.conditions import Conditions
     from dmdlib.evaluation.measure import count_evaluations
+    from dmdlib.generators.seeds import make_sampler
     from dmdlib.params import PairsParams
     from dmdlib.teachers.loading import load_teacher
     from dmdlib.teachers.prompt_encoders import PromptEncoder
     from dmdlib.teachers.reference import guided
-    from dmdlib.training.pairs import make_sampler
 
     folder = {"flux": save_tiny_flux, "sdxl": save_tiny_sdxl}[kind](tmp_path / kind)
     teacher = load_teacher({"kind": kind, "path": str(folder), "resolution": 16, "embedded_guidance": 1.0})
@@ -302,12 +302,12 @@ def test_net_ratios_use_the_floor_and_its_error():
 
 def test_the_teacher_row_is_the_guided_sampler_that_made_the_pairs():
     """Before: with pairs.guidance 2 (DiT's profile: 1.5) a class-conditional teacher was measured unguided."""
-    from dmdlib.data.conditions import Conditions
     from dmdlib.denoisers import GuidedDenoiser
+    from dmdlib.denoisers.conditions import Conditions
     from dmdlib.evaluation.rows import models_to_measure
+    from dmdlib.generators.generator import Generator
+    from dmdlib.generators.seeds import make_sampler
     from dmdlib.params import Params
-    from dmdlib.training.generator import Generator
-    from dmdlib.training.pairs import make_sampler
 
     teacher = tiny_kdiffusion(label_dropout=0.1)
     for parameter in teacher.parameters():  # k-diffusion starts the output and its modulation at zero

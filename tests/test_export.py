@@ -10,10 +10,10 @@ from test_dvc_repro import save_teacher
 from tiny_models import save_tiny_ddpm, save_tiny_stable_diffusion
 from typer.testing import CliRunner
 
+from dmd.stages.export import app
+from dmdlib.generators.generator import Generator, load_generator, save_generator
 from dmdlib.teachers.loading import load_teacher, teacher_digest
 from dmdlib.teachers.prompt_encoders import PromptEncoder
-from dmdlib.training.generator import Generator, load_generator, save_generator
-from stages.export import app
 
 
 def export(tmp_path, generator, out, *extra):

@@ -1,5 +1,5 @@
 """The k-diffusion pieces built without k-diffusion, against reference outputs of k-diffusion 0.1.1 itself
-(tests/fixtures/kdiffusion_reference.safetensors, written by scripts/make_kdiffusion_fixture.py)."""
+(tests/fixtures/kdiffusion_reference.safetensors, written by tests/fixtures/make_kdiffusion_reference.py)."""
 
 import json
 from pathlib import Path

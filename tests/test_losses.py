@@ -8,10 +8,10 @@ import torch
 from dmdlib.denoisers import Denoiser, GaussianMixtureDenoiser, trainable_copy
 from dmdlib.denoisers.base import GRID_STEPS
 from dmdlib.errors import MissingWeightsError
+from dmdlib.generators.generator import Generator
 from dmdlib.params import DistillParams
 from dmdlib.training.distill import DistillInputs, distill, dm_sigma_fractions
 from dmdlib.training.dmd import GeneratorBatch, Update, generator_step
-from dmdlib.training.generator import Generator
 from dmdlib.training.losses import DM_MAX_FRACTION, DM_MIN_FRACTION, distribution_matching_loss, sample_sigmas
 from dmdlib.training.objectives import DistributionMatching
 from dmdlib.training.regression import (

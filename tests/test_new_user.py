@@ -31,8 +31,8 @@ def invoke(app, folder, *args: str):
 
 def train_teacher_on_mnist(folder, split_seed: int):
     """prepare (8x8 MNIST, split by `split_seed`) and a 4-step teacher on it; the teacher's weights."""
-    from stages.prepare import app as prepare_app
-    from stages.teacher import app as teacher_app
+    from dmd.stages.prepare import app as prepare_app
+    from dmd.stages.teacher import app as teacher_app
 
     (folder / "params.yaml").write_text(
         f"prepare: {{resolution: 8, seed: {split_seed}}}\n"
@@ -114,7 +114,7 @@ def test_checkpoint_claims(tmp_path, caplog):
     )
     assert torch.load(tmp_path / "ck.pt", weights_only=True)["step"] == 4
 
-    from stages.checkpoints import app as checkpoints_app
+    from dmd.stages.checkpoints import app as checkpoints_app
 
     assert len(list(tmp_path.glob("ck.*.pt"))) == 4  # 3 and 5 of the first settings, 5 of the other, 6
     result = CliRunner().invoke(checkpoints_app, ["--folder", str(tmp_path), "--keep", "1"])
@@ -123,7 +123,7 @@ def test_checkpoint_claims(tmp_path, caplog):
 
 def test_resumed_curves_hold_each_step_once(tmp_path):
     """#40: steps between the last checkpoint and a kill were logged twice after the resume."""
-    from stages.common import open_live
+    from dmd.stages.common import open_live
 
     with open_live(tmp_path / "live", 0) as live:
         for step in range(1, 8):  # killed at step 7, its last checkpoint at step 5
@@ -157,7 +157,7 @@ def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path, caplog):
 
 def test_generator_of_another_teacher(tmp_path):
     """Same architecture: metrics were written against the wrong teacher; another one: a 237-line traceback."""
-    from stages.evaluate import app as evaluate_app
+    from dmd.stages.evaluate import app as evaluate_app
 
     write_tiny_project(tmp_path, tiny_kdiffusion(), pipeline_params())
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill"])
@@ -228,8 +228,8 @@ def test_broken_teacher_files_are_one_line_naming_file_and_keys(tmp_path):
 
 def test_untakeable_resolution(tmp_path):
     """A resolution the teachers network cannot take is one line."""
-    from stages.prepare import app as prepare_app
-    from stages.teacher import app as teacher_app
+    from dmd.stages.prepare import app as prepare_app
+    from dmd.stages.teacher import app as teacher_app
 
     (tmp_path / "params.yaml").write_text(
         "prepare: {resolution: 10}\n"
@@ -258,7 +258,7 @@ def test_untakeable_resolution(tmp_path):
 
 def test_unwritable_outputs(tmp_path):
     """Outputs that cannot be written stop the stage before its work."""
-    from stages.evaluate import app as evaluate_app
+    from dmd.stages.evaluate import app as evaluate_app
 
     write_tiny_project(tmp_path, tiny_kdiffusion(), pipeline_params())
     run_stages(tmp_path, ["features", "teacher", "pairs"])
@@ -279,7 +279,7 @@ def test_unwritable_outputs(tmp_path):
 
 
 def _distill_into(folder, out):
-    from stages.distill import app as distill_app
+    from dmd.stages.distill import app as distill_app
 
     code, output = invoke(
         distill_app,
@@ -321,7 +321,7 @@ def test_full_disk(tmp_path, repo_root):
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
         result = subprocess.run(
-            [sys.executable, "-m", f"stages.{stage}", "--params", tmp_path / "params.yaml", *args],
+            [sys.executable, "-m", f"dmd.stages.{stage}", "--params", tmp_path / "params.yaml", *args],
             cwd=cwd,
             capture_output=True,
             text=True,
@@ -387,7 +387,7 @@ def test_a_full_disk_under_a_library_write_is_one_line(tmp_path, monkeypatch):
 @pytest.mark.parametrize("text", ["", "distill:\n  steps: 3\n"])
 def test_missing_section(tmp_path, text):
     """`pairs` run by hand on such a file replaced 4 shards by 2,000 pairs of the library's defaults."""
-    from stages.pairs import app as pairs_app
+    from dmd.stages.pairs import app as pairs_app
 
     (tmp_path / "params.yaml").write_text(text)
     code, output = invoke(pairs_app, tmp_path, "--out", tmp_path / "pairs")
@@ -398,8 +398,8 @@ def test_missing_section(tmp_path, text):
 
 def test_one_class_and_unlabelled(tmp_path, caplog):
     """One class data warns that its feature fid means little and unlabelled data names the way."""
+    from dmd.stages.features import app as features_app
     from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parquet
-    from stages.features import app as features_app
 
     (tmp_path / "params.yaml").write_text("features: {steps: 2, batch_size: 4}\n")
     images = np.zeros((20, 8, 8, 1), np.uint8)

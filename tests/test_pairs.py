@@ -11,14 +11,15 @@ from tiny_models import save_tiny_ddpm, tiny_kdiffusion
 from tiny_project import Killed
 from typer.testing import CliRunner
 
+from dmd.stages.pairs import app
+from dmd.stages.teacher import app as teacher_app
 from dmdlib.denoisers.sampling import heun_sample, make_scheduler, scheduler_sample
 from dmdlib.errors import PairsError
+from dmdlib.generators.seeds import make_sampler, seeded_inputs
 from dmdlib.teachers.diffusers import load_diffusers_ddpm
 from dmdlib.teachers.loading import save_kdiffusion
 from dmdlib.teachers.reference import read_teacher
-from dmdlib.training.pairs import PairReader, ShardPlan, generate_pairs, make_sampler, pair_metadata, seeded_inputs
-from stages.pairs import app
-from stages.teacher import app as teacher_app
+from dmdlib.training.pairs import PairReader, ShardPlan, generate_pairs, pair_metadata
 
 PARAMS = "pairs:\n  count: 10\n  shard_size: 4\n  batch_size: {batch}\n  steps: 3\ndistill: {{}}\n"
 
@@ -176,7 +177,7 @@ def test_two_processes_split_the_seeds_without_gaps(tmp_path, teacher_folder, re
         "--master_port",
         "29517",
         "-m",
-        "stages.pairs",
+        "dmd.stages.pairs",
         "--params",
         str(params),
         "--teacher",
@@ -216,7 +217,7 @@ def test_scheduler_sampling(tmp_path):
 
 
 def test_sampler_passes_the_condition(teacher_folder):
-    from dmdlib.data.conditions import Conditions
+    from dmdlib.denoisers.conditions import Conditions
     from dmdlib.params import PairsParams
 
     teacher, _ = read_teacher(teacher_folder)

@@ -13,7 +13,7 @@ from tiny_models import tiny_kdiffusion
 from tiny_project import pipeline_params, run_stages, write_tiny_project
 
 from dmdlib.data.io import OUTPUT_MARK
-from dmdlib.training.generator import load_generator
+from dmdlib.generators.generator import load_generator
 
 pytestmark = pytest.mark.slow  # end to end: the fast tier (`-m 'not slow'`) leaves these out
 
@@ -94,7 +94,8 @@ def test_fresh_run_pictures_and_quiet(tmp_path, repo_root, caplog):
     )
 
     code = (
-        "import torch, stages.distill, stages.evaluate; from dmdlib.evaluation.measure import peak_tensor_memory_mib; "
+        "import torch, dmd.stages.distill, dmd.stages.evaluate; "
+        "from dmdlib.evaluation.measure import peak_tensor_memory_mib; "
         "peak_tensor_memory_mib(lambda: torch.ones(64, 64) @ torch.ones(64, 64))"
     )
     result = subprocess.run(

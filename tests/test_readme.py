@@ -9,10 +9,10 @@ from diffusers import DiffusionPipeline
 from tiny_models import save_tiny_dit, save_tiny_flux, save_tiny_sd3, save_tiny_sdxl
 from typer.testing import CliRunner
 
+from dmd.stages.export import app as export_app
 from dmdlib.export import export_generator
+from dmdlib.generators.generator import Generator, save_generator
 from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, load_teacher, save_kdiffusion
-from dmdlib.training.generator import Generator, save_generator
-from stages.export import app as export_app
 
 
 def readme_snippets(repo_root) -> list[str]:
@@ -49,14 +49,14 @@ def _save_generator_of(folder, kind: str, out, **reference) -> None:
 
 def test_the_readmes_export_lines_run(repo_root, tmp_path, monkeypatch):
     """The README's `export` command and its `python -c` call, on a tiny SDXL and its one-step generator."""
-    block = re.search(r"```bash\n(python -m stages.export .*?)```", (repo_root / "README.md").read_text(), re.DOTALL)
+    block = re.search(r"```bash\n(dmd export .*?)```", (repo_root / "README.md").read_text(), re.DOTALL)
     export_line, call_line = block.group(1).splitlines()[:2]
     _save_generator_of(save_tiny_sdxl(tmp_path / "sdxl"), "sdxl", tmp_path / "models" / "sdxl" / "generator")
     (tmp_path / "pipelines" / "sdxl").mkdir(parents=True)
     (tmp_path / "pipelines" / "sdxl" / "params.yaml").write_text("distill: {}\n")
     monkeypatch.chdir(tmp_path)
-    arguments = export_line.split()[3:]
-    assert export_line.startswith("python -m stages.export") and "--out" in arguments
+    arguments = export_line.split()[2:]
+    assert export_line.startswith("dmd export") and "--out" in arguments
     result = CliRunner().invoke(export_app, arguments)
     assert result.exit_code == 0, result.output
     code = re.fullmatch(r"python -c '(.*)'", call_line).group(1)

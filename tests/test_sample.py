@@ -16,14 +16,14 @@ from tiny_models import (
 )
 from typer.testing import CliRunner
 
+from dmd.stages.sample import app
 from dmdlib.data.images import to_uint8
+from dmdlib.generators.generator import Generator, generate, save_generator
+from dmdlib.generators.seeds import seeded_inputs
 from dmdlib.params import EvaluateParams
 from dmdlib.teachers.loading import load_teacher
 from dmdlib.teachers.prompt_encoders import PromptEncoder
 from dmdlib.teachers.reference import image_decoder
-from dmdlib.training.generator import Generator, generate, save_generator
-from dmdlib.training.pairs import seeded_inputs
-from stages.sample import app
 
 
 def sample(*args):

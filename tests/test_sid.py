@@ -18,15 +18,15 @@ from tiny_models import (
 )
 from tiny_project import run_stages, write_tiny_project
 
-from dmdlib.data.conditions import Conditions
 from dmdlib.denoisers import GaussianMixtureDenoiser, trainable_copy
+from dmdlib.denoisers.conditions import Conditions
 from dmdlib.denoisers.edm import EDMDenoiser, build_network
+from dmdlib.generators.generator import Generator
 from dmdlib.params import DistillParams
 from dmdlib.teachers.loading import build_kdiffusion, load_teacher
 from dmdlib.teachers.prompt_encoders import PromptEncoder
 from dmdlib.training.distill import DistillInputs, distill
 from dmdlib.training.dmd import GeneratorBatch, RealBatch, Update, generator_step
-from dmdlib.training.generator import Generator
 from dmdlib.training.losses import sample_sigmas, score_identity_loss
 from dmdlib.training.objectives import ScoreIdentity
 

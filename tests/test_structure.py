@@ -7,18 +7,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from import_graph import PIPELINE_FILES, ROOT, closure, cycles, graph, imports_of, module_file, project_files
+from import_graph import PIPELINE_FILES, ROOT, cycles, graph, imports_of, project_files, stage_code, stage_module
 
 # Libraries that cost seconds to import and that only some paths need: imported where used.
 HEAVY_OPTIONAL = (
     "accelerate",
     "bitsandbytes",
     "cleanfid",
+    "k_diffusion",
     "diffusers",
     "dvclive",
     "lpips",
     "mlxtend",
     "peft",
+    "scipy",
     "torch.profiler",
     "torchvision",
     "transformers",
@@ -27,9 +29,9 @@ PIPELINES = {name: ROOT / name for name in PIPELINE_FILES}
 
 
 def stage_modules(pipeline: Path) -> dict[str, str]:
-    """stage name -> the file its `python -m` command runs."""
+    """stage name -> the stage module its `dmd <name>` command runs."""
     stages = yaml.safe_load(pipeline.read_text())["stages"]
-    return {name: module_file(spec["cmd"].split("python -m ", 1)[1].split()[0]) for name, spec in stages.items()}
+    return {name: stage_module(spec["cmd"]) for name, spec in stages.items()}
 
 
 def test_no_import_cycles_counting_imports_inside_functions():
@@ -56,6 +58,38 @@ def test_imports_at_top():
                     assert heavy, f"{path.relative_to(ROOT)}:{node.lineno} imports {name} inside a function"
 
 
+# dmdlib's parts, lowest floor first: a part imports from the floors below it, never from its own floor or above
+# (training and evaluation share the generator and its seeded inputs through `generators`, not each other).
+FLOORS = (
+    {"errors", "provenance"},
+    {"params", "networks"},
+    {"data"},
+    {"denoisers"},
+    {"teachers"},
+    {"generators"},
+    {"training", "evaluation"},
+    {"export"},
+)
+
+
+def test_library_floors():
+    floor = {part: level for level, parts in enumerate(FLOORS) for part in parts}
+    part = lambda path: path.split("/")[1].removesuffix(".py")  # noqa: E731
+    assert {part(str(p.relative_to(ROOT))) for p in (ROOT / "dmdlib").iterdir() if p.name != "__pycache__"} == {
+        *floor,
+        "__init__",
+    }, "a new part of dmdlib: give it a floor in FLOORS"
+    wrong = [
+        f"{source} imports {target}"
+        for source, targets in graph(own_packages=False).items()
+        if source.startswith("dmdlib/") and source != "dmdlib/__init__.py"
+        for target in targets
+        if target.startswith("dmdlib/") and target != "dmdlib/__init__.py"
+        and part(source) != part(target) and floor[part(target)] >= floor[part(source)]
+    ]  # fmt: skip
+    assert wrong == []
+
+
 def test_stages_never_import_each_other():
     stage_files = {file for pipeline in PIPELINES.values() for file in stage_modules(pipeline).values()}
     edges = graph()
@@ -64,12 +98,12 @@ def test_stages_never_import_each_other():
 
 
 def test_stages_are_only_clis():
-    """stages/ is one Typer executable per pipeline stage (`app`, `main`), the commands beside the pipeline
+    """dmd/stages/ is one Typer executable per pipeline stage (`app`, `main`), the commands beside the pipeline
     (`sample`, `export`, `checkpoints`) and common.py, their shared CLI kit; the library, tests, benchmarks and scripts
     import from a stage module at most its `app`, and never its helpers."""
     pipeline_stages = {file for pipeline in PIPELINES.values() for file in stage_modules(pipeline).values()}
-    pipeline_stages |= {"stages/sample.py", "stages/export.py", "stages/checkpoints.py"}
-    for path in sorted((ROOT / "stages").glob("*.py")):
+    pipeline_stages |= {"dmd/stages/sample.py", "dmd/stages/export.py", "dmd/stages/checkpoints.py"}
+    for path in sorted((ROOT / "dmd" / "stages").glob("*.py")):
         name = str(path.relative_to(ROOT))
         if path.name in ("__init__.py", "common.py"):
             continue
@@ -86,10 +120,10 @@ def test_stages_are_only_clis():
     for folder in ("dmdlib", "tests", "benchmarks", "scripts"):
         for path in (ROOT / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "stages":
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dmd."):
                     names = {alias.name for alias in node.names}
                     allowed = folder != "dmdlib" and (
-                        names == {"app"} or node.module == "stages.common" and folder == "tests"
+                        names == {"app"} or node.module == "dmd.stages.common" and folder == "tests"
                     )
                     assert allowed, f"{path.relative_to(ROOT)}:{node.lineno} imports {names} from {node.module}"
 
@@ -100,7 +134,7 @@ def test_library_knows_no_cli():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                assert not any(n.split(".")[0] in ("typer", "dvc", "dvclive", "stages") for n in names), (
+                assert not any(n.split(".")[0] in ("typer", "dvc", "dvclive", "dmd") for n in names), (
                     f"{path.relative_to(ROOT)}:{node.lineno} imports {names}"
                 )
     for path in [*(ROOT / "scripts").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]:
@@ -128,8 +162,8 @@ def test_dvc_code_deps_are_the_files_each_stage_imports(pipeline):
     stages = yaml.safe_load(PIPELINES[pipeline].read_text())["stages"]
     edges = graph()
     for name, module in stage_modules(PIPELINES[pipeline]).items():
-        code_deps = {str(dep) for dep in stages[name].get("deps", []) if str(dep).startswith(("dmdlib", "stages"))}
-        imported = set(closure(module, edges))
+        code_deps = {str(dep) for dep in stages[name].get("deps", []) if str(dep).startswith(("dmdlib", "dmd"))}
+        imported = stage_code(module, edges)
         assert code_deps == imported, (
             f"{pipeline}: stage {name!r} misses {sorted(imported - code_deps)} and needlessly depends on "
             f"{sorted(code_deps - imported)}; run scripts/sync_dvc_deps.py"
@@ -142,7 +176,7 @@ def function(path: str, name: str) -> ast.FunctionDef:
 
 
 def test_stage_mains_distill_and_step_functions_stay_small():
-    for path in sorted(set(stage_modules(PIPELINES["dvc.yaml"]).values()) | {"stages/prompts.py"}):
+    for path in sorted(set(stage_modules(PIPELINES["dvc.yaml"]).values()) | {"dmd/stages/prompts.py"}):
         main = function(path, "main")  # its body: the signature lists one option a line
         assert main.end_lineno - main.body[0].lineno + 1 <= 50, (
             f"{path}: main() has {main.end_lineno - main.lineno + 1} lines"

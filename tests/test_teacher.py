@@ -8,12 +8,12 @@ from tiny_models import TINY_KDIFFUSION, save_tiny_ddpm, save_tiny_stable_diffus
 from tiny_project import Killed, kill_at
 from typer.testing import CliRunner
 
+from dmd.stages.teacher import app
 from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parquet
 from dmdlib.params import TeacherTrainParams
 from dmdlib.teachers.loading import load_kdiffusion, save_kdiffusion
 from dmdlib.teachers.reference import read_teacher
 from dmdlib.teachers.training import train_teacher
-from stages.teacher import app
 
 
 def tiny_teacher(classes=3):

@@ -8,16 +8,16 @@ import torch
 from tiny_models import save_tiny_clip, save_tiny_stable_diffusion
 from typer.testing import CliRunner
 
+from dmd.stages.distill import app as distill_app
+from dmd.stages.evaluate import app as evaluate_app
+from dmd.stages.pairs import app as pairs_app
+from dmd.stages.prompts import app as prompts_app
+from dmd.stages.teacher import app as teacher_app
 from dmdlib.data.prompts import load_prompt_set
+from dmdlib.generators.generator import load_generator
 from dmdlib.teachers.prompt_encoders import PromptEncoder
 from dmdlib.teachers.reference import read_teacher
-from dmdlib.training.generator import load_generator
 from dmdlib.training.pairs import PairReader, pair_metadata
-from stages.distill import app as distill_app
-from stages.evaluate import app as evaluate_app
-from stages.pairs import app as pairs_app
-from stages.prompts import app as prompts_app
-from stages.teacher import app as teacher_app
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dmdlib.training.generator import Generator
+from dmdlib.generators.generator import Generator
 from dmdlib.training.toy import distill_toy, mode_shares, prepare_toy, sliced_wasserstein, toy_teacher
 
 

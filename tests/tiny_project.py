@@ -42,11 +42,11 @@ def pipeline_params(distill_extra: str = "") -> str:
 
 def run_stages(folder: Path, names: list[str]) -> None:
     """Invoke the named stage CLIs in order, each on the project's files; fail with the stage's output."""
-    from stages.distill import app as distill_app
-    from stages.evaluate import app as evaluate_app
-    from stages.features import app as features_app
-    from stages.pairs import app as pairs_app
-    from stages.teacher import app as teacher_app
+    from dmd.stages.distill import app as distill_app
+    from dmd.stages.evaluate import app as evaluate_app
+    from dmd.stages.features import app as features_app
+    from dmd.stages.pairs import app as pairs_app
+    from dmd.stages.teacher import app as teacher_app
 
     p = lambda name: str(folder / name)
     stages = {

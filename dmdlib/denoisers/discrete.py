@@ -31,6 +31,12 @@ class SigmaSchedule(nn.Module):
         w = ((self.log_sigmas[low] - log_sigma) / (self.log_sigmas[low] - self.log_sigmas[low + 1])).clamp(0, 1)
         return ((1 - w) * low + w * (low + 1)).view(sigma.shape)
 
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """The inverse of `sigma_to_t` inside the grid."""
+        t = t.float()
+        w = t.frac()
+        return ((1 - w) * self.log_sigmas[t.floor().long()] + w * self.log_sigmas[t.ceil().long()]).exp()
+
 
 class DiscreteDenoiser(Denoiser):
     """A network trained on x_t = sqrt(a_t) x0 + sqrt(1 - a_t) n, t in 0..T-1, seen as D(x, sigma).

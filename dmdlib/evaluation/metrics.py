@@ -1,4 +1,4 @@
-"""Sample-quality metrics in a feature space: FID and KID (through clean-fid), precision and recall, class shares."""
+"""Sample-quality metrics in a feature space: FID, KID (through clean-fid), precision and recall, class shares."""
 
 from __future__ import annotations
 
@@ -7,15 +7,26 @@ import torch
 
 
 def fid(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017), by clean-fid."""
+    """Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017)."""
     return fid_to_statistics(*_mean_and_covariance(features_a), features_b)
 
 
 def fid_to_statistics(mu: np.ndarray, sigma: np.ndarray, features: torch.Tensor) -> float:
-    """FID of a feature set against precomputed reference statistics (mean, covariance), by clean-fid."""
-    from cleanfid.fid import frechet_distance
+    """FID of a feature set against precomputed reference statistics (mean, covariance)."""
+    return frechet_distance(mu, sigma, *_mean_and_covariance(features))
 
-    return float(frechet_distance(mu, sigma, *_mean_and_covariance(features)))
+
+def frechet_distance(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)): the Frechet distance of two Gaussians (Heusel et al.
+    2017, eq. 6), as clean-fid computes it (a 1e-6 ridge where the product is numerically singular)."""
+    from scipy import linalg
+
+    root = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(root).all():
+        ridge = np.eye(len(cov_a)) * 1e-6
+        root = linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge))
+    diff = mu_a - mu_b
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root).real)
 
 
 def _mean_and_covariance(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

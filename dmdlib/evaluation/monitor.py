@@ -10,7 +10,7 @@ import torch
 
 from dmdlib.evaluation.classifier import FeatureClassifier
 from dmdlib.evaluation.diversity import measure_diversity
-from dmdlib.training.generator import Generator
+from dmdlib.generators.generator import Generator
 
 log = logging.getLogger("distill")
 

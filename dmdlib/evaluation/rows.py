@@ -9,9 +9,9 @@ import logging
 import torch
 from tqdm.auto import tqdm
 
-from dmdlib.data.conditions import Conditions
 from dmdlib.data.images import GRID_CLASSES, to_model_range
 from dmdlib.data.prepared import HELDOUT, TRAIN, stratified_subset
+from dmdlib.denoisers.conditions import Conditions
 from dmdlib.errors import ParamsError
 from dmdlib.evaluation.measure import (
     INCEPTION_FILE,
@@ -26,10 +26,10 @@ from dmdlib.evaluation.measure import (
     rounded,
 )
 from dmdlib.evaluation.metrics import class_shares, paired_ratio
+from dmdlib.generators.generator import Generator, generate
+from dmdlib.generators.seeds import fixed_inputs, make_sampler, seeded_batch
 from dmdlib.params import EvaluateParams
 from dmdlib.teachers.reference import guided, image_decoder
-from dmdlib.training.generator import Generator, generate
-from dmdlib.training.pairs import fixed_inputs, make_sampler, seeded_batch
 
 log = logging.getLogger(__name__)
 

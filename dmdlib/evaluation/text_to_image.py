@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from dmdlib.data.conditions import Conditions
 from dmdlib.data.images import save_grid, to_model_range, to_uint8
 from dmdlib.data.prepared import load_image_folder
 from dmdlib.data.prompts import load_prompt_set
+from dmdlib.denoisers.conditions import Conditions
 from dmdlib.errors import ParamsError
 from dmdlib.evaluation.measure import (
     count_evaluations,
@@ -23,9 +23,9 @@ from dmdlib.evaluation.measure import (
     throughput,
 )
 from dmdlib.evaluation.metrics import clip_score, fid, kid
+from dmdlib.generators.generator import generate, load_generator
+from dmdlib.generators.seeds import make_sampler, seeded_inputs
 from dmdlib.teachers.reference import guided, image_decoder
-from dmdlib.training.generator import generate, load_generator
-from dmdlib.training.pairs import make_sampler, seeded_inputs
 
 log = logging.getLogger("evaluate")
 

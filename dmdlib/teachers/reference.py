@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from dmdlib.data.conditions import Conditions
 from dmdlib.data.prepared import read_image_shape
 from dmdlib.data.prompts import load_prompt_set
 from dmdlib.denoisers import Denoiser, GuidedDenoiser
+from dmdlib.denoisers.conditions import Conditions
 from dmdlib.denoisers.flow_transformers import FluxDenoiser
 from dmdlib.denoisers.guidance import EmbeddedGuidance
 from dmdlib.errors import DataError, ParamsError, TeacherError

@@ -15,11 +15,13 @@ import torch
 from tqdm.auto import tqdm
 
 from dmdlib.data.checkpoints import CORRUPT_CHECKPOINT, checkpoint_identity
-from dmdlib.data.conditions import Conditions
 from dmdlib.data.io import atomic_output, load_tensors
 from dmdlib.data.prepared import PreparedImageReader
 from dmdlib.denoisers import Denoiser, GuidedDenoiser, ScaleConditionedDenoiser, denoise_capturing, trainable_copy
+from dmdlib.denoisers.conditions import Conditions
 from dmdlib.errors import DataError, DivergedError, ParamsError
+from dmdlib.generators.draws import Draws
+from dmdlib.generators.generator import Generator
 from dmdlib.networks.ema import ema_update
 from dmdlib.params import DistillParams
 from dmdlib.training.dmd import (
@@ -32,9 +34,7 @@ from dmdlib.training.dmd import (
     fake_trained,
     generator_loss,
 )
-from dmdlib.training.draws import Draws
 from dmdlib.training.gan import GANHead
-from dmdlib.training.generator import Generator
 from dmdlib.training.memory import adamw, add_lora, merge_lora, run_in_bfloat16
 from dmdlib.training.objectives import ObjectiveParts, RegressionLoss, Term, generator_terms
 from dmdlib.training.pairs import PairReader

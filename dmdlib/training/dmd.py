@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from dmdlib.denoisers.base import Denoiser, denoising_loss, expand, weighted_denoising_error
-from dmdlib.training.draws import Draws, as_draws
+from dmdlib.generators.draws import Draws, as_draws
+from dmdlib.generators.generator import Generator
 from dmdlib.training.gan import GANHead, denoise_with_logits, head_gan_loss
-from dmdlib.training.generator import Generator
 from dmdlib.training.losses import sample_sigmas
 from dmdlib.training.objectives.terms import Term, TermInputs
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dmdlib.denoisers.base import Denoiser, expand
-from dmdlib.training.draws import Draws, as_draws
+from dmdlib.generators.draws import Draws, as_draws
 
 DM_MIN_FRACTION, DM_MAX_FRACTION = 0.02, 0.98  # paper: T_min = 0.02 T, T_max = 0.98 T
 

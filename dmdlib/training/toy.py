@@ -11,8 +11,8 @@ from torch import nn
 from dmdlib.denoisers import GaussianMixtureDenoiser, KarrasDenoiser, trainable_copy
 from dmdlib.denoisers.base import denoising_loss
 from dmdlib.denoisers.sampling import heun_sample
+from dmdlib.generators.generator import Generator
 from dmdlib.training.dmd import GeneratorBatch, Pairs, Update, fake_denoiser_step, generator_step
-from dmdlib.training.generator import Generator
 from dmdlib.training.losses import sample_sigmas
 from dmdlib.training.objectives import DistributionMatching, Regression, ScoreIdentity
 from dmdlib.training.regression import l2_loss

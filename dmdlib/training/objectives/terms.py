@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dmdlib.denoisers.base import Denoiser, expand
-from dmdlib.training.draws import Draws, as_draws
+from dmdlib.generators.draws import Draws, as_draws
 from dmdlib.training.gan import GANHead, denoise_with_logits, generator_gan_loss, without_parameter_grads
 from dmdlib.training.losses import sample_sigmas
 

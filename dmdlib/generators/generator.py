@@ -16,9 +16,9 @@ from dmdlib.data.io import atomic_output
 from dmdlib.denoisers.base import Denoiser, trainable_copy
 from dmdlib.denoisers.guidance import GuidanceEmbedding
 from dmdlib.errors import DataError
+from dmdlib.generators.draws import Draws, as_draws
 from dmdlib.teachers.diffusers import NETWORK_FOLDERS, save_one_step_scheduler
 from dmdlib.teachers.loading import EDM_CONFIG_FILE, load_teacher, save_kdiffusion
-from dmdlib.training.draws import Draws, as_draws
 
 # c_out of Stable Diffusion v1.5's epsilon UNet at its last timestep (sigma 14.61), where DMD2 starts its generator
 MAX_START_OUTPUT_SCALE = 14.615

@@ -2,7 +2,7 @@
 
 One process by default; data-parallel (distill.data_parallel: DDP or FSDP) with `distill.processes: N` (the stage
 launches N processes on this machine with torchrun, so `dvc repro` covers the run), or under an outside launcher
-(`torchrun --nproc_per_node N -m stages.distill ...`, `accelerate launch`; CPU: gloo), on several machines with the
+(`torchrun --nproc_per_node N -m dmd.stages.distill ...`, `accelerate launch`; CPU: gloo), on several machines with the
 launcher's node rank and rendezvous options. Re-running the same command, or `dvc repro`, resumes from the
 checkpoint.
 """
@@ -19,21 +19,7 @@ from pathlib import Path
 import torch
 import typer
 
-from dmdlib.data.checkpoints import claim_checkpoint, fingerprint, resumable_step
-from dmdlib.data.images import save_grid, to_model_range, to_uint8
-from dmdlib.data.io import check_writable, claim_folder, file_digest, single_writer
-from dmdlib.data.prepared import TRAIN, PreparedImageReader, read_image_parquet, stratified_subset
-from dmdlib.denoisers import Denoiser
-from dmdlib.errors import ParamsError
-from dmdlib.evaluation.classifier import load_classifier
-from dmdlib.evaluation.monitor import DistillMonitor
-from dmdlib.params import DistillParams, load_params
-from dmdlib.teachers.reference import check_teacher_fits_data, conditioning, image_decoder, is_latent, read_teacher
-from dmdlib.training.distill import DistillInputs, Processes, distill
-from dmdlib.training.generator import Generator, generate, save_generator
-from dmdlib.training.pairs import GRID_SEED, PairReader, fixed_inputs, pair_metadata
-from dmdlib.training.regression import decoded_regression, make_regression_loss
-from stages.common import (
+from dmd.stages.common import (
     PARAMS_OPTION,
     PROMPTS_OPTION,
     TEACHER_OPTION,
@@ -42,6 +28,21 @@ from stages.common import (
     setup_logging,
     user_errors,
 )
+from dmdlib.data.checkpoints import claim_checkpoint, fingerprint, resumable_step
+from dmdlib.data.images import save_grid, to_model_range, to_uint8
+from dmdlib.data.io import check_writable, claim_folder, file_digest, single_writer
+from dmdlib.data.prepared import TRAIN, PreparedImageReader, read_image_parquet, stratified_subset
+from dmdlib.denoisers import Denoiser
+from dmdlib.errors import ParamsError
+from dmdlib.evaluation.classifier import load_classifier
+from dmdlib.evaluation.monitor import DistillMonitor
+from dmdlib.generators.generator import Generator, generate, save_generator
+from dmdlib.generators.seeds import GRID_SEED, fixed_inputs
+from dmdlib.params import DistillParams, load_params
+from dmdlib.teachers.reference import check_teacher_fits_data, conditioning, image_decoder, is_latent, read_teacher
+from dmdlib.training.distill import DistillInputs, Processes, distill
+from dmdlib.training.pairs import PairReader, pair_metadata
+from dmdlib.training.regression import decoded_regression, make_regression_loss
 
 log = logging.getLogger("distill")
 app = typer.Typer(add_completion=False, help=__doc__)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import typer
 
+from dmd.stages.common import setup_logging, user_errors
 from dmdlib.data.checkpoints import kept_checkpoints, prune_kept
-from stages.common import setup_logging, user_errors
 
 log = logging.getLogger("checkpoints")
 app = typer.Typer(add_completion=False, help=__doc__)

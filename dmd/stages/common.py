@@ -62,7 +62,7 @@ def user_errors() -> Iterator[None]:
 def code_of(stage: str) -> str:
     """The digest of a stage's code and of all the project's code it imports: what its checkpoints and shards claim,
     so that a stage DVC re-runs after a code change does not hand back the old result."""
-    return code_digest(stage, ("dmdlib", "stages"))
+    return code_digest(stage, ("dmdlib", "dmd"))
 
 
 def compute_device() -> torch.device:

@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 import typer
 
+from dmd.stages.common import PARAMS_OPTION, setup_logging, user_errors
 from dmdlib.data.images import to_model_range
 from dmdlib.data.io import atomic_output, check_writable
 from dmdlib.data.prepared import HELDOUT, TRAIN, UNLABELLED, read_image_parquet
 from dmdlib.errors import DataError
 from dmdlib.evaluation.classifier import predict, save_classifier, train_classifier
 from dmdlib.params import load_params
-from stages.common import PARAMS_OPTION, setup_logging, user_errors
 
 log = logging.getLogger("features")
 app = typer.Typer(add_completion=False, help=__doc__)

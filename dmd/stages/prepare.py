@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from dmd.stages.common import PARAMS_OPTION, setup_logging, user_errors
 from dmdlib.data.images import save_grid
 from dmdlib.data.io import check_writable
 from dmdlib.data.prepared import TRAIN, FolderImages, prepare_images, write_image_parquet
 from dmdlib.params import load_params
-from stages.common import PARAMS_OPTION, setup_logging, user_errors
 
 log = logging.getLogger("prepare")
 app = typer.Typer(add_completion=False, help=__doc__)

@@ -2,7 +2,7 @@
 
 Diffusers families (diffusers DDPM, SD v1.5, SDXL, SD3, FLUX, DiT): a stock pipeline folder, the teacher's with
 the generator's network and a one-step scheduler, for `DiffusionPipeline.from_pretrained`. k-diffusion, EDM and
-EDM2 generators: the generator folder, for `dmdlib.training.generator.load_generator`. The card (README.md) states
+EDM2 generators: the generator folder, for `dmdlib.generators.generator.load_generator`. The card (README.md) states
 the teacher and its digest, the commit, the distill params and the metrics of `evaluate`.
 """
 
@@ -16,11 +16,11 @@ from pathlib import Path
 import typer
 import yaml
 
+from dmd.stages.common import PARAMS_OPTION, setup_logging, user_errors
 from dmdlib.errors import ParamsError
 from dmdlib.export import export_generator
+from dmdlib.generators.generator import GENERATOR_FILE, generator_reference
 from dmdlib.params import load_params
-from dmdlib.training.generator import GENERATOR_FILE, generator_reference
-from stages.common import PARAMS_OPTION, setup_logging, user_errors
 
 log = logging.getLogger("export")
 app = typer.Typer(add_completion=False, help=__doc__)

@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from dmd.stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, compute_device, setup_logging, user_errors
 from dmdlib.data.images import make_grid, save_grid
 from dmdlib.data.io import atomic_output, check_writable
 from dmdlib.data.prepared import read_image_parquet
 from dmdlib.evaluation.classifier import load_classifier
 from dmdlib.evaluation.rows import measure_all
 from dmdlib.evaluation.text_to_image import evaluate_text_to_image
+from dmdlib.generators.generator import check_generator_teacher, load_generator
 from dmdlib.params import load_params
 from dmdlib.teachers.diffusers import TEXT_TO_IMAGE_KINDS
 from dmdlib.teachers.loading import teacher_digest
 from dmdlib.teachers.reference import check_teacher_fits_data, read_teacher
-from dmdlib.training.generator import check_generator_teacher, load_generator
-from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, compute_device, setup_logging, user_errors
 
 log = logging.getLogger("evaluate")
 app = typer.Typer(add_completion=False, help=__doc__)

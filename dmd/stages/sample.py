@@ -17,17 +17,17 @@ import typer
 from PIL import Image
 from tqdm.auto import tqdm
 
+from dmd.stages.common import compute_device, setup_logging, user_errors
 from dmdlib.data.images import to_uint8
 from dmdlib.data.io import atomic_output, check_writable
 from dmdlib.data.prompts import read_prompts
 from dmdlib.errors import ParamsError
+from dmdlib.generators.generator import generate, generator_reference, load_generator
+from dmdlib.generators.seeds import seeded_batch
 from dmdlib.params import EvaluateParams
 from dmdlib.teachers.diffusers import TEXT_TO_IMAGE_KINDS
 from dmdlib.teachers.prompt_encoders import PromptEncoder
 from dmdlib.teachers.reference import image_decoder
-from dmdlib.training.generator import generate, generator_reference, load_generator
-from dmdlib.training.pairs import seeded_batch
-from stages.common import compute_device, setup_logging, user_errors
 
 log = logging.getLogger("sample")
 app = typer.Typer(add_completion=False, help=__doc__)

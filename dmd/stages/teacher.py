@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import typer
 
+from dmd.stages.common import PARAMS_OPTION, code_of, compute_device, open_live, setup_logging, user_errors
 from dmdlib.data.checkpoints import claim_checkpoint, fingerprint
 from dmdlib.data.images import GRID_CLASSES, save_grid, to_model_range, to_uint8
 from dmdlib.data.io import atomic_output, check_writable, single_writer
@@ -32,7 +33,6 @@ from dmdlib.teachers.loading import (
 )
 from dmdlib.teachers.reference import REFERENCE_FILE, check_teacher_fits_data, image_decoder, read_teacher
 from dmdlib.teachers.training import train_teacher
-from stages.common import PARAMS_OPTION, code_of, compute_device, open_live, setup_logging, user_errors
 
 log = logging.getLogger("teacher")
 app = typer.Typer(add_completion=False, help=__doc__)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import typer
 
+from dmd.stages.common import PARAMS_OPTION, setup_logging, user_errors
 from dmdlib.data.io import atomic_output, check_writable, files_digest
 from dmdlib.errors import DataError
 from dmdlib.params import Params, load_params
 from dmdlib.teachers.loading import source_digest
-from stages.common import PARAMS_OPTION, setup_logging, user_errors
 
 log = logging.getLogger("sources")
 app = typer.Typer(add_completion=False, help=__doc__)

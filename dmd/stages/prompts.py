@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from dmd.stages.common import PARAMS_OPTION, TEACHER_OPTION, setup_logging, user_errors
 from dmdlib.data.io import check_writable
 from dmdlib.data.prompts import PromptSet, read_prompts, save_prompt_set, split_prompts
 from dmdlib.errors import DataError
@@ -15,7 +16,6 @@ from dmdlib.params import load_params
 from dmdlib.teachers.loading import teacher_digest
 from dmdlib.teachers.prompt_encoders import PromptEncoder
 from dmdlib.teachers.reference import read_teacher
-from stages.common import PARAMS_OPTION, TEACHER_OPTION, setup_logging, user_errors
 
 log = logging.getLogger("prompts")
 app = typer.Typer(add_completion=False, help=__doc__)

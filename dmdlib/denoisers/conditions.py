@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dmdlib.denoisers import Denoiser
+from dmdlib.denoisers.base import Denoiser
 
 
 @dataclass

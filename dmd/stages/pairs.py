@@ -1,7 +1,7 @@
 """`pairs` stage: the teacher's deterministic ODE outputs from seeded noise, as resumable Parquet shards.
 
-Runs in one process, or in several with `torchrun --nproc_per_node N -m stages.pairs ...` or
-`accelerate launch --num_processes N -m stages.pairs ...` (CPU: gloo); processes split the shards.
+Runs in one process, or in several with `torchrun --nproc_per_node N -m dmd.stages.pairs ...` or
+`accelerate launch --num_processes N -m dmd.stages.pairs ...` (CPU: gloo); processes split the shards.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import torch
 import typer
 from tqdm.auto import tqdm
 
+from dmd.stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, code_of, setup_logging, user_errors
 from dmdlib.data.io import claim_folder, single_writer
+from dmdlib.generators.seeds import make_sampler
 from dmdlib.params import DistillParams, load_params
 from dmdlib.teachers.reference import conditioning, read_teacher
-from dmdlib.training.pairs import ShardPlan, generate_pairs, make_sampler, pair_metadata
-from stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, code_of, setup_logging, user_errors
+from dmdlib.training.pairs import ShardPlan, generate_pairs, pair_metadata
 
 log = logging.getLogger("pairs")
 app = typer.Typer(add_completion=False, help=__doc__)
