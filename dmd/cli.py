@@ -1,7 +1,7 @@
 """`dmd`: one command over every stage of the pipeline and the commands beside it (`dmd <name> --help`).
 
-Each sub-command is a stage module's Typer app, imported only when that command runs, so `dmd --help` starts without
-torch; the list below reads each module's docstring from its source.
+Each command is a stage module's Typer app, imported only when that command runs, so `dmd --help` starts without
+torch: the list reads each module's docstring from its source.
 """
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ from __future__ import annotations
 import ast
 import re
 import sys
+import textwrap
 from importlib import import_module
 from pathlib import Path
-
-import click
 
 STAGES = Path(__file__).parent / "stages"
 # Pipeline order, then the commands beside the pipeline.
@@ -29,41 +28,44 @@ def summary(name: str) -> str:
     return re.split(r"(?<=[.;:])\s", text, maxsplit=1)[0].rstrip(".;:")
 
 
-class LazyCommands(click.Group):
-    """Sub-commands loaded on use: listing them reads docstrings, not modules."""
+USAGE = """Usage: dmd COMMAND [OPTIONS]
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
+  Distribution Matching Distillation of diffusion models into one-step generators, stage by stage. `dvc repro` runs
+  the pipeline (dvc.yaml), which calls these; run one by hand as `dmd COMMAND --params params.yaml`, and see
+  `dmd COMMAND --help` for its options.
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in COMMANDS:
-            return None
-        import typer
-
-        command = typer.main.get_command(import_module(f"dmd.stages.{name}").app)
-        command.name = name
-        return command
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        with formatter.section("Commands"):
-            formatter.write_dl([(name, summary(name)) for name in COMMANDS])
+Commands:
+"""
 
 
-cli = LazyCommands(
-    name="dmd",
-    help="Distribution Matching Distillation of diffusion models into one-step generators, stage by stage.\n\n"
-    "`dvc repro` runs the pipeline (dvc.yaml), calling these; run one by hand with `dmd <name> --params params.yaml`.",
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [
+        textwrap.fill(
+            summary(name),
+            116,
+            initial_indent=f"  {name.ljust(width)}  ",
+            subsequent_indent=" " * (width + 4),
+            break_on_hyphens=False,
+        )
+        for name in COMMANDS
+    ]
+    return USAGE + "\n".join(lines) + "\n"
 
 
 def main() -> None:
+    """Run `dmd COMMAND ...`: the stage module is imported only now (its Typer app parses the rest)."""
     args = sys.argv[1:]
-    if args and args[0] in COMMANDS:
-        # The stage then sees sys.argv as under `python -m dmd.stages.<name>`: one that re-launches itself (distill
-        # under torchrun) passes sys.argv[1:] on as its options.
-        sys.argv = [sys.argv[0], *args[1:]]
-    cli.main(args=args, prog_name="dmd")
+    if not args or args[0] in ("-h", "--help"):
+        print(usage(), end="")
+        return
+    if args[0] not in COMMANDS:
+        print(f"dmd: no command {args[0]!r}; expected one of {', '.join(COMMANDS)} (dmd --help)", file=sys.stderr)
+        sys.exit(2)
+    # The stage sees sys.argv as under `python -m dmd.stages.<name>`: one that re-launches itself (distill under
+    # torchrun) passes sys.argv[1:] on as its options.
+    sys.argv = [sys.argv[0], *args[1:]]
+    import_module(f"dmd.stages.{args[0]}").app(args=args[1:], prog_name=f"dmd {args[0]}")
 
 
 if __name__ == "__main__":

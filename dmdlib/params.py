@@ -475,6 +475,11 @@ class Params(Section):
     pairs: PairsParams = Field(default_factory=PairsParams)
     distill: DistillParams = Field(default_factory=DistillParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    tracker: Literal["tensorboard", "wandb"] | None = Field(
+        None,
+        description="Also log the teacher's and distill's curves to TensorBoard (`tensorboard --logdir trackers`) or "
+        "W&B; a display option that no stage's outputs depend on.",
+    )
 
 
 def load_params(path: str | os.PathLike, *sections: str) -> Params:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the repository root, and few threads so tests behave on 2-core machines."""
+"""Shared fixtures: the repository root, each test in a folder of its own, and few threads so tests behave on 2-core
+machines."""
 
 import os
 import sys
@@ -9,6 +10,13 @@ import torch
 
 torch.set_num_threads(int(os.environ.get("DMD_TEST_THREADS", 2)))  # 1 beside another torch job: no thread thrashing
 sys.path.append(str(Path(__file__).resolve().parent.parent / "scripts"))  # import_graph, shared with sync_dvc_deps.py
+
+
+@pytest.fixture(autouse=True)
+def _in_own_folder(tmp_path, monkeypatch) -> None:
+    """Each test runs in its own temporary folder: a stage's default output paths (dvclive/, reports/) never land
+    in the repository."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="session")

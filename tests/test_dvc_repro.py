@@ -5,10 +5,12 @@ stage whose params are rejected leaves every output of the last good run as it w
 images added to `prepare.image_folder` re-run `prepare`."""
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from tiny_models import tiny_kdiffusion
@@ -100,6 +102,22 @@ def test_a_replaced_teacher_and_a_rejected_param_under_dvc_repro(repo_root, tmp_
     assert "processes: 2" in (project / "dvc.lock").read_text()
     diff = dvc("metrics", "diff", "--all")
     assert diff.returncode == 0 and "metrics/eval.json" in diff.stdout, diff.stdout + diff.stderr
+
+    # Curves belong to their run: an experiment's are its own, a return to main brings back main's, and `plots diff`
+    # loads the pictures of both.
+    git_commit(project)
+    curve = project / "dvclive" / "distill" / "plots" / "metrics" / "loss_fake.tsv"
+    main_curve = curve.read_text()
+    experiment = dvc("exp", "run", "-n", "longer", "-S", "distill.steps=3")
+    assert experiment.returncode == 0, experiment.stdout[-3000:] + experiment.stderr[-3000:]
+    assert curve.read_text() != main_curve and "\n3\t" in curve.read_text()
+    subprocess.run(["git", "checkout", "--", "."], cwd=project, check=True)
+    assert dvc("checkout").returncode == 0 and curve.read_text() == main_curve
+    plots = dvc("plots", "diff", "HEAD", "longer", "--json")
+    assert plots.returncode == 0, plots.stdout + plots.stderr
+    pictures = json.loads(plots.stdout)["data"]["reports/distill/curves.png"]
+    assert {revision for picture in pictures for revision in picture["revisions"]} == {"HEAD", "longer"}
+    assert all(Path(picture["url"]).stat().st_size > 0 for picture in pictures)
 
     before = {name: _digest(project / name) for name in ("models/generator", "reports/distill", "reports/eval")}
 

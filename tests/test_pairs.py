@@ -33,9 +33,9 @@ def teacher_folder(tmp_path_factory):
     params.write_text(
         f"teacher:\n  kind: kdiffusion\n  path: {root / 'k.safetensors'}\n  train:\n    sample_steps: 2\n"
     )
-    result = CliRunner().invoke(
-        teacher_app, ["--params", str(params), "--out", str(root / "teacher"), "--samples", str(root / "s.png")]
-    )
+    outputs = {"--out": "teacher", "--samples": "s.png", "--live": "live", "--curves": "curves.png"}
+    arguments = [str(part) for option, name in outputs.items() for part in (option, root / name)]
+    result = CliRunner().invoke(teacher_app, ["--params", str(params), *arguments])
     assert result.exit_code == 0, result.output
     return root / "teacher"
 

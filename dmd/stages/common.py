@@ -15,7 +15,8 @@ import torch
 import typer
 
 from dmdlib.data.io import WRITE_ERRNOS, atomic_output, claim_folder
-from dmdlib.errors import DmdError, OutputError
+from dmdlib.errors import DmdError, OutputError, ParamsError
+from dmdlib.evaluation.curves import plot_curves
 from dmdlib.provenance import code_digest
 
 PARAMS_OPTION = typer.Option(
@@ -71,23 +72,106 @@ def compute_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def open_live(folder: Path, resumed_step: int):
-    """dvclive's logger of a training curve (no DVC experiment, report or dvc.yaml of its own), in a folder of its own
-    that a fresh run (`resumed_step` 0) empties; a resumed run drops the rows past its checkpoint's step, which it
-    logs again. It opens the project's DVC repository, whose caches a full disk breaks first: that is one line naming
-    the folder, not a traceback."""
+TRACKERS = ("tensorboard", "wandb")
+
+
+class Curves:
+    """A stage's training curves: dvclive's TSVs (which `dvc plots` reads), the same values in the tracker params
+    name (TensorBoard or W&B, off by default), and at the end a PNG picture of them all."""
+
+    def __init__(self, live, folder: Path, picture: Path | None, tracker: str | None, resumed_step: int):
+        self.live, self.folder, self.picture = live, folder, picture
+        self.step = resumed_step
+        self.tracker = _open_tracker(tracker, folder, resumed_step)
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.live.step = self.step
+        self.live.log_metric(name, value)
+        if self.tracker is not None:
+            self.tracker(name, value, self.step)
+
+    def end(self) -> None:
+        self.live.end()
+        if self.tracker is not None:
+            self.tracker.close()
+        if self.picture is not None:
+            curves = read_curves(self.folder)
+            if curves:
+                plot_curves(curves, self.picture, f"{self.folder.name}: training curves")
+
+    def __enter__(self) -> "Curves":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.end()
+
+
+def _open_tracker(tracker: str | None, folder: Path, resumed_step: int):
+    """log(name, value, step) with .close() into TensorBoard event files in trackers/<folder name>, or a W&B run
+    (resumed with the training); None without a tracker. Not in the curves' folder: that one is in git."""
+    if tracker is None:
+        return None
+    where = Path("trackers") / folder.name
+    where.mkdir(parents=True, exist_ok=True)
+    if tracker == "tensorboard":
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ParamsError("tracker 'tensorboard': install it with `pip install 'dmd[tensorboard]'`") from None
+        writer = SummaryWriter(log_dir=str(where), purge_step=resumed_step + 1 if resumed_step else None)
+        log_value = lambda name, value, step: writer.add_scalar(name, value, step)  # noqa: E731
+        log_value.close = writer.close
+        return log_value
+    try:
+        import wandb
+    except ImportError:
+        raise ParamsError("tracker 'wandb': install it with `pip install 'dmd[wandb]'`") from None
+    run = wandb.init(dir=str(where), name=folder.name, id=_wandb_id(where), resume="allow")
+    log_value = lambda name, value, step: run.log({name: value}, step=step)  # noqa: E731
+    log_value.close = run.finish
+    return log_value
+
+
+def _wandb_id(where: Path) -> str:
+    """One W&B run per training, so a resumed training goes on logging into its run."""
+    record = where / "wandb-run-id"
+    if not record.exists():
+        import wandb
+
+        record.write_text(wandb.util.generate_id())
+    return record.read_text().strip()
+
+
+def open_live(folder: Path, resumed_step: int, picture: Path | None = None, tracker: str | None = None) -> Curves:
+    """The training curves of a stage, in a folder of their own that a fresh run (`resumed_step` 0) empties; a
+    resumed run drops the rows past its checkpoint's step, which it logs again. dvclive opens the project's DVC
+    repository, whose caches a full disk breaks first: that is one line naming the folder, not a traceback."""
     from dvclive import Live
 
     claim_folder(folder, clear=not resumed_step)
     try:
         if resumed_step:
             _drop_rows_after(folder, resumed_step)
-        return Live(dir=str(folder), resume=bool(resumed_step), save_dvc_exp=False, dvcyaml=None, report=None)
+        live = Live(dir=str(folder), resume=bool(resumed_step), save_dvc_exp=False, dvcyaml=None, report=None)
     except (OSError, sqlite3.Error) as err:
         raise OutputError(
             f"{folder}: the training log could not start ({type(err).__name__}: {err}); free space on the "
             "disk, or make the project folder writable"
         ) from None
+    return Curves(live, folder, picture, tracker, resumed_step)
+
+
+def read_curves(folder: Path) -> dict:
+    """name -> (steps, values) of every curve dvclive wrote in `folder` (plots/metrics/<name>.tsv)."""
+    curves = {}
+    for tsv in sorted((folder / "plots" / "metrics").rglob("*.tsv")):
+        header, *rows = tsv.read_text().splitlines()
+        columns = header.split("\t")
+        name = str(tsv.relative_to(folder / "plots" / "metrics").with_suffix(""))
+        cells = [row.split("\t") for row in rows if row]
+        step = columns.index("step")  # the value is the last column, after step (and dvclive's timestamp, if any)
+        curves[name] = ([int(c[step]) for c in cells], [float(c[-1]) for c in cells])
+    return curves
 
 
 def _drop_rows_after(folder: Path, step: int) -> None:

@@ -65,7 +65,8 @@ def main(
     ),
     out: Path = typer.Option(Path("models/generator"), help="Generator folder (generator.json + safetensors)."),
     samples: Path = typer.Option(
-        Path("reports/distill"), help="Folder for sample grids: initial.png, final.png, step-N.png."
+        Path("reports/distill"),
+        help="Folder for sample grids (initial.png, final.png, step-N.png) and the training curves (curves.png).",
     ),
     checkpoint: Path = typer.Option(Path("checkpoints/distill.pt"), help="Resumable training checkpoint."),
     live: Path = typer.Option(Path("dvclive/distill"), help="dvclive folder for losses and diversity curves."),
@@ -109,7 +110,8 @@ def main(
                 diversity = (
                     {} if is_latent(reference) else _diversity_inputs(data, classifier, teacher_denoiser, conditions)
                 )
-                monitor = _monitor(live, resumed_step, config, teacher_denoiser, save_samples, diversity)
+                curves = open_live(live, resumed_step, samples / "curves.png", all_params.tracker)
+                monitor = _monitor(curves, config, teacher_denoiser, save_samples, diversity)
             generator, _ = distill(
                 teacher_denoiser, config, checkpoint, inputs, settings=settings, processes=processes, on_step=monitor
             )
@@ -138,13 +140,10 @@ def _settings(config: DistillParams, expected_pairs: dict, inputs: DistillInputs
     return settings
 
 
-def _monitor(
-    live: Path, resumed_step: int, config: DistillParams, teacher: Denoiser, save_samples, diversity: dict
-) -> DistillMonitor:
-    """The training log (a fresh run starts its curves anew) and the monitor over it, with the start's grid and
-    diversity measured: where the generator starts is the teacher at its first sigma."""
-    live_log = open_live(live, resumed_step)
-    monitor = DistillMonitor(live_log, config.sample_every, config.steps, save_samples, **diversity)
+def _monitor(curves, config: DistillParams, teacher: Denoiser, save_samples, diversity: dict) -> DistillMonitor:
+    """The monitor over the training curves, with the start's grid and diversity measured: where the generator
+    starts is the teacher at its first sigma."""
+    monitor = DistillMonitor(curves, config.sample_every, config.steps, save_samples, **diversity)
     initial = Generator.from_teacher(teacher, (config.generator_sigmas or [])[:1])
     save_samples("initial.png", initial)
     monitor.measure_start(initial)

@@ -13,10 +13,11 @@ import typer
 from dmd.stages.common import PARAMS_OPTION, code_of, compute_device, open_live, setup_logging, user_errors
 from dmdlib.data.checkpoints import claim_checkpoint, fingerprint
 from dmdlib.data.images import GRID_CLASSES, save_grid, to_model_range, to_uint8
-from dmdlib.data.io import atomic_output, check_writable, single_writer
+from dmdlib.data.io import atomic_output, check_writable, claim_folder, single_writer
 from dmdlib.data.prepared import TRAIN, read_image_parquet
 from dmdlib.denoisers.sampling import heun_sample
 from dmdlib.errors import ParamsError
+from dmdlib.evaluation.curves import plot_curves
 from dmdlib.params import load_params
 from dmdlib.teachers.diffusers import PIPELINE_CLASSES, TEXT_TO_IMAGE_KINDS
 from dmdlib.teachers.loading import (
@@ -53,17 +54,21 @@ def main(
     ),
     checkpoint: Path = typer.Option(Path("checkpoints/teacher.pt"), help="Resumable training checkpoint."),
     live: Path = typer.Option(Path("dvclive/teacher"), help="dvclive folder for the training loss curve."),
+    curves: Path = typer.Option(Path("reports/teacher_curves.png"), help="PNG of the training loss curve."),
 ) -> None:
     """Write the teacher reference every later stage loads, training the default teacher if asked."""
     setup_logging()
     with user_errors():
-        config = load_params(params, "teacher").teacher
-        check_writable(out, samples, checkpoint, live)
+        config = (all_params := load_params(params, "teacher")).teacher
+        check_writable(out, samples, checkpoint, live, curves)
         if config.kind == "train":
-            _train(config.train, data, out, checkpoint, live)
-        elif config.kind in EDM_CLASSES:
+            _train(config.train, data, out, checkpoint, live, curves, all_params.tracker)
+        else:  # an imported teacher was trained elsewhere: its curves (the stage's outputs all the same) say so
+            claim_folder(live, clear=True)
+            plot_curves({}, curves, f"teacher: imported ({config.kind}), trained elsewhere: no training curves here")
+        if config.kind in EDM_CLASSES:
             _convert_snapshot(config, out, _digest_cache(checkpoint), data)
-        else:
+        elif config.kind != "train":
             reference = {"kind": config.kind, "path": _absolute(config.path), "config": _absolute(config.config)}
             if config.kind in PIPELINE_CLASSES:
                 reference.update(resolution=config.resolution, embedded_guidance=config.embedded_guidance)
@@ -124,8 +129,10 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) -> None:
-    """Train the default teacher and write its EMA weights and reference to `out`."""
+def _train(
+    train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path, curves: Path, tracker: str | None
+) -> None:
+    """Train the default teacher and write its EMA weights and reference to `out`, its loss curve to `curves`."""
     data = read_image_parquet(data_path)
     train_index = data.subset(TRAIN)
     images = to_model_range(data.images[train_index])
@@ -177,7 +184,7 @@ def _train(train, data_path: Path, out: Path, checkpoint: Path, live_dir: Path) 
         return
     with single_writer(checkpoint):  # a second run on this checkpoint would overwrite this one's
         resumed_step = claim_checkpoint(checkpoint, settings, train.steps, "teacher.train.steps")
-        with open_live(live_dir, resumed_step) as live:
+        with open_live(live_dir, resumed_step, curves, tracker) as live:
 
             def log_loss(step: int, loss: float) -> None:
                 if step % 10 == 0:

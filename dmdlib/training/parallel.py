@@ -11,15 +11,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.distributed._composable import replicate
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import FSDPModule, fully_shard
+
+# torch.distributed's DDP, FSDP and state-dict modules are imported where used: together they take half a second to
+# import, which every stage's --help would pay (benchmarks/startup.py).
 
 Strategy = Literal["ddp", "fsdp"]
 
@@ -30,6 +24,9 @@ def distribute(module: nn.Module, strategy: Strategy, device: torch.device) -> N
     FSDP shards each parameter-holding entry of the network's outermost ModuleLists/ModuleDicts (UNet
     and transformer blocks) as its own unit, then the rest, so one block's full weights exist at a time.
     """
+    from torch.distributed._composable import replicate
+    from torch.distributed.fsdp import fully_shard
+
     if strategy == "ddp":
         replicate(module, device_ids=[device.index] if device.type == "cuda" else None)
         return
@@ -41,6 +38,8 @@ def distribute(module: nn.Module, strategy: Strategy, device: torch.device) -> N
 def reshard(module: nn.Module) -> None:
     """Free the whole weights FSDP keeps gathered after a forward no backward follows (the root unit keeps them for
     the backward it expects): a module's parameters are its shards again, as the EMA update and optimizer need."""
+    from torch.distributed.fsdp import FSDPModule
+
     for unit in module.modules():
         if isinstance(unit, FSDPModule):
             unit.reshard()
@@ -61,6 +60,8 @@ def full_state(module: nn.Module, strategy: Strategy | None, everywhere: bool = 
     unless `everywhere`); otherwise its plain state dict."""
     if strategy != "fsdp":
         return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
 
 
@@ -69,6 +70,8 @@ def load_full_state(module: nn.Module, state: dict, strategy: Strategy | None) -
     if strategy != "fsdp":
         module.load_state_dict(state)
         return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
 
 
@@ -76,6 +79,8 @@ def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, st
     """The optimizer's whole state (gathered under FSDP, on rank 0), keyed by parameter name there."""
     if strategy != "fsdp":
         return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
     return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -85,4 +90,6 @@ def load_optimizer_state(
     if strategy != "fsdp":
         optimizer.load_state_dict(state)
         return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
