@@ -27,15 +27,11 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(True)  # the next test file's stages start with the default state
 
 
-def tiny_teacher():
-    return tiny_kdiffusion()
-
-
 def test_teacher_training_on_the_gpu_follows_the_cpu_run(tmp_path):
     images, labels = torch.rand(32, 1, 8, 8) * 2 - 1, torch.randint(0, 3, (32,))
     params = TeacherTrainParams(**TINY_KDIFFUSION, steps=4, batch_size=4, warmup_steps=2, checkpoint_every=100)
-    on_cpu = train_teacher(tiny_teacher(), images, labels, params, tmp_path / "cpu.pt")
-    on_gpu = train_teacher(tiny_teacher().cuda(), images, labels, params, tmp_path / "gpu.pt")
+    on_cpu = train_teacher(tiny_kdiffusion(), images, labels, params, tmp_path / "cpu.pt")
+    on_gpu = train_teacher(tiny_kdiffusion().cuda(), images, labels, params, tmp_path / "gpu.pt")
     assert next(on_gpu.parameters()).is_cuda
     for (name, cpu), gpu in zip(on_cpu.state_dict().items(), on_gpu.state_dict().values()):
         assert torch.allclose(cpu, gpu.cpu(), atol=1e-3), name  # same batches, noise and sigmas from the CPU RNG
@@ -43,7 +39,7 @@ def test_teacher_training_on_the_gpu_follows_the_cpu_run(tmp_path):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_stages_run_on_the_gpu(tmp_path, precision):
-    write_tiny_project(tmp_path, tiny_teacher(), pipeline_params(f"  mixed_precision: {precision}\n"))
+    write_tiny_project(tmp_path, tiny_kdiffusion(), pipeline_params(f"  mixed_precision: {precision}\n"))
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill", "evaluate"])
 
     teacher, _ = read_teacher(tmp_path / "teacher")

@@ -13,6 +13,7 @@ from dmdlib.denoisers.base import karras_ladder
 from dmdlib.denoisers.discrete import SigmaSchedule
 from dmdlib.denoisers.karras import KarrasPreconditioner
 from dmdlib.denoisers.sampling import heun_sample
+from dmdlib.errors import TeacherError
 from dmdlib.networks.karras_unet import build_image_v1
 from dmdlib.teachers.loading import OneHotClasses, build_kdiffusion
 
@@ -69,3 +70,15 @@ def test_karras_ladder_and_discrete_schedule_match_kdiffusion():
     alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
     schedule = SigmaSchedule(((1 - alphas_cumprod) / alphas_cumprod).sqrt().float())
     assert torch.allclose(schedule.sigma_to_t(REFERENCE["schedule.sigma"]), REFERENCE["schedule.t"], atol=1e-4)
+
+
+def test_other_kdiffusion_architectures_name_the_extra_they_need():
+    try:
+        import k_diffusion  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("k-diffusion is installed here: it builds the transformer itself")
+    config = {"model": {"type": "image_transformer_v2", "input_channels": 3, "input_size": [8, 8]}, "dataset": {}}
+    with pytest.raises(TeacherError, match=r"dmd\[kdiffusion\]"):
+        build_kdiffusion(config)

@@ -30,6 +30,7 @@ def test_stages_in_order_produce_a_generator_and_metrics(tmp_path, caplog, repo_
     images = generator(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))
     assert images.shape == (4, 1, 8, 8) and torch.isfinite(images).all()
     assert sorted(x.name for x in (tmp_path / "grids").glob("*.png")) == [
+        "curves.png",  # the training curves, beside the grids
         "final.png",
         "initial.png",
         "step-000002.png",

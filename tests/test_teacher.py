@@ -16,23 +16,18 @@ from dmdlib.teachers.reference import read_teacher
 from dmdlib.teachers.training import train_teacher
 
 
-def tiny_teacher(classes=3):
-    model = tiny_kdiffusion(classes=classes)
-    return model, model.config
-
-
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     images = torch.rand(32, 1, 8, 8) * 2 - 1
     labels = torch.randint(0, 3, (32,))
     params = TeacherTrainParams(**TINY_KDIFFUSION, steps=6, checkpoint_every=3, batch_size=4, warmup_steps=2)
 
-    uninterrupted = train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "a.pt", {"run": "fp"})
+    uninterrupted = train_teacher(tiny_kdiffusion(), images, labels, params, tmp_path / "a.pt", {"run": "fp"})
 
     with pytest.raises(Killed):
-        train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "b.pt", {"run": "fp"}, on_step=kill_at(3))
+        train_teacher(tiny_kdiffusion(), images, labels, params, tmp_path / "b.pt", {"run": "fp"}, on_step=kill_at(3))
     seen = []
     resumed = train_teacher(
-        tiny_teacher()[0],
+        tiny_kdiffusion(),
         images,
         labels,
         params,
@@ -48,10 +43,10 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
 def test_checkpoint_of_other_params_is_ignored(tmp_path):
     images, labels = torch.rand(16, 1, 8, 8) * 2 - 1, torch.randint(0, 3, (16,))
     params = TeacherTrainParams(**TINY_KDIFFUSION, steps=2, checkpoint_every=1, batch_size=4)
-    train_teacher(tiny_teacher()[0], images, labels, params, tmp_path / "c.pt", {"run": "old"})
+    train_teacher(tiny_kdiffusion(), images, labels, params, tmp_path / "c.pt", {"run": "old"})
     seen = []
     train_teacher(
-        tiny_teacher()[0],
+        tiny_kdiffusion(),
         images,
         labels,
         params,
@@ -63,7 +58,8 @@ def test_checkpoint_of_other_params_is_ignored(tmp_path):
 
 
 def test_kdiffusion_checkpoints_round_trip(tmp_path):
-    denoiser, config = tiny_teacher()
+    denoiser = tiny_kdiffusion()
+    config = denoiser.config
     x, sigma, labels = torch.randn(2, 1, 8, 8), torch.tensor([0.5, 20.0]), torch.tensor([0, 2])
     with torch.no_grad():
         expected = denoiser(x, sigma, labels)
@@ -110,9 +106,9 @@ def test_each_import_kind_loads_from_its_real_layout(tmp_path, kind):
     elif kind == "stable_diffusion":
         path = save_tiny_stable_diffusion(tmp_path / "sd")
     else:
-        denoiser, config = tiny_teacher()
+        denoiser = tiny_kdiffusion()
         path = tmp_path / "k.safetensors"
-        save_kdiffusion(path, denoiser, config)
+        save_kdiffusion(path, denoiser, denoiser.config)
     text = f"teacher:\n  kind: {kind}\n  path: {path}\n  train:\n    sample_steps: 2\n"
     result, out = run_stage(tmp_path, text)
     assert result.exit_code == 0, result.output
