@@ -72,9 +72,6 @@ def compute_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-TRACKERS = ("tensorboard", "wandb")
-
-
 class Curves:
     """A stage's training curves: dvclive's TSVs (which `dvc plots` reads), the same values in the tracker params
     name (TensorBoard or W&B, off by default), and at the end a PNG picture of them all."""
@@ -82,13 +79,15 @@ class Curves:
     def __init__(self, live, folder: Path, picture: Path | None, tracker: str | None, resumed_step: int):
         self.live, self.folder, self.picture = live, folder, picture
         self.step = resumed_step
-        self.tracker = _open_tracker(tracker, folder, resumed_step)
+        # not in the curves' folder, which is in git: trackers/<stage> (`tensorboard --logdir trackers`)
+        where = Path("trackers") / folder.name
+        self.tracker = None if tracker is None else TRACKERS[tracker](where, resumed_step)
 
     def log_metric(self, name: str, value: float) -> None:
         self.live.step = self.step
         self.live.log_metric(name, value)
         if self.tracker is not None:
-            self.tracker(name, value, self.step)
+            self.tracker.log(name, value, self.step)
 
     def end(self) -> None:
         self.live.end()
@@ -106,40 +105,45 @@ class Curves:
         self.end()
 
 
-def _open_tracker(tracker: str | None, folder: Path, resumed_step: int):
-    """log(name, value, step) with .close() into TensorBoard event files in trackers/<folder name>, or a W&B run
-    (resumed with the training); None without a tracker. Not in the curves' folder: that one is in git."""
-    if tracker is None:
-        return None
-    where = Path("trackers") / folder.name
-    where.mkdir(parents=True, exist_ok=True)
-    if tracker == "tensorboard":
+class TensorBoardCurves:
+    """Event files in `where`; a resumed run first drops the steps past its checkpoint, which it logs again."""
+
+    def __init__(self, where: Path, resumed_step: int):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ParamsError("tracker 'tensorboard': install it with `pip install 'dmd[tensorboard]'`") from None
-        writer = SummaryWriter(log_dir=str(where), purge_step=resumed_step + 1 if resumed_step else None)
-        log_value = lambda name, value, step: writer.add_scalar(name, value, step)  # noqa: E731
-        log_value.close = writer.close
-        return log_value
-    try:
-        import wandb
-    except ImportError:
-        raise ParamsError("tracker 'wandb': install it with `pip install 'dmd[wandb]'`") from None
-    run = wandb.init(dir=str(where), name=folder.name, id=_wandb_id(where), resume="allow")
-    log_value = lambda name, value, step: run.log({name: value}, step=step)  # noqa: E731
-    log_value.close = run.finish
-    return log_value
+        self.writer = SummaryWriter(log_dir=str(where), purge_step=resumed_step + 1 if resumed_step else None)
+
+    def log(self, name: str, value: float, step: int) -> None:
+        self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
-def _wandb_id(where: Path) -> str:
-    """One W&B run per training, so a resumed training goes on logging into its run."""
-    record = where / "wandb-run-id"
-    if not record.exists():
-        import wandb
+class WandbCurves:
+    """One W&B run per training (its id kept in `where`), which a resumed training goes on logging into."""
 
-        record.write_text(wandb.util.generate_id())
-    return record.read_text().strip()
+    def __init__(self, where: Path, resumed_step: int):
+        try:
+            import wandb
+        except ImportError:
+            raise ParamsError("tracker 'wandb': install it with `pip install 'dmd[wandb]'`") from None
+        where.mkdir(parents=True, exist_ok=True)
+        record = where / "wandb-run-id"
+        if not record.exists():
+            record.write_text(wandb.util.generate_id())
+        self.run = wandb.init(dir=str(where), name=where.name, id=record.read_text().strip(), resume="allow")
+
+    def log(self, name: str, value: float, step: int) -> None:
+        self.run.log({name: value}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+TRACKERS = {"tensorboard": TensorBoardCurves, "wandb": WandbCurves}  # params' `tracker` values
 
 
 def open_live(folder: Path, resumed_step: int, picture: Path | None = None, tracker: str | None = None) -> Curves:
