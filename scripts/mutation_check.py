@@ -46,9 +46,27 @@ MUTATIONS = {
     ),
     "FID from the means only": (
         "dmdlib/evaluation/metrics.py",
-        "return float(frechet_distance(mu, sigma, *_mean_and_covariance(features)))",
-        "return float(((mu - _mean_and_covariance(features)[0]) ** 2).sum())",
+        "return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root).real)",
+        "return float(diff @ diff)",
         ["tests/test_evaluate.py"],
+    ),
+    "Heun without its correction (Euler steps)": (
+        "dmdlib/denoisers/sampling.py",
+        "        if sigma_next > 0:  # Heun's correction",
+        "        if False:  # Heun's correction",
+        ["tests/test_karras_unet.py"],
+    ),
+    "image_v1 AdaGN scale without its + 1": (
+        "dmdlib/networks/karras_unet.py",
+        "F.group_norm(x, self.groups, eps=1e-5), scale + 1)",
+        "F.group_norm(x, self.groups, eps=1e-5), scale)",
+        ["tests/test_karras_unet.py"],
+    ),
+    "Karras preconditioner c_in without sigma_data": (
+        "dmdlib/denoisers/karras.py",
+        "c_in = 1 / (s**2 + self.sigma_data**2) ** 0.5",
+        "c_in = 1 / (s**2 + 1) ** 0.5",
+        ["tests/test_karras_unet.py"],
     ),
     "DDPM prior_scale sigma instead of sqrt(sigma^2 + 1)": (
         "dmdlib/denoisers/discrete.py",
