@@ -116,16 +116,13 @@ class TeacherTrainParams(Section):
 class TeacherParams(Section):
     """The `teacher` stage: train the default teacher or import a real one from a local path."""
 
-    kind: Literal[
-        "train", "kdiffusion", "diffusers_ddpm", "stable_diffusion", "sdxl", "dit", "sd3", "flux", "edm", "edm2"
-    ] = Field(
+    kind: str = Field(
         "train",
-        description="'train' the default teacher on the prepared data, or import: 'kdiffusion' (checkpoint + config), "
-        "'diffusers_ddpm' (UNet2DModel folder), a diffusers pipeline folder: 'stable_diffusion' "
-        "(StableDiffusionPipeline), "
-        "'sdxl' (StableDiffusionXLPipeline), 'dit' (DiTPipeline), 'sd3' (StableDiffusion3Pipeline), 'flux' "
-        "(FluxPipeline); "
-        "'edm' / 'edm2' (an NVlabs EDM / EDM2 network snapshot .pkl, read without running its code).",
+        description="'train' the default teacher on the prepared data, or import one from `path`: 'kdiffusion' "
+        "(checkpoint + config), 'diffusers_ddpm' (UNet2DModel folder), a diffusers pipeline folder: "
+        "'stable_diffusion', 'sdxl', 'dit', 'sd3', 'flux', or video: 'wan', 'cogvideox', 'ltx'; 'edm' / 'edm2' (an "
+        "NVlabs EDM / EDM2 network snapshot .pkl, read without running its code). Checked by the `teacher` stage "
+        "against the families in dmdlib/teachers/families/.",
     )
     path: str | None = Field(None, description="Local checkpoint file or model folder for the import kinds.")
     config: str | None = Field(
@@ -141,6 +138,11 @@ class TeacherParams(Section):
         ge=8,
         description="Diffusers pipeline kinds: image side in pixels to distil at (null: the network's own "
         "sample size; FLUX, which has none, 1024).",
+    )
+    frames: int | None = Field(
+        None,
+        ge=1,
+        description="Video pipeline kinds: frames per clip to distil at (null: the pipeline's default).",
     )
     embedded_guidance: float | None = Field(
         None,

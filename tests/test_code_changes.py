@@ -16,7 +16,8 @@ from dmdlib.errors import DataError
 from dmdlib.generators.generator import Generator, check_generator_teacher, save_generator
 from dmdlib.params import PairsParams
 from dmdlib.provenance import code_digest
-from dmdlib.teachers.loading import load_teacher, teacher_digest
+from dmdlib.teachers.families import load_teacher
+from dmdlib.teachers.loading import teacher_digest
 from dmdlib.training.pairs import pair_metadata
 
 

@@ -213,16 +213,13 @@ def test_dit_guidance_is_the_pipelines_own_on_its_null_class(tmp_path):
     from diffusers import DiTPipeline
 
     from dmdlib.generators.generator import start_sigma
-    from dmdlib.teachers.diffusers import save_one_step_scheduler
-    from dmdlib.teachers.loading import load_teacher
+    from dmdlib.teachers.diffusers import one_step_scheduler
+    from dmdlib.teachers.families import load_teacher
 
     folder = save_tiny_dit(tmp_path / "dit", num_classes=1000)
     teacher = load_teacher({"kind": "dit", "path": str(folder)})
     sigma = start_sigma(teacher)
-    save_one_step_scheduler(tmp_path / "scheduler", teacher, sigma)
-    from diffusers import DDIMScheduler
-
-    pipeline = DiTPipeline.from_pretrained(folder, scheduler=DDIMScheduler.from_pretrained(tmp_path / "scheduler"))
+    pipeline = DiTPipeline.from_pretrained(folder, scheduler=one_step_scheduler(teacher, sigma))
     pipeline.set_progress_bar_config(disable=True)
     theirs = pipeline(
         [3, 999],

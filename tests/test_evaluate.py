@@ -135,7 +135,7 @@ def test_a_guided_teachers_evaluations_count_each_network_pass(tmp_path, kind, e
     from dmdlib.evaluation.measure import count_evaluations
     from dmdlib.generators.seeds import make_sampler
     from dmdlib.params import PairsParams
-    from dmdlib.teachers.loading import load_teacher
+    from dmdlib.teachers.families import load_teacher
     from dmdlib.teachers.prompt_encoders import PromptEncoder
     from dmdlib.teachers.reference import guided
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from dmd.stages.export import app
 from dmdlib.generators.generator import Generator, load_generator, save_generator
-from dmdlib.teachers.loading import load_teacher, teacher_digest
+from dmdlib.teachers.families import load_teacher
+from dmdlib.teachers.loading import teacher_digest
 from dmdlib.teachers.prompt_encoders import PromptEncoder
 
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from dmd.stages.export import app as export_app
 from dmdlib.export import export_generator
 from dmdlib.generators.generator import Generator, save_generator
-from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, load_teacher, save_kdiffusion
+from dmdlib.teachers.families import load_teacher
+from dmdlib.teachers.loading import build_kdiffusion, kdiffusion_config, save_kdiffusion
 
 
 def readme_snippets(repo_root) -> list[str]:

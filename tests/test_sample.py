@@ -21,7 +21,8 @@ from dmdlib.data.images import to_uint8
 from dmdlib.generators.generator import Generator, generate, save_generator
 from dmdlib.generators.seeds import seeded_inputs
 from dmdlib.params import EvaluateParams
-from dmdlib.teachers.loading import load_teacher
+from dmdlib.teachers.families import load_teacher
+from dmdlib.teachers.family import TeacherReference
 from dmdlib.teachers.prompt_encoders import PromptEncoder
 from dmdlib.teachers.reference import image_decoder
 
@@ -81,7 +82,7 @@ def test_text_to_image_samples_decode_prompts(tmp_path):
     noise = torch.stack([seeded_inputs(EvaluateParams().first_seed + i, shape, 0)[0] for i in range(3)])
     cond = PromptEncoder(folder, "stable_diffusion", shape)(["a cat", "a dog"])[torch.tensor([0, 1, 0])]
     with torch.no_grad():
-        expected = to_uint8(image_decoder(reference)(generate(generator, noise, cond)))
+        expected = to_uint8(image_decoder(TeacherReference.of(reference))(generate(generator, noise, cond)))
     images = np.load(tmp_path / "samples.npz")["arr_0"]
     assert images.shape == expected.shape and images.shape[-1] == 3 and "arr_1" not in np.load(tmp_path / "samples.npz")
     assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1  # batched VAE decoding, rounded

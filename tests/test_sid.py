@@ -23,7 +23,8 @@ from dmdlib.denoisers.conditions import Conditions
 from dmdlib.denoisers.edm import EDMDenoiser, build_network
 from dmdlib.generators.generator import Generator
 from dmdlib.params import DistillParams
-from dmdlib.teachers.loading import build_kdiffusion, load_teacher
+from dmdlib.teachers.families import load_teacher
+from dmdlib.teachers.loading import build_kdiffusion
 from dmdlib.teachers.prompt_encoders import PromptEncoder
 from dmdlib.training.distill import DistillInputs, distill
 from dmdlib.training.dmd import GeneratorBatch, RealBatch, Update, generator_step

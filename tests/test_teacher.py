@@ -113,7 +113,7 @@ def test_each_import_kind_loads_from_its_real_layout(tmp_path, kind):
     result, out = run_stage(tmp_path, text)
     assert result.exit_code == 0, result.output
     teacher, reference = read_teacher(out)
-    assert reference["kind"] == kind
+    assert reference.kind == kind
     x = torch.randn(2, *teacher.sample_shape)
     assert teacher(x, teacher.sigma_max, None if kind != "stable_diffusion" else torch.randn(2, 5, 12)).shape == x.shape
     assert not any(p.requires_grad for p in teacher.parameters())
@@ -153,11 +153,11 @@ def test_train_kind_end_to_end_and_repeatable(tmp_path):
     result, out = run_stage(tmp_path, text, "--data", str(tmp_path / "data.parquet"))
     assert result.exit_code == 0, result.output
     teacher, reference = read_teacher(out)
-    assert reference == {
+    assert reference.as_json() == {
         "kind": "kdiffusion",
         "path": str(out / "model.safetensors"),
         "config": None,
-        "trained": {"fingerprint": reference["trained"]["fingerprint"], "steps": 4},
+        "trained": {"fingerprint": reference.trained["fingerprint"], "steps": 4},
     }
     assert teacher.num_classes == 2 and teacher.sample_shape == (1, 8, 8)
     assert (tmp_path / "samples.png").exists()

@@ -39,6 +39,7 @@ from dmdlib.evaluation.monitor import DistillMonitor
 from dmdlib.generators.generator import Generator, generate, save_generator
 from dmdlib.generators.seeds import GRID_SEED, fixed_inputs
 from dmdlib.params import DistillParams, load_params
+from dmdlib.teachers.family import TeacherReference
 from dmdlib.teachers.reference import check_teacher_fits_data, conditioning, image_decoder, is_latent, read_teacher
 from dmdlib.training.distill import DistillInputs, Processes, distill
 from dmdlib.training.pairs import PairReader, pair_metadata
@@ -196,7 +197,7 @@ def _grid_writer(folder: Path, teacher: Denoiser, conditions, decoder, fresh: bo
     return save
 
 
-def _regression_loss(config: DistillParams, reference: dict, device: torch.device):
+def _regression_loss(config: DistillParams, reference: TeacherReference, device: torch.device):
     """The configured regression loss on `device`, on decoded images when asked for a latent teacher."""
     regression = make_regression_loss(config.regression_loss, config.lpips_net, config.lpips_fallback)
     if hasattr(regression, "to"):
@@ -207,7 +208,7 @@ def _regression_loss(config: DistillParams, reference: dict, device: torch.devic
     return regression
 
 
-def _real_images(data: Path, reference: dict) -> PreparedImageReader:
+def _real_images(data: Path, reference: TeacherReference) -> PreparedImageReader:
     """The training split, read from disk as drawn, with class labels as cond when the data has them: the GAN's
     positives."""
     if is_latent(reference):

@@ -19,7 +19,7 @@ from dmdlib.evaluation.rows import measure_all
 from dmdlib.evaluation.text_to_image import evaluate_text_to_image
 from dmdlib.generators.generator import check_generator_teacher, load_generator
 from dmdlib.params import load_params
-from dmdlib.teachers.diffusers import TEXT_TO_IMAGE_KINDS
+from dmdlib.teachers.families import family_of
 from dmdlib.teachers.loading import teacher_digest
 from dmdlib.teachers.reference import check_teacher_fits_data, read_teacher
 
@@ -52,7 +52,7 @@ def main(
         check_generator_teacher(generator, teacher_digest(real_denoiser), teacher)
         device = compute_device()
         real_denoiser = real_denoiser.to(device)
-        if reference["kind"] in TEXT_TO_IMAGE_KINDS:
+        if family_of(reference.kind).text:
             _write(metrics, evaluate_text_to_image(all_params, real_denoiser, reference, generator, prompts, images))
             return
         distilled = load_generator(generator).to(device)

@@ -65,7 +65,7 @@ def _card(generator: Path, distill: dict, metrics: Path, how: str) -> str:
         "# A distilled generator (dmd: Distribution Matching Distillation)",
         "",
         f"- steps: {len(description['sigmas'])} (noise levels {description['sigmas']})",
-        f"- teacher: `{reference['kind']}` from `{reference.get('path', 'the embedded default')}`, digest "
+        f"- teacher: `{reference.kind}` from `{reference.path or 'the embedded default'}`, digest "
         f"`{description.get('teacher_digest') or 'not recorded'}`",
         f"- made at commit `{commit.stdout.strip() if commit.returncode == 0 else 'unknown (not a git checkout)'}`",
         f"- objective: `{distill['objective']}`",

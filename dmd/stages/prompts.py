@@ -36,7 +36,7 @@ def main(
         config = load_params(params, "prompts").prompts
         check_writable(out)
         denoiser, reference = read_teacher(teacher)
-        encoder = PromptEncoder(reference["path"], reference["kind"], denoiser.sample_shape)
+        encoder = PromptEncoder(reference.path, reference.kind, denoiser.sample_shape)
         if not config.file:
             raise DataError(
                 "prompts.file is not set: give a .txt (one prompt per line) or a .parquet with a 'prompt' column"

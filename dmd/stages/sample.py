@@ -25,7 +25,7 @@ from dmdlib.errors import ParamsError
 from dmdlib.generators.generator import generate, generator_reference, load_generator
 from dmdlib.generators.seeds import seeded_batch
 from dmdlib.params import EvaluateParams
-from dmdlib.teachers.diffusers import TEXT_TO_IMAGE_KINDS
+from dmdlib.teachers.families import family_of
 from dmdlib.teachers.prompt_encoders import PromptEncoder
 from dmdlib.teachers.reference import image_decoder
 
@@ -80,14 +80,14 @@ def main(
         log.info("wrote %d images %s from %s", count, "x".join(map(str, images.shape[1:])), generator)
 
 
-def _inputs(model, reference: dict, count: int, first_seed: int, label, prompts: Path | None, batch_size: int):
+def _inputs(model, reference, count: int, first_seed: int, label, prompts: Path | None, batch_size: int):
     """(noise, cond for the generator, class labels or None) of the seeds."""
     shape, classes = model.denoiser.sample_shape, model.denoiser.num_classes
-    if reference["kind"] in TEXT_TO_IMAGE_KINDS:
+    if family_of(reference.kind).text:
         if prompts is None:
-            raise ParamsError(f"a {reference['kind']} generator samples from prompts: give --prompts FILE")
+            raise ParamsError(f"a {reference.kind} generator samples from prompts: give --prompts FILE")
         texts = read_prompts(prompts)
-        embeddings = PromptEncoder(reference["path"], reference["kind"], shape)(texts, batch_size)
+        embeddings = PromptEncoder(reference.path, reference.kind, shape)(texts, batch_size)
         noise, _ = seeded_batch(first_seed, count, shape, 0)
         return noise, embeddings[torch.arange(count) % len(texts)], None
     noise, labels = seeded_batch(first_seed, count, shape, classes)

@@ -19,16 +19,15 @@ from dmdlib.denoisers.sampling import heun_sample
 from dmdlib.errors import ParamsError
 from dmdlib.evaluation.curves import plot_curves
 from dmdlib.params import load_params
-from dmdlib.teachers.diffusers import PIPELINE_CLASSES, TEXT_TO_IMAGE_KINDS
+from dmdlib.teachers.families import family_of, load_teacher
+from dmdlib.teachers.family import TeacherReference
 from dmdlib.teachers.loading import (
-    EDM_CLASSES,
     EDM_CONFIG_FILE,
     EDM_WEIGHTS_FILE,
     build_kdiffusion,
     check_takes_its_shape,
     convert_edm_snapshot,
     kdiffusion_config,
-    load_teacher,
     save_kdiffusion,
     source_digest,
 )
@@ -66,28 +65,34 @@ def main(
         else:  # an imported teacher was trained elsewhere: its curves (the stage's outputs all the same) say so
             claim_folder(live, clear=True)
             plot_curves({}, curves, f"teacher: imported ({config.kind}), trained elsewhere: no training curves here")
-        if config.kind in EDM_CLASSES:
+        family = None if config.kind == "train" else family_of(config.kind)
+        if family is not None and family.snapshot:
             _convert_snapshot(config, out, _digest_cache(checkpoint), data)
-        elif config.kind != "train":
-            reference = {"kind": config.kind, "path": _absolute(config.path), "config": _absolute(config.config)}
-            if config.kind in PIPELINE_CLASSES:
-                reference.update(resolution=config.resolution, embedded_guidance=config.embedded_guidance)
+        elif family is not None:
+            reference = TeacherReference(
+                kind=config.kind,
+                path=_absolute(config.path),
+                config=_absolute(config.config),
+                **{option: getattr(config, option) for option in family.options},
+            )
             denoiser = load_teacher(reference)  # fail now, with the loader's message, rather than in a later stage
-            if config.kind not in TEXT_TO_IMAGE_KINDS:
+            if not family.text:
                 check_takes_its_shape(
                     denoiser,
                     config.path,
                     "set teacher.resolution to a size it takes"
-                    if config.kind in PIPELINE_CLASSES
+                    if "resolution" in family.options
                     else "it is the network's own sample size: its config is wrong",
                 )
             if data.is_file():  # here, not after `pairs` has done the teacher's ODE work
                 check_teacher_fits_data(denoiser, reference, Path(config.path), data)
             # the files' digest: a teacher replaced at the same path changes this output, so every later stage re-runs
-            reference["source"] = source_digest(config.files(), _digest_cache(checkpoint))
+            reference = reference.model_copy(
+                update={"source": source_digest(config.files(), _digest_cache(checkpoint))}
+            )
             with atomic_output(out) as tmp:
                 tmp.mkdir()
-                (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
+                (tmp / REFERENCE_FILE).write_text(json.dumps(reference.as_json(), indent=2))
         teacher, reference = read_teacher(out)
         _write_samples(teacher, reference, config.train.sample_steps, samples)
 
@@ -111,18 +116,18 @@ def _convert_snapshot(config, out: Path, digest_cache: Path, data: Path) -> None
                 f"{config.path}: a latent EDM2 snapshot (encoder {encoder['class_name']}, VAE "
                 f"{encoder['vae_name']}); set teacher.vae to a local diffusers AutoencoderKL folder of that VAE"
             )
-        reference = {
-            "kind": config.kind,
-            "path": EDM_WEIGHTS_FILE,
-            "config": EDM_CONFIG_FILE,
-            "vae": _absolute(config.vae) if encoder is not None else None,
-            "encoder": encoder,
-            "source": source_digest(config.files(), digest_cache),
-        }
-        (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
+        reference = TeacherReference(
+            kind=config.kind,
+            path=EDM_WEIGHTS_FILE,
+            config=EDM_CONFIG_FILE,
+            vae=_absolute(config.vae) if encoder is not None else None,
+            encoder=encoder,
+            source=source_digest(config.files(), digest_cache),
+        )
+        (tmp / REFERENCE_FILE).write_text(json.dumps(reference.as_json(), indent=2))
         if data.is_file():
             check_teacher_fits_data(*read_teacher(tmp), Path(config.path), data)
-    log.info("converted %s (%s) into %s", config.path, reference["kind"], out)
+    log.info("converted %s (%s) into %s", config.path, config.kind, out)
 
 
 def _absolute(path: str | None) -> str | None:
@@ -192,11 +197,11 @@ def _train(
                     live.log_metric("loss", loss)
 
             ema = train_teacher(denoiser, images, labels, train, checkpoint, settings, on_step=log_loss)
-        reference = {"kind": "kdiffusion", "path": WEIGHTS_FILE, "config": None, "trained": trained}
+        reference = TeacherReference(kind="kdiffusion", path=WEIGHTS_FILE, config=None, trained=trained)
         with atomic_output(out) as tmp:
             tmp.mkdir()
             save_kdiffusion(tmp / WEIGHTS_FILE, ema, model_config)
-            (tmp / REFERENCE_FILE).write_text(json.dumps(reference, indent=2))
+            (tmp / REFERENCE_FILE).write_text(json.dumps(reference.as_json(), indent=2))
 
 
 def _recorded(out: Path) -> dict:
@@ -207,10 +212,10 @@ def _recorded(out: Path) -> dict:
         return {}
 
 
-def _write_samples(teacher, reference: dict, steps: int, path: Path) -> None:
-    if reference["kind"] in TEXT_TO_IMAGE_KINDS:
+def _write_samples(teacher, reference: TeacherReference, steps: int, path: Path) -> None:
+    if family_of(reference.kind).text:
         log.info(
-            "no sample grid for a %s teacher (text-to-image: the evaluate stage shows its samples)", reference["kind"]
+            "no sample grid for a %s teacher (text-conditioned: the evaluate stage shows its samples)", reference.kind
         )
         return
     decoder = image_decoder(reference)

@@ -29,6 +29,7 @@ from dmdlib.evaluation.metrics import class_shares, paired_ratio
 from dmdlib.generators.generator import Generator, generate
 from dmdlib.generators.seeds import fixed_inputs, make_sampler, seeded_batch
 from dmdlib.params import EvaluateParams
+from dmdlib.teachers.family import TeacherReference
 from dmdlib.teachers.reference import guided, image_decoder
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def add_paired_ratios(results: dict, measured: dict[str, Measurement]) -> None:
 
 
 def measure_all(
-    all_params, real_denoiser, reference: dict, distilled: Generator, dataset, feature_net, device
+    all_params, real_denoiser, reference: TeacherReference, distilled: Generator, dataset, feature_net, device
 ) -> tuple:
     """(metrics, measurements) of every model of `models_to_measure` on the same seeded sample sets, with the noise
     floor and the paired ratios; a latent (EDM2) teacher's rows are measured on decoded images."""

@@ -25,13 +25,19 @@ from dmdlib.evaluation.measure import (
 from dmdlib.evaluation.metrics import clip_score, fid, kid
 from dmdlib.generators.generator import generate, load_generator
 from dmdlib.generators.seeds import make_sampler, seeded_inputs
+from dmdlib.teachers.family import TeacherReference
 from dmdlib.teachers.reference import guided, image_decoder
 
 log = logging.getLogger("evaluate")
 
 
 def evaluate_text_to_image(
-    all_params, teacher_denoiser, reference: dict, generator_folder: Path, prompts_folder: Path, images: Path
+    all_params,
+    teacher_denoiser,
+    reference: TeacherReference,
+    generator_folder: Path,
+    prompts_folder: Path,
+    images: Path,
 ) -> dict:
     """Metrics of the guided teacher (pairs sampler) and the one-step generator on the evaluation prompts."""
     config, pairs = all_params.evaluate, all_params.pairs

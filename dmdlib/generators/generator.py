@@ -17,8 +17,9 @@ from dmdlib.denoisers.base import Denoiser, trainable_copy
 from dmdlib.denoisers.guidance import GuidanceEmbedding
 from dmdlib.errors import DataError
 from dmdlib.generators.draws import Draws, as_draws
-from dmdlib.teachers.diffusers import NETWORK_FOLDERS, save_one_step_scheduler
-from dmdlib.teachers.loading import EDM_CONFIG_FILE, load_teacher, save_kdiffusion
+from dmdlib.teachers.families import family_of, load_teacher
+from dmdlib.teachers.family import TeacherReference
+from dmdlib.teachers.loading import EDM_CONFIG_FILE, save_kdiffusion
 
 # c_out of Stable Diffusion v1.5's epsilon UNet at its last timestep (sigma 14.61), where DMD2 starts its generator
 MAX_START_OUTPUT_SCALE = 14.615
@@ -138,7 +139,10 @@ GENERATOR_FILE, WEIGHTS_FILE, GUIDANCE_FILE = "generator.json", "generator.safet
 
 
 def save_generator(
-    folder: str | os.PathLike, generator: Generator, teacher_reference: dict, teacher_digest: str | None = None
+    folder: str | os.PathLike,
+    generator: Generator,
+    teacher_reference: TeacherReference | dict,
+    teacher_digest: str | None = None,
 ) -> None:
     """Write a generator folder atomically: weights (safetensors) and generator.json to rebuild it, with the digest of
     the teacher it was distilled from (`teachers.teacher_digest`), which `check_generator_teacher` compares.
@@ -146,31 +150,32 @@ def save_generator(
     A k-diffusion generator is self-contained (its config travels in the weights' metadata), so is an
     EDM/EDM2 one (weights under EDM's own state-dict names, with the network's JSON config); a diffusers
     pipeline's network is saved in diffusers layout (`unet/` or `transformer/`) with the scheduler config that
-    takes the one step in that family's stock pipeline (`save_one_step_scheduler`); other kinds rebuild the
+    takes the one step in that family's stock pipeline (its `one_step_scheduler`); other kinds rebuild the
     architecture from the teacher reference and load the weights.
     """
     with atomic_output(folder) as tmp:
         tmp.mkdir()
         description = {"sigmas": generator.sigmas, "teacher_digest": teacher_digest}
-        if teacher_reference["kind"] == "kdiffusion":
+        teacher_reference = TeacherReference.of(teacher_reference)
+        family = family_of(teacher_reference.kind)
+        if family.kind == "kdiffusion":
             save_kdiffusion(tmp / WEIGHTS_FILE, generator.denoiser, generator.denoiser.config)
             description["teacher"] = {"kind": "kdiffusion", "path": WEIGHTS_FILE}
-        elif teacher_reference["kind"] in ("edm", "edm2"):
+        elif family.snapshot:  # EDM, EDM2
             save_file(
                 {name: t.detach().contiguous() for name, t in generator.denoiser.network.state_dict().items()},
                 str(tmp / WEIGHTS_FILE),
             )
-            shutil.copyfile(teacher_reference["config"], tmp / EDM_CONFIG_FILE)
-            description["teacher"] = {**teacher_reference, "path": WEIGHTS_FILE, "config": EDM_CONFIG_FILE}
-        elif teacher_reference["kind"] in NETWORK_FOLDERS:
-            subfolder = NETWORK_FOLDERS[teacher_reference["kind"]]
-            generator.denoiser.network.save_pretrained(tmp / subfolder)
-            description.update(teacher=teacher_reference, network=subfolder)
+            shutil.copyfile(teacher_reference.config, tmp / EDM_CONFIG_FILE)
+            description["teacher"] = {**teacher_reference.as_json(), "path": WEIGHTS_FILE, "config": EDM_CONFIG_FILE}
+        elif family.network_folder:
+            generator.denoiser.network.save_pretrained(tmp / family.network_folder)
+            description.update(teacher=teacher_reference.as_json(), network=family.network_folder)
             if len(generator.sigmas) == 1 and generator.guidance is None:
-                save_one_step_scheduler(tmp / "scheduler", generator.denoiser, generator.sigma)
+                family.one_step_scheduler(generator.denoiser, generator.sigma).save_pretrained(tmp / "scheduler")
         else:
             save_model(generator.denoiser, str(tmp / WEIGHTS_FILE))
-            description.update(teacher=teacher_reference, weights=WEIGHTS_FILE)
+            description.update(teacher=teacher_reference.as_json(), weights=WEIGHTS_FILE)
         if generator.guidance is not None:
             save_model(generator.guidance, str(tmp / GUIDANCE_FILE))
             description["guidance"] = {
@@ -207,14 +212,10 @@ def _description(folder: Path) -> dict:
         raise DataError(f"{description_file}: not valid JSON ({err}); re-run `distill`") from None
 
 
-def generator_reference(folder: str | os.PathLike) -> dict:
+def generator_reference(folder: str | os.PathLike) -> TeacherReference:
     """The teacher reference a generator folder rebuilds its network from (paths made whole): its kind, and for a
     diffusers pipeline the teacher's folder, whose VAE and text encoders the generator samples with."""
-    reference = dict(_description(Path(folder))["teacher"])
-    for key in ("path", "config"):
-        if reference.get(key) and not Path(reference[key]).is_absolute():
-            reference[key] = str(Path(folder) / reference[key])
-    return reference
+    return TeacherReference.model_validate(_description(Path(folder))["teacher"]).with_paths_under(folder)
 
 
 def load_generator(folder: str | os.PathLike) -> Generator:

@@ -1,7 +1,7 @@
-"""Teachers saved as diffusers folders (`save_pretrained` layout): a DDPM `UNet2DModel`, and the pipelines of SD v1.5,
-SDXL, DiT, SD3 and FLUX.
+"""Teachers saved as diffusers folders (`save_pretrained` layout): the helpers every pipeline family's loader uses
+(`dmdlib.teachers.families`), and the DDPM `UNet2DModel` folder.
 
-Each pipeline kind checks the pipeline class in model_index.json, loads the network and scheduler the folder names with
+A pipeline family checks the pipeline class in model_index.json, loads the network and scheduler the folder names with
 diffusers' own classes (nothing downloaded, no remote code) and wraps them in the denoiser of its family.
 """
 
@@ -14,54 +14,33 @@ from typing import Any
 
 import torch
 
-from dmdlib.denoisers import Denoiser, LatentDenoiser
-from dmdlib.denoisers.discrete import DDPMDenoiser, DiTDenoiser, SDXLDenoiser
-from dmdlib.denoisers.flow import FlowMatchDenoiser, flow_shift
-from dmdlib.denoisers.flow_transformers import FluxDenoiser, SD3Denoiser
+from dmdlib.denoisers import Denoiser
+from dmdlib.denoisers.discrete import DDPMDenoiser, DiscreteDenoiser
+from dmdlib.denoisers.flow import FlowMatchDenoiser
 from dmdlib.errors import TeacherError
-
-PIPELINE_CLASSES = {
-    "stable_diffusion": "StableDiffusionPipeline",
-    "sdxl": "StableDiffusionXLPipeline",
-    "dit": "DiTPipeline",
-    "sd3": "StableDiffusion3Pipeline",
-    "flux": "FluxPipeline",
-}
-NETWORK_FOLDERS = {
-    "stable_diffusion": "unet",
-    "sdxl": "unet",
-    "dit": "transformer",
-    "sd3": "transformer",
-    "flux": "transformer",
-}
-TEXT_TO_IMAGE_KINDS = ("stable_diffusion", "sdxl", "sd3", "flux")
-FLUX_RESOLUTION = 1024  # FluxPipeline's default image side (its transformer config names none)
+from dmdlib.teachers.family import Family
 
 
-def supported_kinds() -> str:
-    return ", ".join(f"{kind} ({name})" for kind, name in PIPELINE_CLASSES.items())
-
-
-def pipeline_index(folder: str | os.PathLike, kind: str) -> dict[str, Any]:
-    """model_index.json of a diffusers pipeline folder, checked to be the pipeline class `kind` expects."""
+def pipeline_index(folder: str | os.PathLike, family: Family, kinds: dict[str, str] | None = None) -> dict[str, Any]:
+    """model_index.json of a diffusers pipeline folder, checked to be `family`'s pipeline class; `kinds` (pipeline
+    class -> teacher.kind) lets the error name the kind that reads the folder instead."""
     folder = Path(folder).expanduser()
     index_file = folder / "model_index.json"
+    known = f"; kinds for diffusers folders: {', '.join(f'{k} ({c})' for c, k in kinds.items())}" if kinds else ""
     if not index_file.is_file():
         found = sorted(p.name for p in folder.iterdir())[:12] if folder.is_dir() else "no such folder"
         raise TeacherError(
             f"{folder}: not a diffusers pipeline folder (no model_index.json; found {found}); teacher.kind "
-            f"{kind!r} expects a {PIPELINE_CLASSES[kind]} saved with save_pretrained (download it beforehand, "
-            f"e.g. `huggingface-cli download REPO --local-dir FOLDER`). Kinds for diffusers folders: "
-            f"{supported_kinds()}, diffusers_ddpm (UNet2DModel / DDPMPipeline)"
+            f"{family.kind!r} expects a {family.pipeline_class} saved with save_pretrained (download it beforehand, "
+            f"e.g. `huggingface-cli download REPO --local-dir FOLDER`){known}"
         )
     index = json.loads(index_file.read_text())
     found = index.get("_class_name")
-    if found != PIPELINE_CLASSES[kind]:
-        other = next((k for k, name in PIPELINE_CLASSES.items() if name == found), None)
-        hint = f"set teacher.kind: {other}" if other else f"the kinds supported are {supported_kinds()}"
+    if found != family.pipeline_class:
+        hint = f"; set teacher.kind: {kinds[found]}" if kinds and found in kinds else known
         raise TeacherError(
-            f"{folder}: model_index.json names a {found}, but teacher.kind {kind!r} expects a "
-            f"{PIPELINE_CLASSES[kind]}; {hint}"
+            f"{folder}: model_index.json names a {found}, but teacher.kind {family.kind!r} expects a "
+            f"{family.pipeline_class}{hint}"
         )
     return index
 
@@ -96,48 +75,24 @@ def vae_scale_factor(folder: Path) -> int:
     return 2 ** (len(json.loads(config_file.read_text())["block_out_channels"]) - 1)
 
 
-def load_diffusers_pipeline(reference: dict[str, Any]) -> Denoiser:
-    """The denoiser of a pipeline folder of kind reference['kind'] (see PIPELINE_CLASSES), at reference['resolution']
-    pixels per side when given (default: the network's own sample size; FLUX 1024)."""
-    kind, folder = reference["kind"], Path(reference["path"]).expanduser()
-    index = pipeline_index(folder, kind)
-    network = load_component(folder, index, NETWORK_FOLDERS[kind])
-    scheduler = load_component(folder, index, "scheduler")
-    config, factor = network.config, vae_scale_factor(folder)
-    resolution = reference.get("resolution")
-    if kind in ("sd3", "flux"):
-        channels = config.in_channels // 4 if kind == "flux" else config.in_channels
-        side = (
-            (resolution or FLUX_RESOLUTION) // factor
-            if kind == "flux"
-            else (resolution // factor if resolution else config.sample_size)
-        )
-        side = 2 * (side // 2)  # FLUX packs 2x2 patches; SD3 patches by patch_size (2)
-        shift = flow_shift(dict(scheduler.config), (side // 2) ** 2)
-        train_timesteps = scheduler.config.num_train_timesteps
-        denoiser = (
-            FluxDenoiser(network, shift, train_timesteps, reference.get("embedded_guidance"))
-            if kind == "flux"
-            else SD3Denoiser(network, shift, train_timesteps)
-        )
-    else:
-        denoiser_class = {"stable_diffusion": LatentDenoiser, "sdxl": SDXLDenoiser, "dit": DiTDenoiser}[kind]
-        denoiser = denoiser_class(
-            network, scheduler.alphas_cumprod, scheduler.config.prediction_type, dict(scheduler.config)
-        )
-        channels = config.in_channels
-        side = resolution // factor if resolution else config.sample_size
-    denoiser.scheduler_config = dict(scheduler.config)
-    denoiser.sample_shape = (channels, side, side)
-    if kind == "dit":
-        denoiser.num_classes = int(config.num_embeds_ada_norm)
-        denoiser.uncond = torch.tensor([denoiser.num_classes])  # the null class DiTPipeline guides with
+def load_network_and_scheduler(reference, family: Family) -> tuple[Path, Any, Any]:
+    """(folder, network, scheduler) of a pipeline folder of `family`, checked against its model_index.json."""
+    folder = Path(reference.path).expanduser()
+    index = pipeline_index(folder, family)
+    return folder, load_component(folder, index, family.network_folder), load_component(folder, index, "scheduler")
+
+
+def discrete_pipeline_teacher(reference, family: Family, denoiser_class: type[DiscreteDenoiser]) -> DiscreteDenoiser:
+    """A UNet or DiT pipeline on a DDPM-style schedule (SD v1.5, SDXL, DiT), at reference.resolution pixels per side
+    (default: the network's own sample size)."""
+    folder, network, scheduler = load_network_and_scheduler(reference, family)
+    denoiser = denoiser_class(
+        network, scheduler.alphas_cumprod, scheduler.config.prediction_type, dict(scheduler.config)
+    )
+    resolution = reference.resolution
+    side = resolution // vae_scale_factor(folder) if resolution else network.config.sample_size
+    denoiser.sample_shape = (network.config.in_channels, side, side)
     return denoiser
-
-
-def save_one_step_scheduler(folder: Path, denoiser: Denoiser, sigma: float) -> None:
-    """`one_step_scheduler`'s config, saved in `folder`."""
-    one_step_scheduler(denoiser, sigma).save_pretrained(folder)
 
 
 def one_step_scheduler(denoiser: Denoiser, sigma: float):

@@ -1,7 +1,7 @@
 """Teachers behind the denoiser interface: build the default one, load real ones, and describe either.
 
-A *teacher reference* is a small JSON-able dict ({'kind': ..., ...}) that `load_teacher` turns back
-into a frozen `Denoiser`, so later stages never need to know which kind of teacher it was.
+Each family's record (`dmdlib.teachers.families`) points at its loader; the k-diffusion and EDM ones, the weight
+checks and the digests that say which teacher made a file are here.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dmdlib.data.io import atomic_output, files_digest, load_tensors
-from dmdlib.denoisers import Denoiser, KarrasDenoiser, frozen
+from dmdlib.denoisers import Denoiser, KarrasDenoiser
 from dmdlib.denoisers.edm import EDMDenoiser, build_network
 from dmdlib.errors import DataError, TeacherError
 from dmdlib.networks.karras_unet import build_image_v1
-from dmdlib.teachers.diffusers import PIPELINE_CLASSES, load_diffusers_ddpm, load_diffusers_pipeline
 from dmdlib.teachers.snapshots import read_snapshot
 
 KDIFFUSION_KEYS = ("model_ema", "model")  # k-diffusion's train.py checkpoint keys, EMA first
@@ -322,22 +321,3 @@ def source_digest(paths: dict[str, str | None], cache: str | os.PathLike | None 
     except DataError as err:
         raise TeacherError(f"teacher: {err}; give the local path of a downloaded teacher") from None
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-
-
-def load_teacher(reference: dict[str, Any]) -> Denoiser:
-    """A frozen denoiser from a teacher reference, whatever its kind."""
-    kind = reference.get("kind")
-    if kind == "kdiffusion":
-        denoiser = load_kdiffusion(reference["path"], reference.get("config"))
-    elif kind == "diffusers_ddpm":
-        denoiser = load_diffusers_ddpm(reference["path"])
-    elif kind in PIPELINE_CLASSES:
-        denoiser = load_diffusers_pipeline(reference)
-    elif kind in EDM_CLASSES:
-        denoiser = load_edm(reference["path"], reference["config"])
-    else:
-        raise TeacherError(
-            f"teacher reference kind {kind!r}: expected kdiffusion, diffusers_ddpm, edm, edm2 or one of "
-            f"{tuple(PIPELINE_CLASSES)}; re-run the `teacher` stage"
-        )
-    return frozen(denoiser)

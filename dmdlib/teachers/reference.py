@@ -15,51 +15,49 @@ from dmdlib.denoisers.conditions import Conditions
 from dmdlib.denoisers.flow_transformers import FluxDenoiser
 from dmdlib.denoisers.guidance import EmbeddedGuidance
 from dmdlib.errors import DataError, ParamsError, TeacherError
-from dmdlib.teachers.diffusers import PIPELINE_CLASSES, TEXT_TO_IMAGE_KINDS
+from dmdlib.teachers.families import family_of, load_teacher
+from dmdlib.teachers.family import TeacherReference
 from dmdlib.teachers.latents import LatentDecoder, load_vae
-from dmdlib.teachers.loading import load_teacher
 
 REFERENCE_FILE = "teacher.json"
 
 
-def read_teacher(folder: Path) -> tuple[Denoiser, dict]:
+def read_teacher(folder: Path) -> tuple[Denoiser, TeacherReference]:
     """The frozen teacher written by the `teacher` stage, and its reference (paths resolved against `folder`)."""
     reference_file = folder / REFERENCE_FILE
     if not reference_file.is_file():
         raise TeacherError(
             f"{reference_file}: no teacher reference; run the `teacher` stage first (`dvc repro teacher`)"
         )
-    reference = json.loads(reference_file.read_text())
-    for key in ("path", "config", "vae"):
-        if reference.get(key) and not Path(reference[key]).is_absolute():
-            reference[key] = str(folder / reference[key])
+    reference = TeacherReference.model_validate(json.loads(reference_file.read_text())).with_paths_under(folder)
     return load_teacher(reference), reference
 
 
-def is_latent(reference: dict) -> bool:
+def is_latent(reference: TeacherReference) -> bool:
     """Whether the teacher works in a VAE's latent space (diffusers pipelines, EDM2 img512) rather than on pixels."""
-    return reference["kind"] in PIPELINE_CLASSES or reference.get("encoder") is not None
+    return family_of(reference.kind).latent or reference.encoder is not None
 
 
-def image_decoder(reference: dict, vae_folder: str | None = None) -> LatentDecoder | None:
-    """Latents -> images for a latent teacher (None for pixel-space ones): a diffusers pipeline's own VAE, or the VAE
-    given for an EDM2 latent snapshot with its scale and bias; `vae_folder` swaps in another VAE (e.g. TAESD)."""
-    if reference["kind"] in PIPELINE_CLASSES:
-        return LatentDecoder.diffusers(
-            load_vae(vae_folder, subfolder="") if vae_folder else load_vae(reference["path"])
-        )
+def image_decoder(reference: TeacherReference, vae_folder: str | None = None) -> LatentDecoder | None:
+    """Latents -> images for a latent teacher (None for pixel-space ones): a diffusers pipeline's own VAE (decoded as
+    its family decodes), or the VAE given for an EDM2 latent snapshot with its scale and bias; `vae_folder` swaps in
+    another VAE (e.g. TAESD)."""
+    family = family_of(reference.kind)
+    if family.latent:
+        vae = load_vae(vae_folder, subfolder="") if vae_folder else load_vae(reference.path)
+        return (family.decoder or LatentDecoder.diffusers)(vae)
     if not is_latent(reference):
         return None
-    encoder = reference["encoder"]
+    encoder = reference.encoder
     return LatentDecoder(
-        load_vae(vae_folder or reference["vae"], subfolder=""), encoder["scale"], encoder["bias"], vae_range=(0.0, 1.0)
+        load_vae(vae_folder or reference.vae, subfolder=""), encoder["scale"], encoder["bias"], vae_range=(0.0, 1.0)
     )
 
 
-def check_teacher_fits_data(teacher: Denoiser, reference: dict, folder: Path, data: Path) -> None:
+def check_teacher_fits_data(teacher: Denoiser, reference: TeacherReference, folder: Path, data: Path) -> None:
     """Stop before any work when the teacher's images (decoded, for a latent teacher) and the prepared data differ
     in channels, size or class count, naming both."""
-    if reference["kind"] in TEXT_TO_IMAGE_KINDS:
+    if family_of(reference.kind).text:
         return  # text-to-image: evaluated on prompts, not on the prepared data
     (data_shape, data_classes), decoder = read_image_shape(data), image_decoder(reference)
     shape = teacher.sample_shape
@@ -81,7 +79,7 @@ def check_teacher_fits_data(teacher: Denoiser, reference: dict, folder: Path, da
 
 def conditioning(
     teacher: Denoiser,
-    reference: dict,
+    reference: TeacherReference,
     guidance: float,
     prompts_folder: Path,
     guidance_range: tuple[float, float] | None = None,
@@ -93,7 +91,7 @@ def conditioning(
     denoiser applies classifier-free guidance, with the negative prompt or the 'no class' label; FLUX.1-dev
     instead always takes the scale through its guidance embedding, in one pass.
     """
-    if reference["kind"] not in TEXT_TO_IMAGE_KINDS:
+    if not family_of(reference.kind).text:
         conditions, texts, uncond = Conditions.of(teacher), None, teacher.uncond
     else:
         prompts, _ = load_prompt_set(prompts_folder)
