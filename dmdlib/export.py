@@ -39,9 +39,13 @@ def export_generator(generator_folder: str | os.PathLike, out: str | os.PathLike
             pipeline = _diffusers_pipeline(generator, reference)
             pipeline.save_pretrained(tmp, safe_serialization=True)
             # flow families: the generator's time, 1 - 1 / num_train_timesteps, before the shift; FLUX: its guidance
+            frames, height, width = getattr(generator.denoiser, "video_size", (None, None, None))
             call = family.export_call.format(
                 time=1 - 1 / pipeline.scheduler.config.num_train_timesteps,
                 guidance=reference.embedded_guidance or 1.0,
+                frames=frames,
+                height=height,
+                width=width,
             )
             how = f"pipe = DiffusionPipeline.from_pretrained(folder); {call}"
         (tmp / "README.md").write_text(card(how))

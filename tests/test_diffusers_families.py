@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tiny_models import save_tiny_dit, save_tiny_flux, save_tiny_sd3, save_tiny_sdxl
+from tiny_models import save_tiny_dit, save_tiny_flux, save_tiny_sd3, save_tiny_sdxl, save_tiny_wan
 from typer.testing import CliRunner
 
 from dmd.stages.distill import app as distill_app
@@ -233,3 +233,47 @@ def test_dit_guidance_is_the_pipelines_own_on_its_null_class(tmp_path):
         ours = guided(teacher, teacher.uncond, 4.0)(z * teacher.prior_scale(sigma), sigma, torch.tensor([3, 999]))
         ours = ((LatentDecoder.diffusers(load_vae(folder))(ours) + 1) / 2).permute(0, 2, 3, 1).numpy()
     assert abs(theirs - ours).max() < 1e-4
+
+
+VIDEO_FAMILIES = {  # kind: (builder, teacher lines, pixels per side, frames)
+    "wan": (save_tiny_wan, "  resolution: 32\n  frames: 9\n"),
+}
+
+
+@pytest.mark.parametrize("kind", VIDEO_FAMILIES)
+def test_video_family_distils_and_exports(tmp_path, kind):
+    """A video family distils one step through the stage CLIs on video latents, and its export, in the stock
+    pipeline with its one-step scheduler, makes the generator's clip from the same noise and prompt; the real
+    denoiser guides as the pipeline does."""
+    import diffusers
+
+    build, teacher_lines = VIDEO_FAMILIES[kind]
+    folder = build(tmp_path / kind)
+    pairs_lines = "pairs:\n  count: 4\n  shard_size: 2\n  batch_size: 2\n"
+    pairs_lines += "  sampler: FlowMatchEulerDiscreteScheduler\n  steps: 3\n  guidance: 3.0\n"
+    generator = _distil(tmp_path, kind, folder, teacher_lines, pairs_lines, text=True)
+    shape = generator.denoiser.sample_shape
+    assert len(shape) == 4  # one clip's latents
+
+    pipeline = _exported(tmp_path)
+    assert type(pipeline).__name__ == json.loads((folder / "model_index.json").read_text())["_class_name"]
+    pipeline.set_progress_bar_config(disable=True)
+    frames, height, width = generator.denoiser.video_size
+    z = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    options = {"num_inference_steps": 1, "output_type": "latent", "num_frames": frames, "height": height}
+    options["width"] = width
+    with torch.no_grad():
+        ours = generator(z, PromptEncoder(folder, kind, shape)(["a cat"]))
+    theirs = pipeline("a cat", latents=z.clone(), guidance_scale=1.0, **options).frames
+    assert theirs.shape == ours.shape and torch.allclose(theirs, ours, atol=1e-4), (theirs - ours).abs().max()
+
+    teacher, _ = read_teacher(tmp_path / "teacher")
+    real = guided(teacher, load_prompt_set(tmp_path / "prompts")[0].uncond, 3.0)
+    pipeline = getattr(diffusers, type(pipeline).__name__).from_pretrained(folder, scheduler=pipeline.scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        ours = real(
+            z * teacher.prior_scale(generator.sigma), generator.sigma, PromptEncoder(folder, kind, shape)(["a cat"])
+        )
+    theirs = pipeline("a cat", latents=z.clone(), guidance_scale=3.0, **options).frames
+    assert torch.allclose(theirs, ours, atol=1e-4), (theirs - ours).abs().max()

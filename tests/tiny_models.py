@@ -365,3 +365,51 @@ def save_tiny_flux(folder: Path) -> Path:
         tokenizer_2=t5_tokenizer,
     ).save_pretrained(folder)
     return folder
+
+
+def tiny_umt5(folder: Path, d_model: int = 16):
+    """A UMT5 encoder (Wan's text encoder class) with the single-letter T5 tokenizer of `tiny_t5`."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tokenizer, _ = tiny_t5(folder, d_model)
+    config = UMT5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=4,
+        d_ff=16,
+        num_layers=1,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+    )
+    return tokenizer, UMT5EncoderModel(config)
+
+
+def save_tiny_wan(folder: Path) -> Path:
+    """A WanPipeline (Wan 2.1 T2V layout): WanTransformer3DModel, AutoencoderKLWan (4x temporal, 8x spatial), UMT5,
+    UniPC with flow sigmas and flow_shift 3."""
+    import tempfile
+
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    torch.manual_seed(0)
+    tokenizer, text_encoder = tiny_umt5(Path(tempfile.mkdtemp()), d_model=16)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        text_dim=16,
+        freq_dim=16,
+        ffn_dim=16,
+        num_layers=1,
+        rope_max_seq_len=32,
+    )
+    vae = AutoencoderKLWan(
+        base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=[0.1] * 4, latents_std=[2.0] * 4
+    )
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+    ).save_pretrained(folder)
+    return folder

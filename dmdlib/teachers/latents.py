@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -12,12 +12,18 @@ from torch import nn
 
 from dmdlib.errors import TeacherError
 
-VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
+VAE_CLASSES = (
+    "AutoencoderKL",
+    "AutoencoderTiny",
+    "AutoencoderKLWan",
+    "AutoencoderKLCogVideoX",
+    "AutoencoderKLLTXVideo",
+)
 
 
 def load_vae(folder: str | os.PathLike, subfolder: str = "vae"):
     """The VAE of a diffusers pipeline folder, or a standalone VAE folder (subfolder=''): AutoencoderKL,
-    or AutoencoderTiny (e.g. TAESD) to decode previews with far less memory and time."""
+    AutoencoderTiny (e.g. TAESD) to decode previews with far less memory and time, or a video family's."""
     import diffusers
 
     path = Path(folder).expanduser() / subfolder if subfolder else Path(folder).expanduser()
@@ -61,3 +67,17 @@ class LatentDecoder(nn.Module):
         images = self.vae.decode(((latents - self.bias) / self.scale).to(self.vae.dtype)).sample.float()
         low, high = self.vae_range
         return (images.clamp(low, high) - low) / (high - low) * 2 - 1
+
+
+class VideoDecoder(nn.Module):
+    """Frames in [-1, 1] from a video teacher's latents: `to_vae(latents)` turns them into what the video VAE decodes
+    ([batch, channels, frames, height, width], its family's scaling undone); the clips come back as their frames one
+    after another, [batch * frames, 3, height, width], so grids, LPIPS and per-frame metrics take them as images."""
+
+    def __init__(self, vae, to_vae: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.vae, self.to_vae = vae, to_vae
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        video = self.vae.decode(self.to_vae(latents.to(self.vae.device)).to(self.vae.dtype)).sample.float()
+        return video.clamp(-1, 1).transpose(1, 2).flatten(0, 1)

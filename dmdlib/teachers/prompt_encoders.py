@@ -27,7 +27,12 @@ class PromptEncoder:
         names = self.family.text_encoders
         self.tokenizers = [self._load(f"tokenizer{suffix}") for suffix in names]
         self.text_encoders = [self._load(f"text_encoder{suffix}").eval().requires_grad_(False) for suffix in names]
-        self.pixels_per_side = sample_shape[-1] * vae_scale_factor(self.folder)
+        self.sample_shape = sample_shape
+
+    @property
+    def pixels_per_side(self) -> int:
+        """The sampled image's side in pixels (SDXL's size ids)."""
+        return self.sample_shape[-1] * vae_scale_factor(self.folder)
 
     def _load(self, name: str):
         component = load_component(self.folder, self.index, name)

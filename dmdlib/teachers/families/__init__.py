@@ -15,6 +15,7 @@ from dmdlib.teachers.families import (
     sd3,
     sdxl,
     stable_diffusion,
+    wan,
 )
 from dmdlib.teachers.family import Family, TeacherReference
 
@@ -30,6 +31,7 @@ FAMILIES: dict[str, Family] = {
         flux.FAMILY,
         edm.EDM,
         edm.EDM2,
+        wan.FAMILY,
     )
 }
 
