@@ -6,7 +6,14 @@ import json
 
 import pytest
 import torch
-from tiny_models import save_tiny_dit, save_tiny_flux, save_tiny_sd3, save_tiny_sdxl, save_tiny_wan
+from tiny_models import (
+    save_tiny_cogvideox,
+    save_tiny_dit,
+    save_tiny_flux,
+    save_tiny_sd3,
+    save_tiny_sdxl,
+    save_tiny_wan,
+)
 from typer.testing import CliRunner
 
 from dmd.stages.distill import app as distill_app
@@ -235,8 +242,9 @@ def test_dit_guidance_is_the_pipelines_own_on_its_null_class(tmp_path):
     assert abs(theirs - ours).max() < 1e-4
 
 
-VIDEO_FAMILIES = {  # kind: (builder, teacher lines, pixels per side, frames)
-    "wan": (save_tiny_wan, "  resolution: 32\n  frames: 9\n"),
+VIDEO_FAMILIES = {  # kind: (builder, teacher lines, pairs sampler)
+    "wan": (save_tiny_wan, "  resolution: 32\n  frames: 9\n", "FlowMatchEulerDiscreteScheduler"),
+    "cogvideox": (save_tiny_cogvideox, "  resolution: 32\n  frames: 9\n", "CogVideoXDDIMScheduler"),
 }
 
 
@@ -247,10 +255,10 @@ def test_video_family_distils_and_exports(tmp_path, kind):
     denoiser guides as the pipeline does."""
     import diffusers
 
-    build, teacher_lines = VIDEO_FAMILIES[kind]
+    build, teacher_lines, sampler = VIDEO_FAMILIES[kind]
     folder = build(tmp_path / kind)
     pairs_lines = "pairs:\n  count: 4\n  shard_size: 2\n  batch_size: 2\n"
-    pairs_lines += "  sampler: FlowMatchEulerDiscreteScheduler\n  steps: 3\n  guidance: 3.0\n"
+    pairs_lines += f"  sampler: {sampler}\n  steps: 3\n  guidance: 3.0\n"
     generator = _distil(tmp_path, kind, folder, teacher_lines, pairs_lines, text=True)
     shape = generator.denoiser.sample_shape
     assert len(shape) == 4  # one clip's latents

@@ -413,3 +413,41 @@ def save_tiny_wan(folder: Path) -> Path:
         tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
     ).save_pretrained(folder)
     return folder
+
+
+def save_tiny_cogvideox(folder: Path) -> Path:
+    """A CogVideoXPipeline (5B layout: rotary positions): CogVideoXTransformer3DModel, AutoencoderKLCogVideoX (4x
+    temporal, 8x spatial), T5, CogVideoX's DDIM with v-prediction and SNR shift 3."""
+    import tempfile
+
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    torch.manual_seed(0)
+    tokenizer, text_encoder = tiny_t5(Path(tempfile.mkdtemp()), d_model=16)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,  # rotary: a quarter for time, 3/8 for each side, all even
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=8,
+        text_embed_dim=16,
+        num_layers=1,
+        sample_width=8,
+        sample_height=8,
+        sample_frames=9,
+        patch_size=2,
+        use_rotary_positional_embeddings=True,
+    )
+    vae = AutoencoderKLCogVideoX(
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_height=32,
+        sample_width=32,
+    )
+    scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction", snr_shift_scale=3.0, timestep_spacing="trailing")
+    CogVideoXPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+    ).save_pretrained(folder)
+    return folder

@@ -57,6 +57,12 @@ def scheduler_sample(
     """
     scheduler.set_timesteps(steps)
     sigmas = denoiser.sigma_grid().to(noise.device)
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    if alphas is not None and not torch.allclose(((1 - alphas) / alphas).sqrt().float(), sigmas.cpu(), rtol=1e-3):
+        raise ParamsError(
+            f"pairs.sampler {type(scheduler).__name__}: its noise schedule is not the teacher's (whose scheduler is "
+            f"{denoiser.scheduler_config.get('_class_name', 'another class')}); use the teacher's own scheduler class"
+        )
     x_t = noise * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(x_t, t)

@@ -95,10 +95,10 @@ def discrete_pipeline_teacher(reference, family: Family, denoiser_class: type[Di
     return denoiser
 
 
-def one_step_scheduler(denoiser: Denoiser, sigma: float):
+def one_step_scheduler(denoiser: Denoiser, sigma: float, ddim_class: str = "DDIMScheduler"):
     """The scheduler with which the family's stock pipeline takes a one-step generator's single step.
 
-    Discrete teachers: DDIM with 'leading' spacing offset to the generator's timestep (or 'trailing', at the last
+    Discrete teachers: DDIM (or the family's own DDIM, `ddim_class`) with 'leading' spacing offset to the generator's timestep (or 'trailing', at the last
     timestep) and alpha 1 after it, so num_inference_steps=1 evaluates the network once at that timestep and returns
     its x0. Flow teachers: their own
     FlowMatchEulerDiscreteScheduler; the pipeline is called with sigmas=[1 - 1 / num_train_timesteps] (the unshifted
@@ -116,7 +116,8 @@ def one_step_scheduler(denoiser: Denoiser, sigma: float):
         if timestep == config["num_train_timesteps"] - 1
         else {"timestep_spacing": "leading", "steps_offset": timestep}
     )
-    return diffusers.DDIMScheduler.from_config({**config, **spacing, "set_alpha_to_one": True, "clip_sample": False})
+    ddim = getattr(diffusers, ddim_class)
+    return ddim.from_config({**config, **spacing, "set_alpha_to_one": True, "clip_sample": False})
 
 
 def _model_folder(folder: Path, subfolder: str) -> Path:

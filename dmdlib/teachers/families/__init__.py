@@ -7,6 +7,7 @@ from dmdlib.denoisers import Denoiser, frozen
 from dmdlib.errors import TeacherError
 from dmdlib.teachers.diffusers import pipeline_index
 from dmdlib.teachers.families import (
+    cogvideox,
     diffusers_ddpm,
     dit,
     edm,
@@ -32,6 +33,7 @@ FAMILIES: dict[str, Family] = {
         edm.EDM,
         edm.EDM2,
         wan.FAMILY,
+        cogvideox.FAMILY,
     )
 }
 
