@@ -10,6 +10,7 @@ from tiny_models import (
     save_tiny_cogvideox,
     save_tiny_dit,
     save_tiny_flux,
+    save_tiny_ltx,
     save_tiny_sd3,
     save_tiny_sdxl,
     save_tiny_wan,
@@ -245,6 +246,7 @@ def test_dit_guidance_is_the_pipelines_own_on_its_null_class(tmp_path):
 VIDEO_FAMILIES = {  # kind: (builder, teacher lines, pairs sampler)
     "wan": (save_tiny_wan, "  resolution: 32\n  frames: 9\n", "FlowMatchEulerDiscreteScheduler"),
     "cogvideox": (save_tiny_cogvideox, "  resolution: 32\n  frames: 9\n", "CogVideoXDDIMScheduler"),
+    "ltx": (save_tiny_ltx, "  resolution: 32\n  frames: 9\n", "FlowMatchEulerDiscreteScheduler"),
 }
 
 
@@ -270,9 +272,10 @@ def test_video_family_distils_and_exports(tmp_path, kind):
     z = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
     options = {"num_inference_steps": 1, "output_type": "latent", "num_frames": frames, "height": height}
     options["width"] = width
+    pack = pipeline._pack_latents if kind == "ltx" else lambda latents: latents  # LTX takes tokens
     with torch.no_grad():
-        ours = generator(z, PromptEncoder(folder, kind, shape)(["a cat"]))
-    theirs = pipeline("a cat", latents=z.clone(), guidance_scale=1.0, **options).frames
+        ours = pack(generator(z, PromptEncoder(folder, kind, shape)(["a cat"])))
+    theirs = pipeline("a cat", latents=pack(z.clone()), guidance_scale=1.0, **options).frames
     assert theirs.shape == ours.shape and torch.allclose(theirs, ours, atol=1e-4), (theirs - ours).abs().max()
 
     teacher, _ = read_teacher(tmp_path / "teacher")
@@ -280,8 +283,7 @@ def test_video_family_distils_and_exports(tmp_path, kind):
     pipeline = getattr(diffusers, type(pipeline).__name__).from_pretrained(folder, scheduler=pipeline.scheduler)
     pipeline.set_progress_bar_config(disable=True)
     with torch.no_grad():
-        ours = real(
-            z * teacher.prior_scale(generator.sigma), generator.sigma, PromptEncoder(folder, kind, shape)(["a cat"])
-        )
-    theirs = pipeline("a cat", latents=z.clone(), guidance_scale=3.0, **options).frames
+        cond = PromptEncoder(folder, kind, shape)(["a cat"])
+        ours = pack(real(z * teacher.prior_scale(generator.sigma), generator.sigma, cond))
+    theirs = pipeline("a cat", latents=pack(z.clone()), guidance_scale=3.0, **options).frames
     assert torch.allclose(theirs, ours, atol=1e-4), (theirs - ours).abs().max()

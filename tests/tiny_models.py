@@ -451,3 +451,45 @@ def save_tiny_cogvideox(folder: Path) -> Path:
         tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
     ).save_pretrained(folder)
     return folder
+
+
+def save_tiny_ltx(folder: Path) -> Path:
+    """An LTXPipeline: LTXVideoTransformer3DModel, AutoencoderKLLTXVideo (4x temporal, 16x spatial), T5,
+    FlowMatchEulerDiscreteScheduler with LTX-Video's dynamic shift."""
+    import tempfile
+
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
+
+    torch.manual_seed(0)
+    tokenizer, text_encoder = tiny_t5(Path(tempfile.mkdtemp()), d_model=16)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=12,
+        cross_attention_dim=24,
+        num_layers=1,
+        caption_channels=16,
+    )
+    scaling = (True, True, False, False)
+    vae = AutoencoderKLLTXVideo(
+        latent_channels=4,
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=scaling,
+        decoder_spatio_temporal_scaling=scaling,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024, max_image_seq_len=4096
+    )
+    LTXPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+    ).save_pretrained(folder)
+    return folder

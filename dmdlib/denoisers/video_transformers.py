@@ -20,14 +20,19 @@ def _needs(cond: torch.Tensor | None, name: str) -> torch.Tensor:
     return cond
 
 
+def integer_timestep(t: torch.Tensor, train_timesteps: int) -> torch.Tensor:
+    """t * 1000 cast to an integer toward zero, as UniPC and DPM-Solver with flow sigmas pass it: the timestep the
+    exported pipeline's one-step scheduler (`unipc_one_step_scheduler`) gives the network."""
+    return (t.double() * train_timesteps).long()
+
+
 class WanDenoiser(FlowMatchDenoiser):
-    """`WanTransformer3DModel` as WanPipeline calls it: latents [batch, channels, frames, height, width], the timestep
-    as its schedulers pass it (UniPC and DPM-Solver with flow sigmas cast t * 1000 to an integer, toward zero), UMT5
-    token embeddings (zero past each prompt)."""
+    """`WanTransformer3DModel` as WanPipeline calls it: latents [batch, channels, frames, height, width], the integer
+    timestep its UniPC scheduler passes, UMT5 token embeddings (zero past each prompt)."""
 
     def call_model(self, x_t, t, cond):
         tokens = _needs(cond, "Wan").to(x_t.dtype)
-        timestep = (t.double() * self.train_timesteps).long()
+        timestep = integer_timestep(t, self.train_timesteps)
         return self.network(hidden_states=x_t, timestep=timestep, encoder_hidden_states=tokens).sample
 
     def enable_gradient_checkpointing(self) -> None:
@@ -36,8 +41,10 @@ class WanDenoiser(FlowMatchDenoiser):
 
 class LTXDenoiser(FlowMatchDenoiser):
     """`LTXVideoTransformer3DModel` as LTXPipeline calls it: latents packed into tokens [batch, frames * height *
-    width, channels], timestep t * 1000, T5 tokens with their attention mask (packed after them as the extras), and
-    the rotary positions' scale from the VAE's compression and the frame rate."""
+    width, channels], T5 tokens with their attention mask (packed after them as the extras), and the rotary
+    positions' scale from the VAE's compression and the frame rate. The timestep is an integer, as UniPC passes it
+    (`integer_timestep`): LTXPipeline's own Euler ladder cannot start at the generator's time, the export's UniPC can
+    (its default Euler passes t * 1000 unrounded, a difference below one of its 1000 training steps)."""
 
     def __init__(
         self,
@@ -57,7 +64,7 @@ class LTXDenoiser(FlowMatchDenoiser):
         output = self.network(
             hidden_states=packed,
             encoder_hidden_states=tokens.to(x_t.dtype),
-            timestep=t * self.train_timesteps,
+            timestep=integer_timestep(t, self.train_timesteps),
             encoder_attention_mask=mask.round(),
             num_frames=frames,
             height=height,

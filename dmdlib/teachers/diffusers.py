@@ -98,11 +98,11 @@ def discrete_pipeline_teacher(reference, family: Family, denoiser_class: type[Di
 def one_step_scheduler(denoiser: Denoiser, sigma: float, ddim_class: str = "DDIMScheduler"):
     """The scheduler with which the family's stock pipeline takes a one-step generator's single step.
 
-    Discrete teachers: DDIM (or the family's own DDIM, `ddim_class`) with 'leading' spacing offset to the generator's timestep (or 'trailing', at the last
-    timestep) and alpha 1 after it, so num_inference_steps=1 evaluates the network once at that timestep and returns
-    its x0. Flow teachers: their own
-    FlowMatchEulerDiscreteScheduler; the pipeline is called with sigmas=[1 - 1 / num_train_timesteps] (the unshifted
-    time of the generator's sigma), whose Euler step to 0 returns x_t - t v.
+    Discrete teachers: DDIM (or the family's own DDIM, `ddim_class`) with 'leading' spacing offset to the generator's
+    timestep (or 'trailing', at the last timestep) and alpha 1 after it, so num_inference_steps=1 evaluates the
+    network once at that timestep and returns its x0. Flow teachers: their own FlowMatchEulerDiscreteScheduler; the
+    pipeline is called with sigmas=[1 - 1 / num_train_timesteps] (the unshifted time of the generator's sigma), whose
+    Euler step to 0 returns x_t - t v.
     """
     import diffusers
 
@@ -118,6 +118,27 @@ def one_step_scheduler(denoiser: Denoiser, sigma: float, ddim_class: str = "DDIM
     )
     ddim = getattr(diffusers, ddim_class)
     return ddim.from_config({**config, **spacing, "set_alpha_to_one": True, "clip_sample": False})
+
+
+def unipc_one_step_scheduler(denoiser: FlowMatchDenoiser, sigma: float):
+    """For video flow teachers whose pipelines take no custom times (Wan, LTX-Video): UniPC with flow sigmas on a
+    one-sigma Karras ladder at the generator's sigma. Its step evaluates the network at t = sigma / (1 + sigma)
+    (timestep int(1000 t), as the family's denoiser passes it) and returns x_t - t v; the pipelines' default ladders
+    start at t = 1 (or 1 - 1e-6), another time than the generator's."""
+    import diffusers
+
+    config = {
+        key: value for key, value in denoiser.scheduler_config.items() if key not in ("shift", "use_dynamic_shifting")
+    }
+    config.update(
+        use_flow_sigmas=True,
+        use_karras_sigmas=True,
+        sigma_max=float(sigma),
+        sigma_min=denoiser.sigma_min,
+        final_sigmas_type="zero",
+        prediction_type="flow_prediction",
+    )
+    return diffusers.UniPCMultistepScheduler.from_config(config)
 
 
 def _model_folder(folder: Path, subfolder: str) -> Path:

@@ -77,7 +77,9 @@ class VideoDecoder(nn.Module):
     def __init__(self, vae, to_vae: Callable[[torch.Tensor], torch.Tensor]):
         super().__init__()
         self.vae, self.to_vae = vae, to_vae
+        self.decode_options = lambda latents: {}  # e.g. LTX-Video's decode timestep
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        video = self.vae.decode(self.to_vae(latents.to(self.vae.device)).to(self.vae.dtype)).sample.float()
+        latents = self.to_vae(latents.to(self.vae.device)).to(self.vae.dtype)
+        video = self.vae.decode(latents, **self.decode_options(latents)).sample.float()
         return video.clamp(-1, 1).transpose(1, 2).flatten(0, 1)

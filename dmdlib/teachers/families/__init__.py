@@ -13,6 +13,7 @@ from dmdlib.teachers.families import (
     edm,
     flux,
     kdiffusion,
+    ltx,
     sd3,
     sdxl,
     stable_diffusion,
@@ -34,6 +35,7 @@ FAMILIES: dict[str, Family] = {
         edm.EDM2,
         wan.FAMILY,
         cogvideox.FAMILY,
+        ltx.FAMILY,
     )
 }
 

@@ -1,7 +1,7 @@
 """Wan 2.1 / 2.2 text-to-video (`WanPipeline`): a flow-matching `WanTransformer3DModel` on `AutoencoderKLWan` latents
 [channels, frames, height, width], its times shifted by the scheduler's flow_shift, prompted through UMT5's last
 hidden states (zero past each prompt's tokens). The pipeline's own UniPC scheduler, with flow sigmas, takes the
-one-step generator's step in the export."""
+one-step generator's step in the export (`unipc_one_step_scheduler`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from dmdlib.denoisers.flow import flow_shift
 from dmdlib.denoisers.video_transformers import WanDenoiser
 from dmdlib.errors import TeacherError
-from dmdlib.teachers.diffusers import load_network_and_scheduler
+from dmdlib.teachers.diffusers import load_network_and_scheduler, unipc_one_step_scheduler
 from dmdlib.teachers.family import Family
 from dmdlib.teachers.latents import VideoDecoder
 
@@ -61,26 +61,6 @@ def encode_prompts(encoder, prompts: list[str]):
     return hidden * inputs.attention_mask[..., None], None
 
 
-def one_step_scheduler(denoiser: WanDenoiser, sigma: float):
-    """The pipeline's own UniPC with flow sigmas, on a one-sigma Karras ladder at the generator's sigma: its step
-    evaluates the network at t = sigma / (1 + sigma) (timestep int(1000 t), as the generator does) and returns
-    x_t - t v. (Its default ladder starts at t = 1 - 1e-6, another time than the generator's.)"""
-    import diffusers
-
-    config = {
-        key: value for key, value in denoiser.scheduler_config.items() if key not in ("shift", "use_dynamic_shifting")
-    }
-    config.update(
-        use_flow_sigmas=True,
-        use_karras_sigmas=True,
-        sigma_max=float(sigma),
-        sigma_min=denoiser.sigma_min,
-        final_sigmas_type="zero",
-        prediction_type="flow_prediction",
-    )
-    return diffusers.UniPCMultistepScheduler.from_config(config)
-
-
 def decoder(vae) -> VideoDecoder:
     """WanPipeline's decoding: latents * std + mean, per channel, then the VAE."""
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
@@ -96,7 +76,7 @@ FAMILY = Family(
     network_folder="transformer",
     text_encoders=("",),
     encode_prompts=encode_prompts,
-    one_step_scheduler=one_step_scheduler,
+    one_step_scheduler=unipc_one_step_scheduler,
     decoder=decoder,
     latent=True,
     video=True,
