@@ -4,9 +4,12 @@ family's stock diffusers pipeline with a one-step schedule, matching the generat
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tiny_models import (
+    save_tiny_clip,
     save_tiny_cogvideox,
     save_tiny_dit,
     save_tiny_flux,
@@ -18,9 +21,12 @@ from tiny_models import (
 from typer.testing import CliRunner
 
 from dmd.stages.distill import app as distill_app
+from dmd.stages.evaluate import app as evaluate_app
 from dmd.stages.export import app as export_app
 from dmd.stages.pairs import app as pairs_app
 from dmd.stages.prompts import app as prompts_app
+from dmd.stages.sample import EVALUATE_FIRST_SEED
+from dmd.stages.sample import app as sample_app
 from dmd.stages.teacher import app as teacher_app
 from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parquet
 from dmdlib.data.prompts import load_prompt_set
@@ -287,3 +293,23 @@ def test_video_family_distils_and_exports(tmp_path, kind):
         ours = pack(real(z * teacher.prior_scale(generator.sigma), generator.sigma, cond))
     theirs = pipeline("a cat", latents=pack(z.clone()), guidance_scale=3.0, **options).frames
     assert torch.allclose(theirs, ours, atol=1e-4), (theirs - ours).abs().max()
+
+    # evaluate scores every frame against its clip's prompt; sample writes clips as strips, GIFs and [N, F, H, W, C]
+    evaluate = "evaluate:\n  samples: 2\n  sample_sets: 1\n  speed_batch_size: 1\n  speed_repeats: 1\n"
+    evaluate += f"  clip_model: {save_tiny_clip(tmp_path / 'clip')}\n"
+    (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text() + evaluate)
+    generator_folder = ["--generator", tmp_path / "generator"]
+    prompts_file = ["--prompts", tmp_path / "prompts.txt"]
+    evaluate_options = ["--teacher", tmp_path / "teacher", "--prompts", tmp_path / "prompts", "--metrics"]
+    _run(tmp_path, [(evaluate_app, [*generator_folder, *evaluate_options, tmp_path / "eval.json"])])
+    for output in (["--png-dir", tmp_path / "clips"], ["--npz", tmp_path / "clips.npz"]):
+        result = CliRunner().invoke(
+            sample_app, list(map(str, [*generator_folder, *prompts_file, "--count", 2, *output]))
+        )
+        assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    assert 0 <= metrics["dmd_one_step"]["clip_score"] <= 100 and metrics["dmd_one_step"]["nfe"] == 1
+    assert metrics["teacher"]["nfe"] == 6  # 3 Euler steps, each guided (two passes)
+    assert np.load(tmp_path / "clips.npz")["arr_0"].shape == (2, frames, height, width, 3)
+    with Image.open(tmp_path / "clips" / f"{EVALUATE_FIRST_SEED:08d}.gif") as gif:
+        assert gif.n_frames == frames and gif.size == (width, height)

@@ -113,7 +113,7 @@ def test_edm2_latent_snapshot(nvlabs_fixtures, tmp_path):
     run_stages(tmp_path, ["features", "teacher", "pairs", "distill", "evaluate"])
 
     reference = json.loads((tmp_path / "teacher" / "teacher.json").read_text())
-    assert reference.vae == str(tmp_path / "vae") and reference.encoder["class_name"] == "StabilityVAEEncoder"
+    assert reference["vae"] == str(tmp_path / "vae") and reference["encoder"]["class_name"] == "StabilityVAEEncoder"
     generator = load_generator(tmp_path / "generator")
     assert generator(torch.randn(2, 4, 16, 16), torch.tensor([1, 2])).shape == (2, 4, 16, 16)  # latents
     metrics = json.loads((tmp_path / "eval.json").read_text())

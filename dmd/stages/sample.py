@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dmd.stages.common import compute_device, setup_logging, user_errors
-from dmdlib.data.images import to_uint8
+from dmdlib.data.images import save_gif, save_grid, to_uint8
 from dmdlib.data.io import atomic_output, check_writable
 from dmdlib.data.prompts import read_prompts
 from dmdlib.errors import ParamsError
@@ -52,10 +52,14 @@ def main(
     batch_size: int = typer.Option(64, min=1, help="Images per generator call."),
     device: str = typer.Option("auto", help="'auto' (the GPU when there is one), 'cpu', 'cuda' or 'cuda:N'."),
     png_dir: Path | None = typer.Option(
-        None, help="New folder for one PNG per image, <seed>.png (clean-fid's and EDM's fid.py's input)."
+        None,
+        help="New folder for one PNG per image, <seed>.png (clean-fid's and EDM's fid.py's input); a video "
+        "generator's clips as <seed>.png (frames side by side) and <seed>.gif.",
     ),
     npz: Path | None = typer.Option(
-        None, help=".npz file: arr_0 uint8 [N, H, W, C] (ADM's evaluator layout), arr_1 the class labels if any."
+        None,
+        help=".npz file: arr_0 uint8 [N, H, W, C] (ADM's evaluator layout; video: [N, frames, H, W, C]), arr_1 the "
+        "class labels if any.",
     ),
 ) -> None:
     """Write `count` images of the generator, seeded as `evaluate` seeds them."""
@@ -72,6 +76,8 @@ def main(
         latents = generate(model, noise, cond, batch_size, steps, guidance, progress=True)
         decoder = image_decoder(reference)
         images = _decoded(latents, decoder.to(target) if decoder is not None else None, batch_size)
+        if family_of(reference.kind).video:  # the decoder gives each clip's frames one after another
+            images = images.reshape(count, len(images) // count, *images.shape[1:])
         if png_dir is not None:
             _write_pngs(png_dir, images, first_seed)
         if npz is not None:
@@ -114,10 +120,16 @@ def _decoded(latents: torch.Tensor, decoder, batch_size: int) -> np.ndarray:
 
 
 def _write_pngs(folder: Path, images: np.ndarray, first_seed: int) -> None:
+    """<seed>.png per image; per clip ([N, frames, H, W, C]) its frames side by side and <seed>.gif."""
     with atomic_output(folder) as tmp:
         tmp.mkdir()
         for i, image in enumerate(images):
-            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp / f"{first_seed + i:08d}.png")
+            name = f"{first_seed + i:08d}"
+            if image.ndim == 4:
+                save_gif(tmp / f"{name}.gif", image)
+                save_grid(tmp / f"{name}.png", image, columns=len(image))
+            else:
+                Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp / f"{name}.png")
 
 
 if __name__ == "__main__":

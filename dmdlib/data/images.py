@@ -38,6 +38,15 @@ def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 1) 
     return grid
 
 
+def save_gif(path: str | os.PathLike, frames: np.ndarray, scale: int = 1, frame_ms: int = 125) -> None:
+    """Write uint8 [F, H, W, C] frames as a looping GIF atomically, each pixel drawn `scale` times wider."""
+    pictures = [Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame) for frame in frames]
+    if scale > 1:
+        pictures = [p.resize((p.width * scale, p.height * scale), Image.Resampling.NEAREST) for p in pictures]
+    with atomic_output(path) as tmp:
+        pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
+
+
 def save_grid(path: str | os.PathLike, images: np.ndarray, columns: int | None = None, scale: int = 1) -> None:
     """Write a PNG grid of uint8 [N, H, W, C] images atomically, each pixel drawn `scale` times wider."""
     grid = make_grid(images, columns)

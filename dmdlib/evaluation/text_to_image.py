@@ -103,9 +103,10 @@ def evaluate_text_to_image(
     for name, sample, nfe in [("teacher", teacher_images, teacher_nfe), ("dmd_one_step", generator_images, 1)]:
         log.info("evaluating %s on %d prompts", name, count)
         pictures = sample(noise, ids)
+        frames = len(pictures) // count  # a video teacher's clips come as their frames, one after another
         row: dict = {"nfe": nfe}
-        if clip is not None:
-            row["clip_score"] = round(clip_score(*clip, pictures, texts), 4)
+        if clip is not None:  # video: every frame against its clip's prompt
+            row["clip_score"] = round(clip_score(*clip, pictures, [text for text in texts for _ in range(frames)]), 4)
         if reference_features is not None:
             features = extract_features(extract, pictures, batch)
             row["fid_inception"] = round(fid(reference_features, features), 4)
@@ -115,7 +116,8 @@ def evaluate_text_to_image(
         row["images_per_s"] = round(throughput(run, len(speed_ids), config.speed_repeats), 3)
         row["peak_memory_mib"] = round(peak_tensor_memory_mib(run), 1)
         results[name] = row
-        save_grid(images / f"{name}.png", to_uint8(pictures[:64]), columns=8, scale=4)
+        shown, columns = (pictures[:64], 8) if frames == 1 else (pictures[: 16 * frames], frames)  # a row per clip
+        save_grid(images / f"{name}.png", to_uint8(shown), columns=columns, scale=4)
     results["speedup_dmd_vs_teacher"] = round(
         results["dmd_one_step"]["images_per_s"] / results["teacher"]["images_per_s"], 2
     )
