@@ -9,7 +9,9 @@ arithmetic table; then the chosen ones run as real denoiser, fake denoiser and g
 two) through the project's own `generator_step` (DM loss plus an L2 regression batch of the same size) and
 `fake_denoiser_step`, each option applied by the same functions `distill` uses: `ckpt` gradient checkpointing of
 G and D_fake, `bf16` the frozen real denoiser in bf16, `lora` a rank-64 LoRA fake denoiser (peft; Linear/Conv2d
-networks only), `all` the three together. Each configuration runs in a fresh process: one warm-up step, then
+networks only), `all` the three together, `all+glora` and a rank-64 LoRA generator. The video transformers are
+counted at their native clips (`video_table`: tokens, activations, what fits a GPU); Wan runs measured steps at a
+reduced clip (9 frames of 64x64). Each configuration runs in a fresh process: one warm-up step, then
 `--repeats` timed steps. Forward times come from hooks on the three networks; "G backward" and "fake backward"
 are each step's remainder (backward, clipping, AdamW). Peak memory: the CUDA allocator's peak on a GPU; on the
 CPU the resident set (sampled every 5 ms) during the timed steps, and before them ("before step" = weights,
@@ -117,6 +119,42 @@ MODELS = {  # name: (family, constructor kwargs, [tokens, width] of its text con
         None,
     ),
     "flux-dev": ("flux", dict(guidance_embeds=True), None),
+    # video transformers, configs as in their diffusers folders (model cards: Wan-AI, THUDM, Lightricks)
+    "wan2.1-t2v-1.3b": (
+        "wan",
+        dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30, text_dim=4096),
+        (512, 4096),
+    ),
+    "wan2.1-t2v-14b": ("wan", dict(), (512, 4096)),  # WanTransformer3DModel's defaults are the 14B's
+    "wan2.2-ti2v-5b": (
+        "wan",
+        dict(
+            num_attention_heads=24,
+            attention_head_dim=128,
+            ffn_dim=14336,
+            num_layers=30,
+            in_channels=48,
+            out_channels=48,
+        ),
+        (512, 4096),
+    ),
+    "cogvideox-2b": ("cogvideox", dict(), (226, 4096)),  # CogVideoXTransformer3DModel's defaults are the 2B's
+    "cogvideox-5b": (
+        "cogvideox",
+        dict(num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True),
+        (226, 4096),
+    ),
+    "ltx-video-2b": ("ltx", dict(), (128, 4096)),  # LTXVideoTransformer3DModel's defaults are LTX-Video's
+}
+# native clips: (frames, height, width) in pixels, VAE (temporal, spatial) compression, latent channels, and the
+# transformer's (temporal, spatial) patch: what sets the token count of one sample
+VIDEO = {
+    "wan2.1-t2v-1.3b": ((81, 480, 832), (4, 8), 16, (1, 2)),
+    "wan2.1-t2v-14b": ((81, 720, 1280), (4, 8), 16, (1, 2)),
+    "wan2.2-ti2v-5b": ((121, 704, 1280), (4, 16), 48, (1, 2)),
+    "cogvideox-2b": ((49, 480, 720), (4, 8), 16, (1, 2)),
+    "cogvideox-5b": ((49, 480, 720), (4, 8), 16, (1, 2)),
+    "ltx-video-2b": ((161, 512, 704), (8, 32), 128, (1, 1)),
 }
 CLASSES = {
     "unet": "UNet2DConditionModel",
@@ -124,8 +162,18 @@ CLASSES = {
     "dit": "DiTTransformer2DModel",
     "sd3": "SD3Transformer2DModel",
     "flux": "FluxTransformer2DModel",
+    "wan": "WanTransformer3DModel",
+    "cogvideox": "CogVideoXTransformer3DModel",
+    "ltx": "LTXVideoTransformer3DModel",
 }
-OPTIONS = {"base": (), "ckpt": ("ckpt",), "bf16": ("bf16",), "lora": ("lora",), "all": ("ckpt", "bf16", "lora")}
+OPTIONS = {
+    "base": (),
+    "ckpt": ("ckpt",),
+    "bf16": ("bf16",),
+    "lora": ("lora",),
+    "all": ("ckpt", "bf16", "lora"),
+    "all+glora": ("ckpt", "bf16", "lora", "glora"),  # and a LoRA generator (distill.generator_lora_rank)
+}
 LORA_RANK = 64
 
 
@@ -159,8 +207,16 @@ def _denoiser(model: str):
 
         denoiser = EDMDenoiser(network)
         return denoiser, lambda batch, rng: torch.randint(0, denoiser.num_classes, (batch,), generator=rng)
+    if family == "wan":  # at a reduced clip: 9 frames of 64x64 (3 x 8 x 8 latents)
+        from dmdlib.denoisers.video_transformers import WanDenoiser
+
+        denoiser = WanDenoiser(network, 3.0, 1000)
+        denoiser.sample_shape = (network.config.in_channels, 3, 8, 8)
+        return denoiser, lambda batch, rng: torch.randn(batch, *text, generator=rng)
     if family != "unet":
-        raise SystemExit(f"{model}: counted for the memory table only; measured steps run the EDM models and sd15-unet")
+        raise SystemExit(
+            f"{model}: counted for the memory tables only; measured steps run the EDM models, sd15-unet and Wan"
+        )
     from diffusers import DDPMScheduler
 
     from dmdlib.denoisers.discrete import LatentDenoiser
@@ -216,6 +272,8 @@ def measure(model: str, batch: int, option: str, repeats: int) -> dict:
     options = OPTIONS[option]
     if "lora" in options:
         add_lora(fake, LORA_RANK, "--options lora")
+    if "glora" in options:
+        add_lora(generator.denoiser, LORA_RANK, "--options all+glora")
     if "ckpt" in options:
         generator.denoiser.enable_gradient_checkpointing()
         fake.enable_gradient_checkpointing()
@@ -366,6 +424,52 @@ def arithmetic_table() -> None:
         )
 
 
+def tokens(model: str) -> int:
+    """Transformer tokens of one native clip: latent frames x height x width over the patch."""
+    (frames, height, width), (temporal, spatial), _, (patch_t, patch) = VIDEO[model]
+    latent_frames = (frames - 1) // temporal + 1
+    return -(-latent_frames // patch_t) * (height // spatial // patch) * (width // spatial // patch)
+
+
+def video_table(gpu_gib: float = 80.0) -> None:
+    """Per GPU at batch 1 and the native clip: the DMD step's state (36 / 34 / 22 B per parameter, as above, and
+    sharded over 8 GPUs by FSDP) and the activations one trained network keeps for its backward, estimated as
+    Korthikanti et al. (2022) count a transformer layer in bf16 with flash attention, 34 s h bytes (s tokens, h
+    width; cross-attention and modulation not counted: a lower bound), or 2 s h with every block checkpointed
+    (its input) plus one block recomputed; then the first option set that fits `gpu_gib`."""
+    import torch
+
+    print(
+        f"\n| model | params | native clip | latents | tokens | activations / ckpt | state fp32 / bf16 real "
+        f"/ +LoRA fake | with FSDP x8 | first fit on {gpu_gib:.0f} GiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for model, ((frames, height, width), (temporal, spatial), channels, _) in VIDEO.items():
+        with torch.device("meta"):
+            network = _network(model)
+        count = sum(p.numel() for p in network.parameters())
+        config = network.config
+        width_h = config.num_attention_heads * config.attention_head_dim
+        layers, s = config.num_layers, tokens(model)
+        full, checkpointed = 34 * s * width_h * layers / 2**30, (2 * s * width_h * layers + 34 * s * width_h) / 2**30
+        states = {"fp32": 36 * count / 2**30, "bf16 real": 34 * count / 2**30, "+LoRA fake": 22 * count / 2**30}
+        sharded = 36 * count / 8 / 2**30
+        candidates = [
+            ("bf16 real", states["bf16 real"] + full),
+            ("bf16 real + ckpt", states["bf16 real"] + checkpointed),
+            ("LoRA fake + bf16 real + ckpt", states["+LoRA fake"] + checkpointed),
+            ("FSDP x8 + ckpt", sharded + checkpointed),
+            ("FSDP x8 + LoRA fake + bf16 real + ckpt", states["+LoRA fake"] / 8 + checkpointed),
+        ]
+        fit = next((name for name, need in candidates if need <= gpu_gib), "none of these (sequence parallelism)")
+        latent = f"{channels}x{(frames - 1) // temporal + 1}x{height // spatial}x{width // spatial}"
+        print(
+            f"| {model} | {count / 1e9:.2f}B | {frames}x{height}x{width} | {latent} | {s:,} | {full:.1f} / "
+            f"{checkpointed:.1f} GiB | {states['fp32']:.0f} / {states['bf16 real']:.0f} / {states['+LoRA fake']:.0f}"
+            f" GiB | {sharded:.1f} GiB | {fit} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -383,7 +487,7 @@ def main() -> None:
         nargs="+",
         default=["base", "ckpt", "bf16"],
         choices=list(OPTIONS),
-        help="memory options; lora needs Linear/Conv2d networks (sd15-unet), not EDM's own layers",
+        help="memory options; lora needs Linear/Conv2d networks (sd15-unet, Wan), not EDM's own layers",
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration, after one warm-up step")
     parser.add_argument(
@@ -404,6 +508,7 @@ def main() -> None:
         print(json.dumps(reader_memory(Path(folder), int(count))))
         return
     arithmetic_table()
+    video_table()
     rows = []
     for model in args.models:
         for batch in args.batches:

@@ -20,6 +20,30 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # name: (file, code, replaced by, test files in the order to run them)
 MUTATIONS = {
+    "Wan timestep not cast as UniPC casts it": (
+        "dmdlib/denoisers/video_transformers.py",
+        "return (t.double() * train_timesteps).long()",
+        "return t * train_timesteps",
+        ["tests/test_diffusers_families.py::test_video_family_distils_and_exports"],
+    ),
+    "Wan prompt states kept past the prompt's tokens": (
+        "dmdlib/teachers/families/wan.py",
+        "return hidden * inputs.attention_mask[..., None], None",
+        "return hidden, None",
+        ["tests/test_diffusers_families.py::test_video_family_distils_and_exports"],
+    ),
+    "CogVideoX decoded with channels and frames swapped back": (
+        "dmdlib/teachers/families/cogvideox.py",
+        "latents.transpose(1, 2) / vae.config.scaling_factor",
+        "latents / vae.config.scaling_factor",
+        ["tests/test_diffusers_families.py::test_video_family_distils_and_exports"],
+    ),
+    "LTX-Video shift of another token count": (
+        "dmdlib/teachers/families/ltx.py",
+        "shift = flow_shift(config, frames * side * side)",
+        "shift = flow_shift(config, side * side)",
+        ["tests/test_diffusers_families.py::test_video_flow_teachers_shift_their_times_as_their_pipelines_do"],
+    ),
     "v-prediction fake-denoiser weight 1/sigma^2": (
         "dmdlib/denoisers/discrete.py",
         "return (sigma**2 + 1) / sigma**2",

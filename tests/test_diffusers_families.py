@@ -25,12 +25,12 @@ from dmd.stages.evaluate import app as evaluate_app
 from dmd.stages.export import app as export_app
 from dmd.stages.pairs import app as pairs_app
 from dmd.stages.prompts import app as prompts_app
-from dmd.stages.sample import EVALUATE_FIRST_SEED
 from dmd.stages.sample import app as sample_app
 from dmd.stages.teacher import app as teacher_app
 from dmdlib.data.prepared import ImageSet, split_train_heldout, write_image_parquet
 from dmdlib.data.prompts import load_prompt_set
 from dmdlib.generators.generator import load_generator
+from dmdlib.params import EvaluateParams
 from dmdlib.teachers.latents import LatentDecoder, load_vae
 from dmdlib.teachers.prompt_encoders import PromptEncoder
 from dmdlib.teachers.reference import guided, read_teacher
@@ -197,12 +197,14 @@ def test_dit_export(tmp_path):
     assert abs(theirs - ours).max() < 1e-4
 
 
-@pytest.mark.parametrize("case", ["other pipeline", "other family", "no index"])
+@pytest.mark.parametrize("case", ["other pipeline", "other family", "video family", "no index"])
 def test_unknown_teacher_folder(tmp_path, case):
     """A teacher folder the project does not know stops with one error naming it."""
     folder = tmp_path / "model"
     if case == "other family":
         save_tiny_dit(folder)
+    elif case == "video family":
+        save_tiny_wan(folder)
     else:
         folder.mkdir()
         (folder / "weights.bin").write_bytes(b"")
@@ -214,10 +216,11 @@ def test_unknown_teacher_folder(tmp_path, case):
     expected = {
         "other pipeline": "KandinskyV22Pipeline",
         "other family": "set teacher.kind: dit",
+        "video family": "set teacher.kind: wan",
         "no index": "no model_index.json",
     }
     assert expected[case] in result.output and "StableDiffusionXLPipeline" in result.output
-    if case != "other family":
+    if case not in ("other family", "video family"):
         assert "flux (FluxPipeline)" in result.output  # the kinds supported
     assert not (tmp_path / "t").exists()
 
@@ -311,5 +314,38 @@ def test_video_family_distils_and_exports(tmp_path, kind):
     assert 0 <= metrics["dmd_one_step"]["clip_score"] <= 100 and metrics["dmd_one_step"]["nfe"] == 1
     assert metrics["teacher"]["nfe"] == 6  # 3 Euler steps, each guided (two passes)
     assert np.load(tmp_path / "clips.npz")["arr_0"].shape == (2, frames, height, width, 3)
-    with Image.open(tmp_path / "clips" / f"{EVALUATE_FIRST_SEED:08d}.gif") as gif:
+    with Image.open(tmp_path / "clips" / f"{EvaluateParams().first_seed:08d}.gif") as gif:
         assert gif.n_frames == frames and gif.size == (width, height)
+
+
+@pytest.mark.parametrize("kind", ["wan", "ltx"])
+def test_video_flow_teachers_shift_their_times_as_their_pipelines_do(tmp_path, kind):
+    """The flow video teachers' noise times are their stock pipelines' own at 8 steps: Wan's UniPC with its
+    flow_shift, LTX-Video's Euler shifted by the mu LTXPipeline computes from the clip's token count."""
+    import numpy as np
+    from diffusers import LTXPipeline, WanPipeline
+
+    from dmdlib.denoisers.flow import shift_times
+    from dmdlib.teachers.families import load_teacher
+
+    build, teacher_lines, _ = VIDEO_FAMILIES[kind]
+    folder = build(tmp_path / kind)
+    teacher = load_teacher({"kind": kind, "path": str(folder), "resolution": 32, "frames": 9})
+    pipeline = (WanPipeline if kind == "wan" else LTXPipeline).from_pretrained(folder)
+    steps, unshifted = 8, np.linspace(1.0, 1 / 8, 8)
+    if kind == "wan":  # UniPC's flow sigmas: from 1 to 1 / 1000 in steps + 1 points, the last left out
+        pipeline.scheduler.set_timesteps(steps)
+        theirs = pipeline.scheduler.sigmas[1:-1]  # the first is moved off 1 by 1e-6
+        unshifted = np.linspace(1.0, 1 / 1000, steps + 1)[1:-1]
+    else:
+        from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+
+        config = pipeline.scheduler.config
+        tokens = int(np.prod(teacher.sample_shape[1:]))
+        mu = calculate_shift(
+            tokens, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift
+        )
+        pipeline.scheduler.set_timesteps(sigmas=unshifted, mu=mu)
+        theirs = pipeline.scheduler.sigmas[:-1]
+    ours = shift_times(torch.tensor(unshifted, dtype=torch.float64), teacher.shift)
+    assert torch.allclose(theirs.double(), ours, atol=1e-5), (theirs, ours)
