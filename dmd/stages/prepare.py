@@ -34,12 +34,14 @@ def main(
             _log_folder(folder, config)
         write_image_parquet(out, data, {"heldout_fraction": config.heldout_fraction, "split_seed": config.seed})
         train = data.subset(TRAIN)
-        save_grid(preview, data.images[train[:: max(1, len(train) // 64)][:64]], columns=8, scale=4)
+        shown = 64 if data.frames == 1 else 16  # clips: a row of frames each
+        save_grid(preview, data.images[train[:: max(1, len(train) // shown)][:shown]], columns=8, scale=4)
     counts = {name: int(np.sum(data.split == name)) for name in ("train", "heldout")}
     log.info(
-        "wrote %s: %d images %dx%dx%d from %s (%s), %d classes, %d skipped",
+        "wrote %s: %d %s %dx%dx%d from %s (%s), %d classes, %d skipped",
         out,
         len(data.images),
+        "images" if data.frames == 1 else "clips (frames as channels)",
         data.resolution,
         data.resolution,
         data.channels,

@@ -25,8 +25,18 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return pixels.permute(0, 2, 3, 1).numpy()
 
 
+def frames_of(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """Grey clips [N, frames, H, W] as their frames [N * frames, 1, H, W] (images, frames 1, as they are)."""
+    return x if frames == 1 else x.reshape(-1, 1, *x.shape[-2:])
+
+
 def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 1) -> np.ndarray:
-    """Tile uint8 [N, H, W, C] images into one uint8 [rows*H, columns*W, C] picture."""
+    """Tile uint8 [N, H, W, C] images into one uint8 [rows*H, columns*W, C] picture; grey clips (C frames, C not 1
+    or 3) as their frames side by side, `columns // C` clips (at least one) per row."""
+    if images.shape[-1] not in (1, 3):
+        frames = images.shape[-1]
+        columns = frames * max(1, (columns or 1) // frames)
+        images = images.transpose(0, 3, 1, 2).reshape(-1, *images.shape[1:3], 1)
     count, height, width, channels = images.shape
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)

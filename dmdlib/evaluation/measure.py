@@ -208,6 +208,7 @@ class ReferenceSet:
     data_shares: torch.Tensor | None  # None for unlabelled data
     precision_recall_k: int = 3
     statistics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # extractor -> published (mu, sigma)
+    frames: int = 1  # video data: samples come as each clip's frames in order, measured frame by frame
 
     @classmethod
     def of(
@@ -219,9 +220,10 @@ class ReferenceSet:
         data_shares: torch.Tensor | None,
         precision_recall_k: int = 3,
         statistics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        frames: int = 1,
     ) -> "ReferenceSet":
         features = {name: extract_features(extract, images) for name, extract in extractors.items()}
-        return cls(extractors, features, classifier, labels, data_shares, precision_recall_k, statistics)
+        return cls(extractors, features, classifier, labels, data_shares, precision_recall_k, statistics, frames)
 
     def quality(self, samples: torch.Tensor) -> dict[str, float]:
         """FID and KID per extractor (against every reference image), precision and recall (classifier space, against
@@ -237,9 +239,12 @@ class ReferenceSet:
         real = self.features["classifier"][torch.from_numpy(stratified_subset(self.labels, len(samples)))]
         precision, recall = precision_recall(real, features_of["classifier"], self.precision_recall_k)
         row["precision_classifier"], row["recall_classifier"] = precision, recall
+        predicted = predict(self.classifier, samples) if self.data_shares is not None or self.frames > 1 else None
         if self.data_shares is not None:
-            shares = class_shares(predict(self.classifier, samples), len(self.data_shares))
+            shares = class_shares(predicted, len(self.data_shares))
             row["min_class_share_ratio"] = float((shares / self.data_shares).min())
+        if self.frames > 1:
+            row.update(temporal_consistency(samples, predicted, self.frames))
         return row
 
     def fid_standard_errors(self, samples: torch.Tensor, labels: np.ndarray, groups: int = 10) -> dict[str, float]:
@@ -258,6 +263,18 @@ class ReferenceSet:
                     assigned,
                 )
         return errors
+
+
+def temporal_consistency(frames: torch.Tensor, predicted: torch.Tensor, per_clip: int) -> dict[str, float]:
+    """Of clips given as their frames in order: `frame_class_agreement`, the share of consecutive frames the
+    classifier gives the same class (a digit that stays itself), and `frame_change`, the mean absolute change of a
+    pixel from one frame to the next, in [0, 1] units (how much moves; the noise floor's row is the data's)."""
+    classes = predicted.reshape(-1, per_clip)
+    clips = frames.reshape(-1, per_clip, *frames.shape[1:])
+    return {
+        "frame_class_agreement": float((classes[:, 1:] == classes[:, :-1]).float().mean()),
+        "frame_change": float((clips[:, 1:] - clips[:, :-1]).abs().mean() / 2),
+    }
 
 
 @dataclass
@@ -283,7 +300,8 @@ def measure_model(
 ) -> Measurement:
     """Quality on `sets` disjoint sets of len(noise) / sets samples, speed at `speed_batch`, and a grid of fixed
     inputs."""
-    samples, count = sample(noise, labels), len(noise) // sets
+    samples = sample(noise, labels)
+    count = len(samples) // sets  # video data: a clip's frames each count
     set_rows = [reference.quality(samples[k * count : (k + 1) * count]) for k in range(sets)]
     set_fids = {key: [row[key] for row in set_rows] for key in set_rows[0] if key.startswith("fid_")}
     row = rounded(mean_over_sets(set_rows))
@@ -291,7 +309,10 @@ def measure_model(
     run = lambda: sample(speed_noise, speed_labels)  # noqa: E731
     row["images_per_s"] = round(throughput(run, len(speed_noise), speed_repeats), 2)
     row["peak_memory_mib"], row["nfe"] = round(peak_tensor_memory_mib(run), 1), nfe
-    return Measurement(row, set_fids, to_uint8(sample(*grid_inputs)))
+    grid = to_uint8(sample(*grid_inputs))
+    if reference.frames > 1:  # each clip's frames back into one grey clip [H, W, frames] (`images.make_grid`)
+        grid = grid.reshape(-1, reference.frames, *grid.shape[1:3]).transpose(0, 2, 3, 1)
+    return Measurement(row, set_fids, grid)
 
 
 def rounded(row: dict[str, float]) -> dict[str, float]:

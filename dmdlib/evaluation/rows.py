@@ -4,12 +4,14 @@ their ratios to the teacher, raw and net of the floor."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dmdlib.data.images import GRID_CLASSES, to_model_range
+from dmdlib.data.images import GRID_CLASSES, frames_of, to_model_range
 from dmdlib.data.prepared import HELDOUT, TRAIN, stratified_subset
 from dmdlib.denoisers.conditions import Conditions
 from dmdlib.errors import ParamsError
@@ -48,11 +50,10 @@ def noise_floor(reference_set: ReferenceSet, dataset, count: int) -> dict:
         log.warning("no noise floor: %s", reason)
         return {"noise_floor": None, "noise_floor_omitted": reason}
     chosen = heldout[stratified_subset(dataset.labels[heldout], count)]
-    images = to_model_range(dataset.images[chosen])
+    images = frames_of(to_model_range(dataset.images[chosen]), dataset.frames)  # video data: whole clips' frames
+    labels = np.repeat(dataset.labels[chosen], dataset.frames)
     return {
-        "noise_floor": rounded(
-            {**reference_set.quality(images), **reference_set.fid_standard_errors(images, dataset.labels[chosen])}
-        )
+        "noise_floor": rounded({**reference_set.quality(images), **reference_set.fid_standard_errors(images, labels)})
     }
 
 
@@ -76,6 +77,7 @@ def reference_set(dataset, feature_net, config: EvaluateParams, device: torch.de
                 f"evaluate.inception_statistics needs Inception's weights ({INCEPTION_FILE}) at evaluate.inception_path"
             )
         statistics = {"inception": load_statistics(config.inception_statistics)}
+    frames, dataset = dataset.frames, dataset.frame_view()  # video data: every frame of the training clips
     train = dataset.subset(TRAIN)
     shares = (
         class_shares(torch.from_numpy(dataset.labels[train]), len(dataset.class_names)) if dataset.class_names else None
@@ -88,6 +90,7 @@ def reference_set(dataset, feature_net, config: EvaluateParams, device: torch.de
         shares,
         config.precision_recall_k,
         statistics,
+        frames,
     )
 
 
@@ -176,13 +179,17 @@ def measure_all(
     shape, classes = real_denoiser.sample_shape, real_denoiser.num_classes
     references = reference_set(dataset, feature_net, config, device)
     noise, labels = seeded_batch(config.first_seed, count * sets, shape, classes)
-    grid_inputs = fixed_inputs(shape, Conditions.of(real_denoiser), 8 * min(max(classes, 1), GRID_CLASSES))
+    per_class = 8 if dataset.frames == 1 else 2  # video: a row of frames per clip
+    grid_inputs = fixed_inputs(shape, Conditions.of(real_denoiser), per_class * min(max(classes, 1), GRID_CLASSES))
     decoder = image_decoder(reference)  # a latent (EDM2) teacher: every row is measured on decoded images
     results: dict = {
         "samples": count,
         "sample_sets": sets,
         "reference": f"train split ({len(dataset.subset(TRAIN))} images; precision and recall: a seeded "
-        f"subset of {count} with the split's class shares)",
+        f"subset of {count} with the split's class shares)"
+        if dataset.frames == 1
+        else f"train split ({len(dataset.subset(TRAIN))} clips of {dataset.frames} frames, measured frame by frame; "
+        f"precision and recall: a seeded subset of as many frames with the split's class shares)",
         "feature_extractors": list(references.extractors),
         "device": _device_name(device),
         "machine_threads": torch.get_num_threads(),
@@ -192,6 +199,8 @@ def measure_all(
     models = models_to_measure(all_params, real_denoiser, distilled, device)
     for name, (sample, nfe) in models.items():
         sample = sample if decoder is None else decoded(sample, decoder.to(device), config.batch_size)
+        if dataset.frames > 1:  # video data: measured frame by frame
+            sample = functools.partial(_as_frames, sample, dataset.frames)
         log.info("evaluating %s on %d x %d samples", name, sets, count)
         measured[name] = measure_model(
             sample,
@@ -210,6 +219,10 @@ def measure_all(
         results["dmd_one_step"]["images_per_s"] / results["teacher"]["images_per_s"], 2
     )
     return results, measured
+
+
+def _as_frames(sample, frames: int, noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    return frames_of(sample(noise, labels), frames)
 
 
 def _device_name(device: torch.device) -> str:
