@@ -189,4 +189,3 @@ def test_stage_mains_distill_and_step_functions_stay_small():
         arguments = function("dmdlib/training/dmd.py", name).args
         assert len(arguments.args) + len(arguments.kwonlyargs) <= 6, name
         assert arguments.kwonlyargs, f"{name}: its options are keyword-only"
-
