@@ -34,7 +34,10 @@ def test_repository_params_files_are_valid(repo_root):
     params = load_params(repo_root / "params.yaml")
     assert params.prepare.source == "mnist"
     profiles = {path.parent.name: path for path in (repo_root / "pipelines").glob("*/params.yaml")}
-    assert set(profiles) == {*PROFILES, "quick"} and load_params(profiles.pop("quick")).teacher.kind == "train"
+    assert set(profiles) == {*PROFILES, "quick", "moving-digits"}
+    assert load_params(profiles.pop("quick")).teacher.kind == "train"
+    video = load_params(profiles.pop("moving-digits"))  # the embedded video default
+    assert video.teacher.kind == "train" and video.prepare.source == "moving_mnist" and video.prepare.frames == 8
     for profile, path in profiles.items():
         assert load_params(path).teacher.kind == PROFILES[profile][0], profile
 
